@@ -1,0 +1,57 @@
+# ravel: set-up, demo and tests on a fresh Debian machine (as root). Every step is idempotent:
+# a second `make test` or `make demo` skips what is already in place.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+CACHE    := .cache
+GUEST    := $(CACHE)/guest
+# Debian packages the project needs: QEMU (the nested hypervisor), qemu-img, busybox and a C
+# compiler for the demo guest image, OVMF for UEFI guests, iproute2 for bridges/VXLAN/namespaces,
+# iperf3 for the overlay benchmark.
+APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod
+
+.PHONY: setup system venv guest demo test test-unit bench clean distclean
+
+setup: system venv guest
+
+system: $(CACHE)/system.stamp
+$(CACHE)/system.stamp: Makefile
+	@mkdir -p $(CACHE)
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+guest: $(GUEST)/.stamp
+$(GUEST)/.stamp: guest/build.sh guest/init guest/kvmtest.c $(CACHE)/system.stamp
+	bash guest/build.sh $(GUEST)
+	@touch $@
+
+demo: setup
+	$(BIN)/ravel plan blueprints/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+
+test-unit: venv
+	$(BIN)/python -m pytest -n 2 tests/unit
+
+bench: setup
+	$(BIN)/python bench/plan_bench.py
+
+clean:
+	rm -rf .pytest_cache .hypothesis build *.egg-info
+
+distclean: clean
+	rm -rf $(VENV) $(CACHE)

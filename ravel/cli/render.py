@@ -1,0 +1,54 @@
+"""Tables and text for the terminal; no decisions are made here."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from ..model.units import format_mib
+from ..plan.plan import Plan
+
+
+def plan_table(plan: Plan) -> Table:
+    p = plan.placement
+    cur = plan.catalogue.currency
+    money = (lambda v: f"{v:.4f}") if cur == "nominal" else (lambda v: f"${v:.4f}")
+    t = Table(
+        title=f"{plan.blueprint.name}: {len(plan.blueprint.vms)} VMs on {len(p.hosts)} {plan.provider} hosts "
+        f"({plan.optimize})",
+        title_justify="left",
+    )
+    t.add_column("host")
+    t.add_column("type")
+    t.add_column("vCPU", justify="right")
+    t.add_column("memory", justify="right")
+    t.add_column("accel")
+    t.add_column("per hour", justify="right")
+    t.add_column("VMs")
+    for h in p.hosts:
+        t.add_row(h.name, h.type.name, str(h.type.cpus), format_mib(h.type.memory_mib), h.accel,
+                  money(h.type.hourly_cost), ", ".join(h.vms))
+    ratio = plan.ratio
+    t.caption = (
+        f"cost {money(p.cost_per_hour)}/h  lower bound {money(p.lower_bound_per_hour)}/h  "
+        f"cost/bound {ratio:.3f}" + ("  (prices are nominal for local hosts)" if cur == "nominal" else "")
+    )
+    t.caption_justify = "left"
+    return t
+
+
+def vm_table(app: str, vms) -> Table:  # vms: list[VmStatus]
+    t = Table(title=app, title_justify="left")
+    for col in ("VM", "state", "host", "accel", "addresses", "console"):
+        t.add_column(col)
+    for v in vms:
+        t.add_row(v.name, v.state, v.host, v.accel, ", ".join(v.ips) or "-", f"ravel console {app} {v.name}")
+    return t
+
+
+def apps_table(rows) -> Table:  # rows: list[(AppRecord, hosts, vms)]
+    t = Table()
+    for col in ("app", "provider", "status", "hosts", "VMs"):
+        t.add_column(col)
+    for a, hosts, vms in rows:
+        t.add_row(a.name, a.provider, a.status, str(len(hosts)), str(len(vms)))
+    return t

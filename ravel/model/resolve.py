@@ -1,0 +1,575 @@
+"""Blueprint text -> validated, expanded `Blueprint`, or one BlueprintError listing every problem.
+
+Order: bytes -> text -> YAML with positions -> per-part shape/type checks (pydantic) -> semantic
+checks across parts (references, address plan, `count` collisions, anti-affinity). Each part
+is checked even when another part failed, so a user sees every problem in one run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from types import MappingProxyType
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import BlueprintError, Problem
+from . import yamlpos
+from .blueprint import VM, Blueprint, Boot, Disk, Network, Nic, Placement, Service
+from .spec import (
+    NAME_RE,
+    VM_NAME_RE,
+    BlueprintSpec,
+    BootSpec,
+    DiskSpec,
+    NetworkSpec,
+    NicSpec,
+    PlacementSpec,
+    ServiceSpec,
+    VmSpec,
+)
+from .yamlpos import PosDict, PosList
+
+import re
+
+TOP_KEYS = tuple(BlueprintSpec.model_fields)
+_MODEL_AT = {
+    "nics": NicSpec,
+    "disks": DiskSpec,
+    "boot": BootSpec,
+    "services": ServiceSpec,
+    "placement": PlacementSpec,
+    "defaults": VmSpec,
+}
+_MAX_ANTI_AFFINITY_SEARCH = 200_000
+
+
+def path_str(parts: Iterable[str | int]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({shown!r})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass
+class _Ctx:
+    file: str
+    raw: Any
+    problems: list[Problem] = field(default_factory=list)
+
+    def locate(self, loc: tuple[str | int, ...], key: bool = False) -> tuple[int, int]:
+        """Position of the value at `loc` (or of its key), or of the nearest existing parent."""
+        node = self.raw
+        pos = getattr(node, "start", (1, 1))
+        for i, part in enumerate(loc):
+            last = i == len(loc) - 1
+            if isinstance(node, PosDict) and part in node:
+                pos = node.key_pos[part] if (key and last) else node.value_pos[part]
+                node = node[part]
+            elif isinstance(node, PosList) and isinstance(part, int) and 0 <= part < len(node):
+                pos = node.item_pos[part]
+                node = node[part]
+            else:
+                break
+        return pos
+
+    def add(self, loc: tuple[str | int, ...], message: str, key: bool = False) -> None:
+        line, col = self.locate(loc, key=key)
+        self.problems.append(Problem(self.file, line, col, path_str(loc), message))
+
+
+def _fields_of(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    for part in reversed(loc[:-1]):
+        if isinstance(part, str) and part in _MODEL_AT:
+            return list(_MODEL_AT[part].model_fields)
+        if isinstance(part, str):
+            break
+    return list(model.model_fields)
+
+
+def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"unknown key {loc[-1]!r}{did_you_mean(str(loc[-1]), _fields_of(model, loc))}"
+    if kind == "missing":
+        return f"required key {loc[-1]!r} is missing"
+    if kind in ("int_type", "int_from_float", "int_parsing"):
+        return f"expected a whole number, got {_kind(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_kind(value)}"
+    if kind == "bool_type":
+        return f"expected true or false, got {_kind(value)}"
+    if kind == "string_type":
+        return f"expected a string, got {_kind(value)}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping, got {_kind(value)}"
+    if kind == "list_type":
+        return f"expected a list, got {_kind(value)}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        choices = re.findall(r"'([^']*)'", expected)
+        return f"must be one of {', '.join(choices)}; got {_kind(value)}{did_you_mean(str(value), choices)}"
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = ctx.get("ge", ctx.get("gt"))
+        if bound in (1, 0) and isinstance(value, (int, float)) and value <= 0:
+            return f"must be positive, got {value}"
+        return f"must be at least {bound}, got {value}"
+    if kind in ("less_than_equal", "less_than"):
+        return f"must be at most {ctx.get('le', ctx.get('lt'))}, got {value}"
+    if kind == "string_pattern_mismatch":
+        return f"{value!r} is not a valid name: use lowercase letters, digits and dashes"
+    if kind == "value_error":
+        return str(ctx.get("error") or err["msg"]).removeprefix("Value error, ")
+    return err["msg"]
+
+
+def _validate(ctx: _Ctx, model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            full = loc + tuple(err["loc"])
+            # pydantic adds a trailing union/literal tag for Optional fields; drop non-input parts
+            full = tuple(p for p in full if not (isinstance(p, str) and p.startswith("function-")))
+            ctx.add(full, _message(err, model, tuple(err["loc"]) or loc), key=err["type"] == "extra_forbidden")
+        return None
+
+
+def _walk_duplicates(ctx: _Ctx, node: Any, loc: tuple[str | int, ...], depth: int = 0) -> None:
+    if depth > 64:
+        return
+    if isinstance(node, PosDict):
+        for key, pos, first in node.duplicates:
+            ctx.problems.append(
+                Problem(ctx.file, pos[0], pos[1], path_str(loc + (str(key),)),
+                        f"duplicate key {key!r} (first defined on line {first})")
+            )
+        for k, v in node.items():
+            _walk_duplicates(ctx, v, loc + (str(k),), depth + 1)
+    elif isinstance(node, PosList):
+        for i, v in enumerate(node):
+            _walk_duplicates(ctx, v, loc + (i,), depth + 1)
+
+
+def _positions(node: Any, loc: tuple[str | int, ...], out: dict[str, tuple[int, int]], depth: int = 0) -> None:
+    if depth > 64:
+        return
+    if isinstance(node, PosDict):
+        for k, v in node.items():
+            sub = loc + (str(k),)
+            out[path_str(sub)] = node.key_pos[k] if isinstance(v, (dict, list)) else node.value_pos[k]
+            _positions(v, sub, out, depth + 1)
+    elif isinstance(node, PosList):
+        for i, v in enumerate(node):
+            out[path_str(loc + (i,))] = node.item_pos[i]
+            _positions(v, loc + (i,), out, depth + 1)
+
+
+def _decode(data: bytes | str) -> str:
+    if isinstance(data, str):
+        text = data
+    else:
+        if b"\x00" in data:
+            raise ValueError("this is a binary file, not a YAML blueprint")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 text (bad byte at offset {exc.start}); a blueprint is YAML text") from None
+    if "\x00" in text:
+        raise ValueError("this is a binary file, not a YAML blueprint")
+    if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.splitlines()):
+        raise ValueError("the file is empty; a blueprint needs at least `name` and `vms`")
+    return text
+
+
+def load_blueprint(data: bytes | str, file: str = "<blueprint>", base_dir: str | None = None) -> Blueprint:
+    """Parse and validate a blueprint. Relative paths resolve against `base_dir` (pure: no I/O)."""
+    try:
+        text = _decode(data)
+    except ValueError as exc:
+        raise BlueprintError([Problem(file, 0, 0, "", str(exc))]) from None
+    try:
+        raw, _ = yamlpos.load(text)
+    except yamlpos.YamlSyntaxError as exc:
+        raise BlueprintError([Problem(file, exc.pos[0], exc.pos[1], "", exc.message)]) from None
+    ctx = _Ctx(file, raw)
+    if not isinstance(raw, PosDict):
+        what = "nothing" if raw is None else _kind(raw)
+        ctx.problems.append(
+            Problem(file, *(getattr(raw, "start", (1, 1))), "",
+                    f"a blueprint must be a mapping with keys such as name, networks and vms; this document is {what}")
+        )
+        raise BlueprintError(ctx.problems)
+    _walk_duplicates(ctx, raw, ())
+    bp = _resolve(ctx, raw, base_dir)
+    if ctx.problems or bp is None:
+        raise BlueprintError(ctx.problems)
+    return bp
+
+
+def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
+    top = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    for key in top:
+        if key not in TOP_KEYS:
+            ctx.add((str(key),), f"unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)}", key=True)
+    name = top.get("name")
+    if "name" not in top:
+        ctx.problems.append(Problem(ctx.file, *raw.start, "name", "required key 'name' is missing"))
+    elif not isinstance(name, str):
+        ctx.add(("name",), f"expected a string, got {_kind(name)}")
+    elif not re.match(NAME_RE, name):
+        ctx.add(("name",), f"{name!r} is not a valid name: use lowercase letters, digits and dashes (at most 40)")
+    description = top.get("description", "")
+    if not isinstance(description, str):
+        ctx.add(("description",), f"expected a string, got {_kind(description)}")
+
+    networks = _networks(ctx, top.get("networks", PosDict()))
+    defaults = _defaults(ctx, top.get("defaults"))
+    vms = _vms(ctx, top, defaults, networks, base_dir)
+    placement = _placement(ctx, top.get("placement", PosDict()), vms)
+    _address_plan(ctx, vms, networks)
+
+    if ctx.problems or not isinstance(name, str):
+        return None
+    positions: dict[str, tuple[int, int]] = {}
+    _positions(raw, (), positions)
+    return Blueprint(
+        name=name,
+        description=description,
+        networks=tuple(networks.values()),
+        vms=tuple(vm for vm, _ in vms),
+        placement=placement,
+        source=ctx.file,
+        positions=MappingProxyType(positions),
+    )
+
+
+def _networks(ctx: _Ctx, raw: Any) -> dict[str, Network]:
+    out: dict[str, Network] = {}
+    if raw is None:
+        return out
+    if not isinstance(raw, dict):
+        ctx.add(("networks",), f"expected a mapping of network name -> settings, got {_kind(raw)}")
+        return out
+    for name, body in raw.items():
+        loc = ("networks", str(name))
+        if not isinstance(name, str) or not re.match(VM_NAME_RE, name):
+            ctx.add(loc, f"{name!r} is not a valid network name: use lowercase letters, digits and dashes", key=True)
+            continue
+        spec = _validate(ctx, NetworkSpec, body, loc)
+        if spec is None:
+            continue
+        try:
+            subnet = IPv4Network(spec.subnet, strict=True)
+        except ValueError as exc:
+            hint = ""
+            try:
+                hint = f" (did you mean {IPv4Network(spec.subnet, strict=False)}?)"
+            except ValueError:
+                pass
+            reason = "has host bits set" if "host bits" in str(exc) else "is not an IPv4 CIDR such as 10.0.0.0/24"
+            ctx.add(loc + ("subnet",), f"{spec.subnet!r} {reason}{hint}")
+            continue
+        if subnet.prefixlen > 29:
+            ctx.add(loc + ("subnet",), f"{subnet} is too small for a lab network; use a /29 or larger")
+            continue
+        gateway = None
+        if spec.gateway is not None:
+            gateway = _host_address(ctx, loc + ("gateway",), spec.gateway, subnet)
+        out[name] = Network(name, subnet, gateway, spec.dhcp, spec.dns, spec.mtu)
+    return out
+
+
+def _host_address(ctx: _Ctx, loc: tuple[str | int, ...], text: str, subnet: IPv4Network | None) -> IPv4Address | None:
+    try:
+        addr = IPv4Address(text)
+    except (AddressValueError, NetmaskValueError, ValueError):
+        ctx.add(loc, f"{text!r} is not an IPv4 address")
+        return None
+    if subnet is not None:
+        if addr not in subnet:
+            ctx.add(loc, f"{addr} is outside the network's subnet {subnet}")
+            return None
+        if addr in (subnet.network_address, subnet.broadcast_address):
+            which = "network" if addr == subnet.network_address else "broadcast"
+            ctx.add(loc, f"{addr} is the {which} address of {subnet}, not usable by a host")
+            return None
+    return addr
+
+
+def _defaults(ctx: _Ctx, raw: Any) -> PosDict | None:
+    if raw is None:
+        return None
+    spec = _validate(ctx, VmSpec, raw, ("defaults",))
+    if spec is None or not isinstance(raw, PosDict):
+        return None
+    if "count" in raw:
+        ctx.add(("defaults", "count"), "`count` cannot be a default; set it on each VM", key=True)
+        return None
+    return raw
+
+
+def _merged(vm_raw: Any, defaults: PosDict | None) -> Any:
+    if defaults is None or not isinstance(vm_raw, PosDict):
+        return vm_raw
+    merged = PosDict(vm_raw)
+    merged.key_pos, merged.value_pos, merged.start = dict(vm_raw.key_pos), dict(vm_raw.value_pos), vm_raw.start
+    for k, v in defaults.items():
+        if k not in merged:
+            merged[k] = v
+            merged.key_pos[k] = defaults.key_pos[k]
+            merged.value_pos[k] = defaults.value_pos[k]
+    return merged
+
+
+def _image_format(path: str) -> str | None:
+    lower = path.lower()
+    for suffix, fmt in ((".qcow2", "qcow2"), (".qcow", "qcow2"), (".vmdk", "vmdk"), (".img", "raw"), (".raw", "raw")):
+        if lower.endswith(suffix):
+            return fmt
+    return None
+
+
+def _path(base_dir: str | None, p: str) -> str:
+    p = os.path.expanduser(p)
+    if base_dir and not os.path.isabs(p):
+        p = os.path.join(base_dir, p)
+    return os.path.normpath(p)
+
+
+def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Network],
+         base_dir: str | None) -> list[tuple[VM, tuple[str | int, ...]]]:
+    """Expanded VMs with the raw location each came from."""
+    raw = top.get("vms")
+    if "vms" not in top:
+        ctx.problems.append(Problem(ctx.file, 1, 1, "vms", "required key 'vms' is missing: a blueprint needs at least one VM"))
+        return []
+    if not isinstance(raw, dict):
+        ctx.add(("vms",), f"expected a mapping of VM name -> settings, got {_kind(raw)}")
+        return []
+    if not raw:
+        ctx.add(("vms",), "a blueprint needs at least one VM")
+        return []
+    out: list[tuple[VM, tuple[str | int, ...]]] = []
+    taken: dict[str, tuple[str, int]] = {}  # expanded name -> (group, line)
+    for group, body in raw.items():
+        loc = ("vms", str(group))
+        if not isinstance(group, str) or not re.match(VM_NAME_RE, group):
+            ctx.add(loc, f"{group!r} is not a valid VM name: lowercase letters, digits and dashes, at most 32", key=True)
+            continue
+        spec = _validate(ctx, VmSpec, _merged(body, defaults), loc)
+        if spec is None:
+            continue
+        disks = _disks(ctx, loc, spec, base_dir)
+        nics_ok = True
+        for i, nic in enumerate(spec.nics):
+            if nic.network not in networks:
+                nics_ok = False
+                known = ", ".join(sorted(networks)) or "none"
+                ctx.add(loc + ("nics", i, "network"),
+                        f"network {nic.network!r} is not defined{did_you_mean(nic.network, networks)}; defined networks: {known}")
+        boot = None
+        if spec.boot is not None:
+            boot = Boot(_path(base_dir, spec.boot.kernel),
+                        _path(base_dir, spec.boot.initrd) if spec.boot.initrd else None,
+                        spec.boot.cmdline)
+        line = ctx.locate(loc, key=True)[0]
+        names = [group] if spec.count == 1 else [f"{group}-{i}" for i in range(1, spec.count + 1)]
+        for index, vm_name in enumerate(names):
+            if len(vm_name) > 32:
+                ctx.add(loc + ("count",), f"expanded name {vm_name!r} is longer than 32 characters")
+                break
+            if vm_name in taken:
+                other, other_line = taken[vm_name]
+                origin = f" (from {group!r} with count {spec.count})" if spec.count > 1 else ""
+                first = f" (from {other!r})" if other != vm_name else ""
+                ctx.add(loc, f"VM name {vm_name!r}{origin} collides with VM {vm_name!r}{first} defined on line {other_line}", key=True)
+                continue
+            taken[vm_name] = (group, line)
+            nics = tuple(_nic(ctx, loc + ("nics", i), nic, networks, index) for i, nic in enumerate(spec.nics)) if nics_ok else ()
+            out.append((VM(
+                name=vm_name, group=group, cpus=spec.cpus, memory_mib=spec.memory, nested=spec.nested,
+                firmware=spec.firmware, disks=disks, nics=tuple(n for n in nics if n is not None), boot=boot,
+                services=tuple(Service(s.port, s.protocol) for s in spec.services), description=spec.description,
+            ), loc))
+    return out
+
+
+def _disks(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None) -> tuple[Disk, ...]:
+    disks = []
+    for i, d in enumerate(spec.disks):
+        dloc = loc + ("disks", i)
+        if (d.image is None) == (d.size is None):
+            ctx.add(dloc, "a disk needs exactly one of `image` (a base image) or `size` (a blank disk)")
+            continue
+        if d.image is not None:
+            fmt = d.format or _image_format(d.image)
+            if fmt is None:
+                ctx.add(dloc + ("image",), f"cannot tell the format of {d.image!r} from its name; add `format: qcow2|vmdk|raw`")
+                continue
+            disks.append(Disk(d.bus, _path(base_dir, d.image), fmt, None))
+        else:
+            disks.append(Disk(d.bus, None, "qcow2", d.size))
+    return tuple(disks)
+
+
+def _nic(ctx: _Ctx, loc: tuple[str | int, ...], nic: NicSpec, networks: dict[str, Network], index: int) -> Nic | None:
+    net = networks[nic.network]
+    ip = None
+    if nic.ip is not None:
+        base = _host_address(ctx, loc + ("ip",), nic.ip, None) if index == 0 else None
+        if index == 0 and base is None:
+            return None
+        try:
+            ip = IPv4Address(nic.ip) + index
+        except (ValueError, AddressValueError):
+            return None
+        if ip not in net.subnet or ip in (net.subnet.network_address, net.subnet.broadcast_address):
+            what = f"{ip} (address {index + 1} of `count`, counting up from {nic.ip})" if index else f"{ip}"
+            ctx.add(loc + ("ip",), f"{what} is outside the usable addresses of network {net.name!r} ({net.subnet})")
+            return None
+        if net.gateway is not None and ip == net.gateway:
+            ctx.add(loc + ("ip",), f"{ip} is the gateway of network {net.name!r}")
+            return None
+    mac = None
+    if nic.mac is not None:
+        value = int(nic.mac.replace(":", ""), 16) + index
+        if value >> 48:
+            ctx.add(loc + ("mac",), f"{nic.mac} + {index} overflows the MAC address space")
+            return None
+        h = f"{value:012x}"
+        mac = ":".join(h[i:i + 2] for i in range(0, 12, 2))
+    return Nic(nic.network, nic.model, ip, mac)
+
+
+def _address_plan(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networks: dict[str, Network]) -> None:
+    ips: dict[tuple[str, IPv4Address], str] = {}
+    macs: dict[str, str] = {}
+    for vm, loc in vms:
+        for i, nic in enumerate(vm.nics):
+            where = f"{vm.name}.nics[{i}]"
+            if nic.ip is not None:
+                key = (nic.network, nic.ip)
+                if key in ips:
+                    ctx.add(loc + ("nics", i, "ip"), f"{nic.ip} is already used by {ips[key]} on network {nic.network!r}")
+                else:
+                    ips[key] = where
+            if nic.mac is not None:
+                if nic.mac in macs:
+                    ctx.add(loc + ("nics", i, "mac"), f"MAC {nic.mac} is already used by {macs[nic.mac]}")
+                else:
+                    macs[nic.mac] = where
+
+
+def _placement(ctx: _Ctx, raw: Any, vms: list[tuple[VM, tuple[str | int, ...]]]) -> Placement:
+    spec = _validate(ctx, PlacementSpec, raw, ("placement",)) if raw is not None else PlacementSpec()
+    if spec is None:
+        return Placement()
+    if spec.optimize == "performance" and isinstance(raw, dict) and "cpu_overcommit" in raw and spec.cpu_overcommit != 1.0:
+        ctx.add(("placement", "cpu_overcommit"), "performance mode never overcommits CPU; remove cpu_overcommit or use optimize: cost")
+    groups: dict[str, list[str]] = {}
+    names = set()
+    for vm, _ in vms:
+        groups.setdefault(vm.group, []).append(vm.name)
+        names.add(vm.name)
+    sets: list[tuple[str, ...]] = []
+    for s, members in enumerate(spec.anti_affinity):
+        loc = ("placement", "anti_affinity", s)
+        expanded: list[str] = []
+        via: dict[str, str] = {}
+        ok = True
+        for j, ref in enumerate(members):
+            if ref in names and ref not in groups:
+                targets = [ref]
+            elif ref in groups:
+                targets = groups[ref]
+            else:
+                if vms:  # with no valid VM at all the VM errors already say it
+                    ctx.add(loc + (j,), f"{ref!r} is neither a VM nor a VM group{did_you_mean(ref, sorted(names | set(groups)))}")
+                ok = False
+                continue
+            for t in targets:
+                if t in via:
+                    ctx.add(loc + (j,), f"VM {t!r} appears twice in this set (as {via[t]!r} and {ref!r}); a VM cannot be on a different host from itself")
+                    ok = False
+                else:
+                    via[t] = ref
+                    expanded.append(t)
+        if ok and len(expanded) < 2:
+            ctx.add(loc, "an anti-affinity set needs at least two VMs")
+            ok = False
+        if ok:
+            sets.append(tuple(expanded))
+    if spec.max_hosts is not None and sets:
+        _check_colourable(ctx, sets, spec.max_hosts)
+    return Placement(spec.optimize, spec.cpu_overcommit if spec.optimize == "cost" else 1.0,
+                     tuple(spec.host_types), tuple(sets), spec.max_hosts)
+
+
+def _check_colourable(ctx: _Ctx, sets: list[tuple[str, ...]], max_hosts: int) -> None:
+    """Anti-affinity sets must fit on max_hosts hosts: a graph colouring with max_hosts colours."""
+    for s, members in enumerate(sets):
+        if len(members) > max_hosts:
+            ctx.add(("placement", "anti_affinity", s),
+                    f"this set needs {len(members)} distinct hosts but placement.max_hosts is {max_hosts}")
+            return
+    adj: dict[str, set[str]] = {}
+    for members in sets:
+        for a in members:
+            adj.setdefault(a, set()).update(m for m in members if m != a)
+    order = sorted(adj, key=lambda v: (-len(adj[v]), v))
+    colour: dict[str, int] = {}
+    budget = [_MAX_ANTI_AFFINITY_SEARCH]
+
+    def solve(i: int) -> bool | None:
+        if i == len(order):
+            return True
+        budget[0] -= 1
+        if budget[0] <= 0:
+            return None  # too big to decide here; the planner will say if it cannot place
+        v = order[i]
+        used = {colour[u] for u in adj[v] if u in colour}
+        for c in range(min(max_hosts, len(colour) + 1)):
+            if c not in used:
+                colour[v] = c
+                r = solve(i + 1)
+                if r is not False:
+                    return r
+                del colour[v]
+        return False
+
+    if solve(0) is False:
+        shared = [v for v in sorted(adj) if sum(v in m for m in sets) > 1]
+        which = f"VM {shared[0]!r} is in {sum(shared[0] in m for m in sets)} sets and " if shared else ""
+        ctx.add(("placement", "anti_affinity"),
+                f"{which}the anti-affinity sets together cannot be satisfied on at most {max_hosts} hosts")

@@ -1,0 +1,139 @@
+"""The blueprint as written: pydantic models that check shapes and types, key by key.
+
+These mirror the YAML exactly (mappings of name -> VM, `count` not yet expanded). Cross-field
+rules (references, address plans, collisions) live in `resolve.py`, which turns a spec into the
+frozen `Blueprint` the rest of ravel uses. `ravel schema` prints this module's JSON Schema.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from .units import parse_mib
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+VM_NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+DISK_BUSES = ("virtio", "pvscsi", "lsilogic", "sata", "ide")
+NIC_MODELS = ("virtio", "e1000", "vmxnet3")
+IMAGE_FORMATS = ("qcow2", "vmdk", "raw")
+
+
+def _mib(value: Any) -> int:
+    return parse_mib(value)
+
+
+def _mac(value: str) -> str:
+    if not MAC_RE.match(value):
+        raise ValueError(f"{value!r} is not a MAC address such as 52:54:00:12:34:56")
+    if int(value[:2], 16) & 1:
+        raise ValueError(f"{value!r} is a multicast MAC address; a NIC needs a unicast one")
+    return value.lower()
+
+
+_size_schema = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "description": "MiB"},
+            {"type": "string", "pattern": r"^\d+(\.\d+)?\s*([KMGT]i?B?|[kmgt]i?b?)?$"},
+        ],
+        "examples": ["512MiB", "4GiB", 2048],
+    }
+)
+Size = Annotated[int, BeforeValidator(_mib), _size_schema]
+Mac = Annotated[str, AfterValidator(_mac)]
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class _Spec(BaseModel):
+    # strict: a quoted "4" for cpus or "yes" for a boolean is a mistake worth pointing at
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DiskSpec(_Spec):
+    image: str | None = Field(None, description="base image path (qcow2, vmdk or raw); relative to the blueprint")
+    size: Size | None = Field(None, description="size of a blank disk, e.g. 10GiB")
+    bus: Literal["virtio", "pvscsi", "lsilogic", "sata", "ide"] = "virtio"
+    format: Literal["qcow2", "vmdk", "raw"] | None = Field(
+        None, description="format of `image`; guessed from the file name when omitted"
+    )
+
+
+class NicSpec(_Spec):
+    network: str
+    model: Literal["virtio", "e1000", "vmxnet3"] = "virtio"
+    ip: str | None = Field(None, description="fixed IPv4 address inside the network's subnet")
+    mac: Mac | None = Field(None, description="fixed MAC; ravel assigns one when omitted")
+
+
+class BootSpec(_Spec):
+    kernel: str
+    initrd: str | None = None
+    cmdline: str = ""
+
+
+class ServiceSpec(_Spec):
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class VmSpec(_Spec):
+    description: str = ""
+    cpus: int = Field(1, ge=1, le=1024)
+    memory: Size = Field(512, description="guest RAM; plain integers are MiB")
+    count: int = Field(1, ge=1, le=10000, description="expands `web` into web-1..web-N")
+    nested: bool = Field(False, description="the guest is itself a hypervisor")
+    firmware: Literal["bios", "uefi"] = "bios"
+    disks: list[DiskSpec] = Field(default_factory=list)
+    nics: list[NicSpec] = Field(default_factory=list)
+    boot: BootSpec | None = Field(None, description="direct kernel boot")
+    services: list[ServiceSpec] = Field(default_factory=list)
+
+
+class NetworkSpec(_Spec):
+    description: str = ""
+    subnet: str = Field(description="IPv4 CIDR, e.g. 10.0.0.0/24")
+    gateway: str | None = None
+    dhcp: bool = False
+    dns: bool = False
+    mtu: int = Field(1500, ge=576, le=9000)
+
+
+class PlacementSpec(_Spec):
+    optimize: Literal["cost", "performance"] = "cost"
+    cpu_overcommit: float = Field(2.0, ge=1.0, le=16.0, strict=False)
+    host_types: list[str] = Field(default_factory=list, description="allowed host types; empty = all")
+    anti_affinity: list[list[str]] = Field(
+        default_factory=list, description="sets of VM or group names that must sit on distinct hosts"
+    )
+    max_hosts: int | None = Field(None, ge=1)
+
+
+class BlueprintSpec(_Spec):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        title="ravel blueprint",
+        json_schema_extra={
+            "description": "Top-level keys starting with `x-` are ignored (a place for YAML anchors)."
+        },
+    )
+
+    name: Name
+    description: str = ""
+    defaults: VmSpec | None = Field(None, description="VM keys applied to every VM unless it sets them")
+    networks: dict[str, NetworkSpec] = Field(default_factory=dict)
+    vms: dict[str, VmSpec]
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = BlueprintSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["patternProperties"] = {"^x-": {}}
+    return schema

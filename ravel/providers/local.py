@@ -1,0 +1,147 @@
+"""The local provider: every host is a Linux network namespace on this machine.
+
+Hosts hang off an underlay bridge that lives in a namespace of its own (`rvul-<tag>`), with
+addresses from 198.18.0.0/15, the benchmarking range; nothing touches the machine's real
+interfaces, and no packet leaves these namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import CommandFailed, EnvironmentProblem, ProviderError
+from ..paths import Paths
+from ..plan.network import underlay_address
+from ..transport.netns import NamespaceTransport
+from .base import Host, HostSpec
+
+UNDERLAY_PREFIX = 15
+UNDERLAY_BRIDGE = "ul0"
+HOST_DEVICE = "ul0"
+UNDERLAY_MTU = 9000  # like a cloud VPC with jumbo frames; the host runtime raises host ends to >= 1550
+HOST_DEVICE_MTU = 1500
+KILL_WAIT_S = 5.0
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise EnvironmentProblem("the `ip` command is missing", hint="apt-get install iproute2") from None
+    if check and proc.returncode != 0:
+        raise CommandFailed("local", ["ip", *args], proc.returncode, proc.stderr)
+    return proc
+
+
+def namespaces() -> set[str]:
+    out = _ip("netns", "list", check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def namespace_for(app: str, host: str) -> str:
+    return f"rv-{app}-{host}"
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.underlay = f"rvul-{paths.tag}"
+
+    def preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise EnvironmentProblem("the local provider needs root (it creates network namespaces and taps)",
+                                     hint="run ravel with sudo, or as root")
+        if shutil.which("ip") is None:
+            raise EnvironmentProblem("the `ip` command is missing", hint="apt-get install iproute2")
+        for tool, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils")):
+            if shutil.which(tool) is None:
+                raise EnvironmentProblem(f"{tool} is not installed", hint=f"apt-get install {pkg}")
+
+    # -- underlay ----------------------------------------------------------------------------
+    def _ensure_underlay(self) -> None:
+        ul = self.underlay
+        if ul not in namespaces():
+            _ip("netns", "add", ul)
+        links = _ip("-n", ul, "-o", "link", "show").stdout
+        if f": {UNDERLAY_BRIDGE}:" not in links:
+            _ip("-n", ul, "link", "add", UNDERLAY_BRIDGE, "mtu", str(UNDERLAY_MTU), "type", "bridge")
+        _ip("-n", ul, "link", "set", UNDERLAY_BRIDGE, "up")
+        _ip("-n", ul, "link", "set", "lo", "up")
+
+    # -- hosts -------------------------------------------------------------------------------
+    def ensure_host(self, spec: HostSpec) -> Host:
+        self._ensure_underlay()
+        ns = namespace_for(spec.app, spec.name)
+        peer = f"rvh{spec.host_id}"
+        address = str(underlay_address(spec.host_id))
+        if ns not in namespaces():
+            _ip("netns", "add", ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+        host_links = _ip("-n", ns, "-o", "link", "show").stdout
+        if f": {HOST_DEVICE}@" not in host_links and f": {HOST_DEVICE}:" not in host_links:
+            _ip("-n", self.underlay, "link", "del", peer, check=False)  # a half-made pair from an interrupted run
+            _ip("-n", self.underlay, "link", "add", peer, "mtu", str(UNDERLAY_MTU), "type", "veth",
+                "peer", "name", HOST_DEVICE, "netns", ns, "mtu", str(HOST_DEVICE_MTU))
+        _ip("-n", self.underlay, "link", "set", peer, "master", UNDERLAY_BRIDGE, "up")
+        addrs = _ip("-n", ns, "-o", "addr", "show", "dev", HOST_DEVICE).stdout
+        if f" {address}/{UNDERLAY_PREFIX} " not in addrs:
+            _ip("-n", ns, "addr", "replace", f"{address}/{UNDERLAY_PREFIX}", "dev", HOST_DEVICE)
+        _ip("-n", ns, "link", "set", HOST_DEVICE, "up")
+        run_root = str(self.paths.app_run(spec.app) / spec.name)
+        return Host(spec.app, spec.name, ns, address, HOST_DEVICE, run_root, {"namespace": ns})
+
+    def transport(self, host: Host) -> NamespaceTransport:
+        return NamespaceTransport(host.name, host.ref)
+
+    def delete_host(self, app: str, name: str, host_id: int) -> None:
+        ns = namespace_for(app, name)
+        if ns in namespaces():
+            self._kill_namespace_processes(ns)
+            _ip("netns", "del", ns, check=False)
+        if self.underlay in namespaces():
+            _ip("-n", self.underlay, "link", "del", f"rvh{host_id}", check=False)
+
+    def _kill_namespace_processes(self, ns: str) -> None:
+        # QEMU processes keep a namespace alive after `ip netns del`; they are ours (they run in
+        # a namespace we made), so end them by PID: TERM, a bounded wait, then KILL.
+        def pids() -> list[int]:
+            out = _ip("netns", "pids", ns, check=False).stdout
+            return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            live = pids()
+            if not live:
+                return
+            for pid in live:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + KILL_WAIT_S
+            while time.monotonic() < deadline and pids():
+                time.sleep(0.05)
+        if pids():
+            raise ProviderError(f"processes {pids()} in namespace {ns} did not exit")
+
+    def leftover_hosts(self, app: str) -> list[str]:
+        pattern = re.compile(rf"^rv-{re.escape(app)}-(host-\d+)$")
+        return sorted(m.group(1) for m in map(pattern.match, namespaces()) if m)
+
+    def cleanup(self) -> None:
+        """Drop the underlay namespace once no host is attached to it."""
+        if self.underlay not in namespaces():
+            return
+        links = _ip("-n", self.underlay, "-o", "link", "show", check=False).stdout
+        if " rvh" not in links:
+            _ip("netns", "del", self.underlay, check=False)
+        run = Path(self.paths.run)
+        if run.is_dir() and not any(run.iterdir()):
+            run.rmdir()

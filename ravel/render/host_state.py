@@ -1,0 +1,107 @@
+"""Each host's desired state (the host runtime's input document, version 1), from the plan.
+
+Pure: given the blueprint, placement, network plan and where each host lives, the documents
+are a deterministic function; the host runtime turns a document into the minimal changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from ..model.blueprint import Blueprint
+from ..plan.network import NetworkPlan, hosts_on_network
+from ..plan.placement import Placement
+from .qemu import VmFiles, qemu_argv, tap_name
+
+UNDERLAY_MTU = 1550  # VXLAN adds 50 bytes: guests keep MTU 1500 only if the underlay carries 1550
+
+
+@dataclass(frozen=True)
+class HostSite:
+    """What the renderer needs to know about a provisioned host."""
+
+    name: str
+    address: str  # underlay address
+    device: str  # underlay device
+    run_dir: str  # runtime files of this app on this host (short path)
+    data_dir: str  # disks of this app on this host
+    accel: Literal["kvm", "tcg"]
+
+
+def bridge_name(vni: int) -> str:
+    return f"rb{vni}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"rx{vni}"
+
+
+def disk_path(site: HostSite, vm: str, index: int) -> str:
+    return f"{site.data_dir}/{vm}-disk{index}.qcow2"
+
+
+def desired_states(
+    bp: Blueprint,
+    app: str,
+    placement: Placement,
+    net: NetworkPlan,
+    sites: Mapping[str, HostSite],
+    running: Mapping[str, bool] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Host name -> desired document. `running[vm]` False keeps a VM defined but stopped."""
+    running = running or {}
+    carriers = hosts_on_network(placement, net)
+    ordinal = {vm.name: i for i, vm in enumerate(bp.vms)}
+    docs: dict[str, dict[str, Any]] = {}
+    for host in placement.hosts:
+        site = sites[host.name]
+        networks = []
+        for network in bp.networks:
+            here = carriers.get(network.name, [])
+            if host.name not in here:
+                continue
+            vni = net.vni[network.name]
+            peers = [sites[h].address for h in here if h != host.name]
+            fdb = sorted(
+                ({"mac": n.mac, "dst": sites[placement.vm_host[n.vm]].address}
+                 for n in net.nics if n.network == network.name and placement.vm_host[n.vm] != host.name),
+                key=lambda e: e["mac"],
+            )
+            networks.append({"name": network.name, "vni": vni, "bridge": bridge_name(vni),
+                             "vxlan": vxlan_name(vni), "mtu": network.mtu, "peers": peers, "fdb": fdb})
+        taps, vms = [], []
+        for name in host.vms:
+            vm = bp.vm(name)
+            nics = net.of_vm(name)
+            names = [tap_name(ordinal[name], n.index) for n in nics]
+            for n, tap in zip(nics, names):
+                taps.append({"name": tap, "bridge": bridge_name(net.vni[n.network]), "mtu": bp.network(n.network).mtu})
+            files = VmFiles(site.run_dir, tuple(disk_path(site, name, i) for i in range(len(vm.disks))))
+            disks = []
+            for i, d in enumerate(vm.disks):
+                entry: dict[str, Any] = {"path": files.disks[i]}
+                if d.image:
+                    entry.update(base=d.image, base_format=d.format)
+                else:
+                    entry["size_mib"] = d.size_mib
+                disks.append(entry)
+            vms.append({
+                "name": name,
+                "running": running.get(name, True),
+                "argv": qemu_argv(app, vm, nics, names, files, site.accel),
+                "pidfile": files.path(name, "pid"),
+                "qmp": files.path(name, "qmp"),
+                "disks": disks,
+            })
+        docs[host.name] = {
+            "version": 1,
+            "app": app,
+            "host": host.name,
+            "run_dir": site.run_dir,
+            "underlay": {"device": site.device, "address": site.address, "mtu": UNDERLAY_MTU},
+            "networks": networks,
+            "taps": taps,
+            "vms": vms,
+        }
+    return docs
