@@ -103,7 +103,7 @@ def _disks(vm: VM, files: VmFiles) -> list[str]:
         elif disk.bus in SCSI_CONTROLLER:
             ctl = controllers.get(disk.bus)
             if ctl is None:
-                ctl = controllers[disk.bus] = f"scsi{len(controllers)}"
+                ctl = controllers[disk.bus] = f"scsi{sum(c.startswith('scsi') for c in controllers.values())}"
                 argv += ["-device", f"{SCSI_CONTROLLER[disk.bus]},id={ctl}"]
             argv += ["-device", f"scsi-hd,drive={drive},bus={ctl}.0"]
         elif disk.bus == "sata":

@@ -1,0 +1,3 @@
+from ravel.cli.app import main
+
+main()

@@ -1,0 +1,128 @@
+"""The CLI as a user runs it: a real process, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = ["validate", "plan", "schema", "publish", "status", "list", "console", "logs", "stop", "start", "destroy"]
+
+
+def ravel(*args: str, home: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, RAVEL_HOME=str(home or "/nonexistent-ravel-home"), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "ravel", *args], capture_output=True, text=True, timeout=60,
+                          env=env, input=stdin, cwd=ROOT)
+
+
+def no_traceback(p: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd):
+    p = ravel(cmd, "--help")
+    assert p.returncode == 0, p.stderr
+    assert "Usage:" in p.stdout and len(p.stdout) > 100
+
+
+def test_version():
+    p = ravel("--version")
+    assert p.returncode == 0 and p.stdout.startswith("ravel ")
+
+
+def test_plan_json_shape():
+    p = ravel("plan", "blueprints/demo.yaml", "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert set(data) == {"blueprint", "provider", "optimize", "cost_per_hour", "lower_bound_per_hour", "hosts", "vms"}
+    assert data["blueprint"] == "demo" and data["provider"] == "local" and data["optimize"] == "cost"
+    assert len(data["hosts"]) >= 3 and len(data["vms"]) >= 4
+    for h in data["hosts"]:
+        assert set(h) == {"name", "type", "cpus", "memory_mib", "hourly_cost", "accel", "vms"}
+        assert h["accel"] in ("kvm", "tcg")
+    placed = [vm for h in data["hosts"] for vm in h["vms"]]
+    assert sorted(placed) == sorted(data["vms"])
+    for name, vm in data["vms"].items():
+        assert set(vm) == {"cpus", "memory_mib", "host"}
+        assert name in next(h for h in data["hosts"] if h["name"] == vm["host"])["vms"]
+    assert data["cost_per_hour"] >= data["lower_bound_per_hour"] > 0
+
+
+def test_plan_table_and_providers():
+    for provider in ("aws", "gcp"):
+        p = ravel("plan", "blueprints/vsphere-lab.yaml", "--provider", provider)
+        assert p.returncode == 0, p.stderr
+        assert "cost/bound" in p.stdout and "kvm" in p.stdout
+    p = ravel("plan", "blueprints/ci-lab.yaml", "-p", "aws", "--optimize", "cost", "--json")
+    assert json.loads(p.stdout)["optimize"] == "cost"
+
+
+def test_validate_ok_and_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nvms:\n  a: {cpus: 0, memry: 1}\n")
+    p = ravel("validate", "blueprints/demo.yaml", str(bad))
+    assert p.returncode == 2
+    no_traceback(p)
+    assert "blueprints/demo.yaml: ok" in p.stdout
+    assert f"{bad}:3:13: vms.a.cpus: must be positive, got 0" in p.stderr
+    assert f"{bad}:3:16: vms.a.memry: unknown key 'memry' (did you mean 'memory'?)" in p.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\x02binary", b"[1, 2", b"- just\n- a list\n"])
+def test_validate_bad_files(tmp_path, content):
+    f = tmp_path / "f.yaml"
+    f.write_bytes(content)
+    p = ravel("validate", str(f))
+    assert p.returncode == 2
+    no_traceback(p)
+    assert p.stderr.startswith(str(f))
+
+
+def test_missing_file_and_vm_too_big(tmp_path):
+    p = ravel("validate", str(tmp_path / "nope.yaml"))
+    assert p.returncode == 2 and "nope.yaml: no such file" in p.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\nvms:\n  huge: {cpus: 2, memory: 64GiB}\n")
+    p = ravel("validate", str(big))
+    assert p.returncode == 2
+    assert f"{big}:3:3: vms.huge: vm \"huge\"" in p.stderr and "memory" in p.stderr
+    assert ravel("validate", str(big), "--provider", "aws").returncode == 0
+    p = ravel("plan", str(big))
+    assert p.returncode == 2 and "vms.huge" in p.stderr
+
+
+def test_unknown_host_type_did_you_mean(tmp_path):
+    f = tmp_path / "h.yaml"
+    f.write_text("name: h\nvms:\n  a: {}\nplacement:\n  host_types: [m8i.larg]\n")
+    p = ravel("validate", str(f), "-p", "aws")
+    assert p.returncode == 2
+    assert f"{f}:5:16: placement.host_types[0]:" in p.stderr and "m8i.large" in p.stderr
+
+
+def test_bad_provider_is_a_usage_error():
+    p = ravel("plan", "blueprints/demo.yaml", "--provider", "azure")
+    assert p.returncode == 2 and "unknown provider 'azure'" in p.stderr
+    no_traceback(p)
+
+
+def test_schema_is_json_schema():
+    p = ravel("schema")
+    data = json.loads(p.stdout)
+    assert data["title"] == "ravel blueprint"
+    assert {"name", "vms", "networks", "placement"} <= set(data["properties"])
+
+
+def test_status_of_unknown_app(tmp_path):
+    p = ravel("status", "ghost", home=tmp_path)
+    assert p.returncode == 7 and "no app named 'ghost'" in p.stderr
+    no_traceback(p)
+    p = ravel("destroy", "ghost", "--yes", home=tmp_path)
+    assert p.returncode == 7
+    p = ravel("list", home=tmp_path)
+    assert p.returncode == 0
