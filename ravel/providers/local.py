@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class LocalProvider:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self.underlay = f"rvul-{paths.tag}"
+        self._underlay_lock = threading.Lock()  # hosts are made in parallel; the underlay once
 
     def preflight(self) -> None:
         if os.geteuid() != 0:
@@ -67,6 +69,10 @@ class LocalProvider:
 
     # -- underlay ----------------------------------------------------------------------------
     def _ensure_underlay(self) -> None:
+        with self._underlay_lock:
+            self._make_underlay()
+
+    def _make_underlay(self) -> None:
         ul = self.underlay
         if ul not in namespaces():
             _ip("netns", "add", ul)

@@ -39,10 +39,12 @@ def tap_name(vm_ordinal: int, nic_index: int) -> str:
 
 
 def guest_cmdline(vm: VM, nics: Sequence[NicPlan]) -> str:
-    """The blueprint's cmdline plus ravel's hints for the demo guest: name, addresses by MAC."""
+    """The blueprint's cmdline plus ravel's hints for the demo guest (guest/README.md): its
+    name, and each fixed address by NIC position (ethN is the Nth NIC, in PCI order, which is
+    the blueprint's order because QEMU assigns slots in command-line order)."""
     parts = [vm.boot.cmdline] if vm.boot and vm.boot.cmdline else []
     parts.append(f"ravel.name={vm.name}")
-    addrs = [f"{n.ip.with_prefixlen}@{n.mac}" for n in nics if n.ip is not None]
+    addrs = [f"eth{n.index}:{n.ip.with_prefixlen}" for n in nics if n.ip is not None]
     if addrs:
         parts.append("ravel.ip=" + ",".join(addrs))
     return " ".join(parts)
@@ -60,9 +62,9 @@ def qemu_argv(
     ide = any(d.bus == "ide" for d in vm.disks)
     machine = "pc" if ide else "q35"
     argv = [QEMU, "-name", f"{vm.name},process=ravel-{app}-{vm.name}", "-nodefaults", "-no-user-config",
-            "-display", "none", "-machine", f"{machine},accel={accel}"]
+            "-display", "none", "-machine", machine]
     if accel == "kvm":
-        argv += ["-cpu", "host"]
+        argv += ["-accel", "kvm", "-cpu", "host"]
     else:
         argv += ["-accel", f"tcg,thread=multi,tb-size={TB_SIZE_MIB}", "-cpu", "max"]
     argv += ["-smp", str(vm.cpus), "-m", f"{vm.memory_mib}M"]

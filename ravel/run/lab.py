@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,10 +71,18 @@ class Lab:
     def __init__(self, paths: Paths, emit: Emit = quiet) -> None:
         self.paths = paths
         self.emit = emit
-        self.state = State(paths.state)
+        self._state: State | None = None
+
+    @property
+    def state(self) -> State:
+        # opened on first use, so checks that need no state (root, QEMU) come first
+        if self._state is None:
+            self._state = open_state(self.paths)
+        return self._state
 
     def close(self) -> None:
-        self.state.close()
+        if self._state is not None:
+            self._state.close()
 
     # -- helpers -----------------------------------------------------------------------------
     def _runtime(self, provider: Provider, host: Host) -> HostRuntime:
@@ -270,6 +279,14 @@ class Lab:
         except FileNotFoundError:
             pass
         return len(hosts) + len(leftovers)
+
+
+def open_state(paths: Paths) -> State:
+    try:
+        return State(paths.state)
+    except (OSError, sqlite3.Error) as exc:
+        raise StateError(f"cannot open the state in {paths.state}: {exc}",
+                         hint="set RAVEL_HOME to a directory you can write") from None
 
 
 def _live_pid(pidfile: str) -> int | None:

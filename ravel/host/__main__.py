@@ -1,0 +1,8 @@
+"""``python3 -m ravel.host <command>``: see ``cli``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Command line of the host runtime: JSON in (stdin or --input), JSON report out (stdout).
+
+    python3 -m ravel.host facts              host capabilities (KVM probe, QEMU, cpus, memory)
+    python3 -m ravel.host apply   < desired  reconcile to the desired state
+    python3 -m ravel.host observe < desired  what exists versus desired; changes nothing
+    python3 -m ravel.host destroy < target   remove an app ({"app","run_dir","prefixes"?} or
+                                             the desired document)
+    python3 -m ravel.host version
+
+Exit status: 0 success (apply/destroy: converged); 1 the operation failed or did not converge
+(the report's "errors" say why, and stderr repeats them); 2 invalid input; 3 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Any, Dict, List, Optional
+
+from . import DESIRED_VERSION, RUNTIME_VERSION
+from . import apply as ops
+from .desired import DesiredError, parse_desired, parse_target
+from .facts import host_facts
+from .proc import CommandFailed
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERNAL = 3
+
+
+def _read_input(path: str) -> Any:
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path) as f:
+                text = f.read()
+    except OSError as exc:
+        raise _Invalid([f"cannot read {path}: {exc.strerror}"]) from None
+    if not text.strip():
+        raise _Invalid(["no input: pipe the JSON document to stdin (or pass --input FILE)"])
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _Invalid([f"input is not JSON: {exc}"]) from None
+
+
+class _Invalid(Exception):
+    def __init__(self, problems: List[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _emit(doc: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _fail_message(cmd: str, report: Dict[str, Any]) -> None:
+    errors = report.get("errors") or ["did not converge"]
+    sys.stderr.write(f"ravel.host {cmd}: failed:\n" + "".join(f"  - {e}\n" for e in errors))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ravel.host", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    f = sub.add_parser("facts", help="host capabilities: KVM (probed), QEMU, cpus, memory, kernel")
+    f.add_argument("--kvm-timeout", type=float, default=5.0, help="bound on the KVM probe (s)")
+    for name, text in (("apply", "reconcile the host to the desired state on stdin"),
+                       ("observe", "report what exists versus the desired state; no changes"),
+                       ("destroy", "remove an app's VMs, links and run_dir (idempotent)")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
+    sub.add_parser("version", help="runtime and desired-document versions")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.cmd:
+        parser.print_help(sys.stderr)
+        return EXIT_INVALID
+    try:
+        return _run(args)
+    except _Invalid as exc:
+        _emit({"errors": exc.problems})
+        sys.stderr.write(f"ravel.host {args.cmd}: invalid input:\n"
+                         + "".join(f"  - {p}\n" for p in exc.problems))
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        sys.stderr.write(f"ravel.host {args.cmd}: interrupted\n")
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - one place turns bugs into an exit status
+        _emit({"errors": [f"internal error: {exc!r}"]})
+        sys.stderr.write(f"ravel.host {args.cmd}: internal error (a bug):\n")
+        traceback.print_exc(file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.cmd == "version":
+        _emit({"runtime": RUNTIME_VERSION, "desired_version": DESIRED_VERSION,
+               "python": sys.version.split()[0]})
+        return EXIT_OK
+    if args.cmd == "facts":
+        _emit(host_facts(kvm_timeout=args.kvm_timeout))
+        return EXIT_OK
+
+    doc = _read_input(args.input)
+    try:
+        if args.cmd == "destroy":
+            app, run_dir, prefixes, desired = parse_target(doc)
+        else:
+            desired = parse_desired(doc)
+    except DesiredError as exc:
+        raise _Invalid(exc.problems) from None
+
+    try:
+        if args.cmd == "observe":
+            _emit(ops.observe(desired))
+            return EXIT_OK
+        if args.cmd == "apply":
+            report = ops.apply_desired(desired)
+        else:
+            report = ops.destroy(app, run_dir, prefixes, desired)
+    except CommandFailed as exc:  # observing the host failed (e.g. `ip` missing)
+        report = {"converged": False, "errors": [str(exc)]}
+    _emit(report)
+    if report.get("converged") and not report.get("errors"):
+        return EXIT_OK
+    _fail_message(args.cmd, report)
+    return EXIT_FAILED

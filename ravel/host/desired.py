@@ -1,0 +1,400 @@
+"""The desired-state document (version 1): parsed into frozen values, every problem reported.
+
+The document is produced by ravel's renderer; this module re-checks it on the host because a
+bad document must fail before any side effect, with a message naming the key at fault.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import DESIRED_VERSION
+
+VXLAN_PORT = 4789
+ZERO_MAC = "00:00:00:00:00:00"
+DISK_BASE_FORMATS = ("qcow2", "vmdk", "raw")
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_VMNAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class DesiredError(ValueError):
+    """The desired document is invalid; ``problems`` lists every fault as 'path: message'."""
+
+    def __init__(self, problems: List[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid desired state: " + "; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Underlay:
+    device: str
+    address: str
+    mtu: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    mac: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    vni: int
+    bridge: str
+    vxlan: str
+    mtu: int = 1500
+    peers: Tuple[str, ...] = ()
+    fdb: Tuple[FdbEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tap:
+    name: str
+    bridge: str
+    mtu: int = 1500
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: str
+    base: Optional[str] = None
+    base_format: Optional[str] = None
+    size_mib: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class VM:
+    name: str
+    running: bool
+    argv: Tuple[str, ...]
+    pidfile: str
+    qmp: str
+    disks: Tuple[Disk, ...] = ()
+
+
+@dataclass(frozen=True)
+class Desired:
+    app: str
+    run_dir: str
+    host: str = ""
+    underlay: Optional[Underlay] = None
+    networks: Tuple[Network, ...] = ()
+    taps: Tuple[Tap, ...] = ()
+    vms: Tuple[VM, ...] = ()
+    version: int = DESIRED_VERSION
+
+    def link_kinds(self) -> Dict[str, str]:
+        """Every link this document wants, name -> kind ('bridge' | 'vxlan' | 'tap')."""
+        kinds: Dict[str, str] = {}
+        for net in self.networks:
+            kinds[net.bridge] = "bridge"
+            kinds[net.vxlan] = "vxlan"
+        for tap in self.taps:
+            kinds[tap.name] = "tap"
+        return kinds
+
+
+@dataclass
+class _Checker:
+    problems: List[str] = field(default_factory=list)
+
+    def bad(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def get(self, obj: Dict[str, Any], key: str, path: str, kind: Any, required: bool = True,
+            default: Any = None) -> Any:
+        if key not in obj or obj[key] is None:
+            if required:
+                self.bad(f"{path}.{key}" if path else key, "is required")
+            return default
+        value = obj[key]
+        if kind is int and isinstance(value, bool):
+            self.bad(f"{path}.{key}" if path else key, "must be an integer")
+            return default
+        if not isinstance(value, kind):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            self.bad(f"{path}.{key}" if path else key,
+                     f"must be {name}, got {type(value).__name__}")
+            return default
+        return value
+
+    def known(self, obj: Dict[str, Any], path: str, keys: str) -> None:
+        """Unknown keys are errors (a typo must not silently drop state); "_"-keys are free."""
+        allowed = set(keys.split())
+        for key in obj:
+            if key not in allowed and not str(key).startswith("_"):
+                where = f"{path}.{key}" if path else str(key)
+                self.bad(where, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+    def ifname(self, value: Any, path: str) -> None:
+        if isinstance(value, str) and not _IFNAME.match(value):
+            self.bad(path, f"{value!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _ . : -)")
+
+    def ip(self, value: Any, path: str) -> Optional[str]:
+        if not isinstance(value, str):
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            self.bad(path, f"{value!r} is not an IP address")
+            return None
+
+    def mtu(self, value: Any, path: str) -> None:
+        if isinstance(value, int) and not 68 <= value <= 65535:
+            self.bad(path, f"{value} is outside 68..65535")
+
+    def abspath(self, value: Any, path: str) -> None:
+        if isinstance(value, str) and (not os.path.isabs(value) or "\0" in value):
+            self.bad(path, f"{value!r} must be an absolute path")
+
+
+def parse_desired(doc: Any) -> Desired:
+    """Validate a desired-state document (a decoded JSON value) and return frozen values."""
+    c = _Checker()
+    if not isinstance(doc, dict):
+        raise DesiredError(["document: must be a JSON object"])
+    c.known(doc, "", "version app host run_dir underlay networks taps vms prefixes")
+    version = c.get(doc, "version", "", int)
+    if version is not None and version != DESIRED_VERSION:
+        c.bad("version", f"unsupported version {version}, this runtime speaks {DESIRED_VERSION}")
+    app = c.get(doc, "app", "", str)
+    if isinstance(app, str) and not _VMNAME.match(app):
+        c.bad("app", f"{app!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+    host = c.get(doc, "host", "", str, required=False, default="")
+    run_dir = c.get(doc, "run_dir", "", str)
+    c.abspath(run_dir, "run_dir")
+    if isinstance(run_dir, str) and os.path.normpath(run_dir) == "/":
+        c.bad("run_dir", "must not be /")
+
+    underlay = None
+    raw_u = c.get(doc, "underlay", "", dict, required=False)
+    if raw_u is not None:
+        c.known(raw_u, "underlay", "device address mtu")
+        dev = c.get(raw_u, "device", "underlay", str)
+        c.ifname(dev, "underlay.device")
+        addr = c.ip(c.get(raw_u, "address", "underlay", str), "underlay.address")
+        umtu = c.get(raw_u, "mtu", "underlay", int, required=False)
+        c.mtu(umtu, "underlay.mtu")
+        underlay = Underlay(device=dev or "", address=addr or "", mtu=umtu)
+
+    networks: List[Network] = []
+    raw_nets = c.get(doc, "networks", "", list, required=False, default=[])
+    for i, raw in enumerate(raw_nets):
+        p = f"networks[{i}]"
+        if not isinstance(raw, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(raw, p, "name vni bridge vxlan mtu peers fdb")
+        name = c.get(raw, "name", p, str, default="")
+        vni = c.get(raw, "vni", p, int, default=0)
+        if isinstance(vni, int) and vni and not 1 <= vni <= 0xFFFFFF:
+            c.bad(f"{p}.vni", f"{vni} is outside 1..16777215")
+        bridge = c.get(raw, "bridge", p, str, default="")
+        c.ifname(bridge, f"{p}.bridge")
+        vxlan = c.get(raw, "vxlan", p, str, default="")
+        c.ifname(vxlan, f"{p}.vxlan")
+        mtu = c.get(raw, "mtu", p, int, required=False, default=1500)
+        c.mtu(mtu, f"{p}.mtu")
+        peers: List[str] = []
+        for j, peer in enumerate(c.get(raw, "peers", p, list, required=False, default=[])):
+            ip = c.ip(peer, f"{p}.peers[{j}]")
+            if not isinstance(peer, str):
+                c.bad(f"{p}.peers[{j}]", "must be a string")
+            elif ip and ip not in peers:
+                peers.append(ip)
+        fdb: List[FdbEntry] = []
+        for j, ent in enumerate(c.get(raw, "fdb", p, list, required=False, default=[])):
+            q = f"{p}.fdb[{j}]"
+            if not isinstance(ent, dict):
+                c.bad(q, "must be an object")
+                continue
+            c.known(ent, q, "mac dst")
+            mac = c.get(ent, "mac", q, str, default="")
+            mac_n = mac.lower()
+            if mac and not _MAC.match(mac_n):
+                c.bad(f"{q}.mac", f"{mac!r} is not a MAC address")
+            elif mac and (mac_n == ZERO_MAC or int(mac_n[:2], 16) & 1):
+                c.bad(f"{q}.mac", f"{mac!r} must be a unicast MAC")
+            dst = c.ip(c.get(ent, "dst", q, str), f"{q}.dst")
+            if mac and dst:
+                if any(e.mac == mac_n for e in fdb):
+                    c.bad(f"{q}.mac", f"{mac!r} is listed twice")
+                else:
+                    fdb.append(FdbEntry(mac=mac_n, dst=dst))
+        networks.append(Network(name=name, vni=vni, bridge=bridge, vxlan=vxlan, mtu=mtu,
+                                peers=tuple(peers), fdb=tuple(fdb)))
+
+    bridges = {n.bridge for n in networks}
+    taps: List[Tap] = []
+    for i, raw in enumerate(c.get(doc, "taps", "", list, required=False, default=[])):
+        p = f"taps[{i}]"
+        if not isinstance(raw, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(raw, p, "name bridge mtu")
+        name = c.get(raw, "name", p, str, default="")
+        c.ifname(name, f"{p}.name")
+        bridge = c.get(raw, "bridge", p, str, default="")
+        if bridge and bridge not in bridges:
+            c.bad(f"{p}.bridge", f"{bridge!r} is not the bridge of any network in this document")
+        mtu = c.get(raw, "mtu", p, int, required=False, default=1500)
+        c.mtu(mtu, f"{p}.mtu")
+        taps.append(Tap(name=name, bridge=bridge, mtu=mtu))
+
+    vms: List[VM] = []
+    for i, raw in enumerate(c.get(doc, "vms", "", list, required=False, default=[])):
+        p = f"vms[{i}]"
+        if not isinstance(raw, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(raw, p, "name running argv pidfile qmp disks")
+        name = c.get(raw, "name", p, str, default="")
+        if name and not _VMNAME.match(name):
+            c.bad(f"{p}.name", f"{name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+        running = c.get(raw, "running", p, bool, required=False, default=True)
+        argv = c.get(raw, "argv", p, list, default=[])
+        if isinstance(argv, list):
+            if not argv:
+                c.bad(f"{p}.argv", "must not be empty")
+            elif not all(isinstance(a, str) and "\0" not in a for a in argv):
+                c.bad(f"{p}.argv", "must be a list of strings")
+        pidfile = c.get(raw, "pidfile", p, str, default="")
+        c.abspath(pidfile, f"{p}.pidfile")
+        qmp = c.get(raw, "qmp", p, str, default="")
+        c.abspath(qmp, f"{p}.qmp")
+        if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+            if "-daemonize" not in argv:
+                c.bad(f"{p}.argv", "must include -daemonize (the runtime waits for QEMU's init)")
+            if pidfile and not any(pidfile in a for a in argv):
+                c.bad(f"{p}.argv", f"must pass the pidfile {pidfile!r} (-pidfile ...)")
+        disks: List[Disk] = []
+        for j, d in enumerate(c.get(raw, "disks", p, list, required=False, default=[])):
+            q = f"{p}.disks[{j}]"
+            if not isinstance(d, dict):
+                c.bad(q, "must be an object")
+                continue
+            c.known(d, q, "path base base_format size_mib")
+            path = c.get(d, "path", q, str, default="")
+            c.abspath(path, f"{q}.path")
+            base = c.get(d, "base", q, str, required=False)
+            c.abspath(base, f"{q}.base")
+            fmt = c.get(d, "base_format", q, str, required=False)
+            size = c.get(d, "size_mib", q, int, required=False)
+            if base is None and size is None:
+                c.bad(q, "needs either base (an overlay) or size_mib (a blank disk)")
+            if base is not None and size is not None:
+                c.bad(q, "has both base and size_mib; give one")
+            if base is not None:
+                fmt = fmt or "qcow2"
+                if fmt not in DISK_BASE_FORMATS:
+                    c.bad(f"{q}.base_format",
+                          f"{fmt!r} is not one of {', '.join(DISK_BASE_FORMATS)}")
+            if size is not None and size <= 0:
+                c.bad(f"{q}.size_mib", "must be positive")
+            disks.append(Disk(path=path, base=base, base_format=fmt if base else None,
+                              size_mib=size))
+        vms.append(VM(name=name, running=bool(running), pidfile=pidfile, qmp=qmp,
+                      argv=tuple(argv) if isinstance(argv, list) else (), disks=tuple(disks)))
+
+    _check_unique(c, networks, taps, vms, underlay)
+    if c.problems:
+        raise DesiredError(c.problems)
+    return Desired(app=app, host=host, run_dir=os.path.normpath(run_dir), underlay=underlay,
+                   networks=tuple(networks), taps=tuple(taps), vms=tuple(vms))
+
+
+def _check_unique(c: _Checker, networks: List[Network], taps: List[Tap], vms: List[VM],
+                  underlay: Optional[Underlay]) -> None:
+    seen: Dict[str, str] = {}
+
+    def claim(name: str, path: str) -> None:
+        if not name:
+            return
+        if name in seen:
+            c.bad(path, f"{name!r} is already used by {seen[name]}")
+        else:
+            seen[name] = path
+
+    if underlay and underlay.device:
+        claim(underlay.device, "underlay.device")
+    vnis: Dict[int, int] = {}
+    names: Dict[str, int] = {}
+    for i, n in enumerate(networks):
+        claim(n.bridge, f"networks[{i}].bridge")
+        claim(n.vxlan, f"networks[{i}].vxlan")
+        if n.vni in vnis:
+            c.bad(f"networks[{i}].vni", f"{n.vni} is already used by networks[{vnis[n.vni]}]")
+        vnis.setdefault(n.vni, i)
+        if n.name in names:
+            c.bad(f"networks[{i}].name", f"{n.name!r} is already used by networks[{names[n.name]}]")
+        names.setdefault(n.name, i)
+    if networks and underlay is None:
+        c.bad("underlay", "is required when networks are given (VXLAN needs a local address)")
+    if underlay and underlay.address:
+        family = ipaddress.ip_address(underlay.address).version
+        for i, n in enumerate(networks):
+            for addr in list(n.peers) + [e.dst for e in n.fdb]:
+                if ipaddress.ip_address(addr).version != family:
+                    c.bad(f"networks[{i}]", f"{addr} is not IPv{family} like the underlay "
+                                            f"address {underlay.address}")
+    for i, t in enumerate(taps):
+        claim(t.name, f"taps[{i}].name")
+    vm_names: Dict[str, int] = {}
+    paths: Dict[str, str] = {}
+    for i, vm in enumerate(vms):
+        if vm.name in vm_names:
+            c.bad(f"vms[{i}].name", f"{vm.name!r} is already used by vms[{vm_names[vm.name]}]")
+        vm_names.setdefault(vm.name, i)
+        for key, path in [("pidfile", vm.pidfile), ("qmp", vm.qmp)] + [
+                (f"disks[{j}].path", d.path) for j, d in enumerate(vm.disks)]:
+            if path in paths:
+                c.bad(f"vms[{i}].{key}", f"{path!r} is already used by {paths[path]}")
+            elif path:
+                paths[path] = f"vms[{i}].{key}"
+
+
+def parse_target(doc: Any) -> Tuple[str, str, Tuple[str, ...], Optional[Desired]]:
+    """For ``destroy``: accept {"app", "run_dir", "prefixes"?} or a full desired document.
+
+    Returns (app, run_dir, prefixes, desired-or-None).
+    """
+    if not isinstance(doc, dict):
+        raise DesiredError(["document: must be a JSON object"])
+    if "version" in doc:
+        desired = parse_desired(doc)
+        prefixes = _prefixes(doc)
+        return desired.app, desired.run_dir, prefixes, desired
+    c = _Checker()
+    c.known(doc, "", "app run_dir prefixes")
+    app = c.get(doc, "app", "", str)
+    run_dir = c.get(doc, "run_dir", "", str)
+    c.abspath(run_dir, "run_dir")
+    if isinstance(run_dir, str) and os.path.normpath(run_dir) == "/":
+        c.bad("run_dir", "must not be /")
+    try:
+        prefixes = _prefixes(doc)
+    except DesiredError as exc:
+        c.problems.extend(exc.problems)
+        prefixes = ()
+    if c.problems:
+        raise DesiredError(c.problems)
+    return app, os.path.normpath(run_dir), prefixes, None
+
+
+def _prefixes(doc: Dict[str, Any]) -> Tuple[str, ...]:
+    raw = doc.get("prefixes") or []
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise DesiredError(["prefixes: must be a list of strings"])
+    bad = [p for p in raw if len(p) < 2 or not _IFNAME.match(p)]
+    if bad:
+        raise DesiredError([f"prefixes: {p!r} is too broad or not an interface-name prefix"
+                            for p in bad])
+    return tuple(raw)

@@ -1,0 +1,425 @@
+"""PURE: desired state + observed facts -> the minimal list of actions, each with its reason.
+
+Nothing here touches the system; ``apply`` runs what this returns. Order of the plan:
+run_dir, underlay MTU, bridges, VXLAN devices, FDB, taps, disks, VM stops (and removals),
+VM starts. Ownership comes only from run_dir/owned.json (``facts.owned``): a device that is not
+listed there is never deleted or replaced, only adopted when it already has the wanted kind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from .desired import VXLAN_PORT, ZERO_MAC, Desired, Network, Tap
+from .facts import ARGV_SUFFIX, Facts, Link, argv_sha256, fdb_wanted
+
+Argv = Tuple[str, ...]
+
+# Every kind of action. ``apply`` aborts the rest of a plan when a run_dir, device, FDB or
+# disk.create action fails; VM actions (and disk.delete) are independent of each other.
+KINDS = (
+    "run_dir.create", "run_dir.chmod", "underlay.mtu",
+    "bridge.delete", "bridge.recreate", "bridge.create", "bridge.update",
+    "vxlan.delete", "vxlan.recreate", "vxlan.create", "vxlan.update",
+    "fdb.delete", "fdb.add",
+    "tap.delete", "tap.recreate", "tap.create", "tap.update",
+    "disk.create",
+    "vm.stop", "vm.remove", "disk.delete",
+    "vm.start",
+    "link.delete", "run_dir.delete",  # destroy only
+)
+
+# Phases, in order; within a phase, deletions of stale items come first, then per item.
+PHASES = ("run_dir", "underlay", "bridge", "vxlan", "fdb", "tap", "disk.create", "vm.stop",
+          "vm.start", "destroy")
+
+
+def phase(kind: str) -> int:
+    if kind in ("vm.stop", "vm.remove", "disk.delete"):
+        return PHASES.index("vm.stop")
+    if kind in ("link.delete", "run_dir.delete"):
+        return PHASES.index("destroy")
+    if kind in PHASES:
+        return PHASES.index(kind)
+    return PHASES.index(kind.split(".")[0])
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # one of KINDS
+    target: str  # device name, "vxlan mac->dst", disk path, VM name
+    reason: str  # why it is needed, for humans
+    argv: Tuple[Argv, ...] = ()  # commands to run, in order (device, FDB and disk actions)
+    params: Dict[str, Any] = field(default_factory=dict)  # for run_dir and VM actions
+
+    def brief(self) -> Dict[str, str]:
+        return {"kind": self.kind, "target": self.target, "reason": self.reason}
+
+
+def _ip(*args: Any) -> Argv:
+    return ("ip",) + tuple(str(a) for a in args)
+
+
+def _bridge(*args: Any) -> Argv:
+    return ("bridge",) + tuple(str(a) for a in args)
+
+
+# -- preflight -----------------------------------------------------------------------------------
+
+def problems(desired: Desired, facts: Facts) -> List[str]:
+    """What makes the desired state impossible to reach here; checked before any change."""
+    found: List[str] = []
+    u = desired.underlay
+    if u and u.device not in facts.links:
+        found.append(f"underlay device {u.device!r} does not exist on this host")
+    elif u and facts.underlay_addresses is not None and u.address not in facts.underlay_addresses:
+        found.append(f"underlay address {u.address} is not assigned to {u.device!r} (it has "
+                     f"{', '.join(facts.underlay_addresses) or 'no address'})")
+    for name, kind in desired.link_kinds().items():
+        link = facts.links.get(name)
+        if link and link.kind != kind and name not in facts.owned.links:
+            found.append(f"{name!r} exists as a {link.kind or 'physical'} device that app "
+                         f"{desired.app!r} did not create; refusing to replace it with a {kind}")
+    for vm in desired.vms:
+        for d in vm.disks:
+            if d.base and not facts.exists(d.path) and not facts.exists(d.base):
+                found.append(f"VM {vm.name!r}: base image {d.base} of disk {d.path} not found")
+    return found
+
+
+# -- reconcile -----------------------------------------------------------------------------------
+
+def reconcile(desired: Desired, facts: Facts) -> List[Action]:
+    """The actions that take the observed host to the desired state; [] when converged."""
+    actions: List[Action] = []
+    want = desired.link_kinds()
+    owned = facts.owned.links
+    fresh_bridges: Set[str] = set()  # (re)created here: existing ports lost their master
+    fresh_taps: Set[str] = set()
+
+    if not facts.run_dir_exists:
+        actions.append(Action("run_dir.create", desired.run_dir, "missing",
+                              params={"path": desired.run_dir, "mode": 0o700}))
+    elif facts.run_dir_mode != 0o700:
+        actions.append(Action("run_dir.chmod", desired.run_dir,
+                              f"mode {oct(facts.run_dir_mode or 0)}, want 0o700",
+                              params={"path": desired.run_dir, "mode": 0o700}))
+
+    u = desired.underlay
+    if u and u.mtu and u.device in facts.links and facts.links[u.device].mtu < u.mtu:
+        actions.append(Action("underlay.mtu", u.device,
+                              f"mtu {facts.links[u.device].mtu} < {u.mtu} (VXLAN adds 50 bytes)",
+                              (_ip("link", "set", "dev", u.device, "mtu", u.mtu),)))
+
+    def stale(kind: str) -> List[str]:
+        return sorted(n for n, k in owned.items()
+                      if k == kind and n not in want and n in facts.links
+                      and facts.links[n].kind == kind)
+
+    # bridges
+    for name in stale("bridge"):
+        actions.append(Action("bridge.delete", name, "no longer desired",
+                              (_ip("link", "del", "dev", name),)))
+    for net in desired.networks:
+        act = _bridge_action(net, facts.links.get(net.bridge), net.bridge in owned)
+        if act:
+            actions.append(act)
+            if act.kind in ("bridge.create", "bridge.recreate"):
+                fresh_bridges.add(net.bridge)
+
+    # VXLAN devices and their FDB
+    fdb_actions: List[Action] = []
+    for name in stale("vxlan"):
+        actions.append(Action("vxlan.delete", name, "no longer desired",
+                              (_ip("link", "del", "dev", name),)))
+    for net in desired.networks:
+        link = facts.links.get(net.vxlan)
+        act = _vxlan_action(net, link, desired.underlay.address if desired.underlay else "",
+                            net.vxlan in owned, net.bridge in fresh_bridges)
+        fresh = False
+        if act:
+            actions.append(act)
+            fresh = act.kind in ("vxlan.create", "vxlan.recreate")
+        if link is not None and link.kind != "vxlan" and net.vxlan not in owned:
+            continue  # refused in problems(); no FDB on a device we do not control
+        observed = frozenset() if fresh else facts.fdb.get(net.vxlan, frozenset())
+        fdb_actions.extend(_fdb_actions(net, observed))
+    actions.extend(fdb_actions)
+
+    # taps
+    for name in stale("tap"):
+        actions.append(Action("tap.delete", name, "no longer desired",
+                              (_ip("link", "del", "dev", name),)))
+    for tap in desired.taps:
+        act = _tap_action(tap, facts.links.get(tap.name), tap.name in owned,
+                          tap.bridge in fresh_bridges)
+        if act:
+            actions.append(act)
+            if act.kind in ("tap.create", "tap.recreate"):
+                fresh_taps.add(tap.name)
+
+    # disks
+    for vm in desired.vms:
+        for d in vm.disks:
+            if facts.exists(d.path):
+                continue
+            if d.base:
+                cmd = ("qemu-img", "create", "-f", "qcow2", "-b", d.base, "-F",
+                       d.base_format or "qcow2", d.path)
+                why = f"missing (overlay over {d.base})"
+            else:
+                cmd = ("qemu-img", "create", "-f", "qcow2", d.path, f"{d.size_mib}M")
+                why = f"missing (blank, {d.size_mib} MiB)"
+            actions.append(Action("disk.create", d.path, why, (cmd,), {"path": d.path}))
+
+    # VM stops, removals
+    restart: Dict[str, str] = {}
+    wanted_vms = {vm.name: vm for vm in desired.vms}
+    for vm in desired.vms:
+        f = facts.vms.get(vm.name)
+        if not f or not f.running:
+            continue
+        if not vm.running:
+            actions.append(_stop(f, "running=false"))
+            continue
+        if f.record is not None and f.record.sha256 != argv_sha256(vm.argv):
+            restart[vm.name] = "configuration changed"
+        else:
+            used = sorted(_vm_taps(vm.argv) & fresh_taps)
+            if used:
+                restart[vm.name] = f"tap {', '.join(used)} was (re)created"
+        if vm.name in restart:
+            actions.append(_stop(f, restart[vm.name]))
+    gone = [(name, f) for name, f in sorted(facts.vms.items()) if name not in wanted_vms]
+    for name, f in gone:
+        if f.running:
+            actions.append(_stop(f, "no longer desired"))
+    for name, f in gone:
+        if f.files or f.running:
+            actions.append(Action("vm.remove", name, "no longer desired",
+                                  params={"files": _vm_files(facts, name)}))
+    wanted_disks = {d.path for vm in desired.vms for d in vm.disks}
+    for name in sorted(wanted_vms):
+        own = facts.owned.vms.get(name)
+        for path in (own.disks if own else ()):
+            if path not in wanted_disks and facts.exists(path):
+                actions.append(Action("disk.delete", path, f"no longer a disk of VM {name!r}",
+                                      params={"path": path}))
+
+    # VM starts
+    for vm in desired.vms:
+        if not vm.running:
+            continue
+        f = facts.vms.get(vm.name)
+        if f and f.running and vm.name not in restart:
+            continue
+        reason = restart.get(vm.name) or ("not running" + (f"; {f.note}" if f and f.note else ""))
+        actions.append(Action("vm.start", vm.name, reason, params={
+            "argv": list(vm.argv), "pidfile": vm.pidfile, "qmp": vm.qmp,
+            "sha256": argv_sha256(vm.argv),
+            "record": os.path.join(desired.run_dir, vm.name + ARGV_SUFFIX),
+        }))
+    return actions
+
+
+def _bridge_action(net: Network, link: Optional[Link], owned: bool) -> Optional[Action]:
+    name = net.bridge
+    create = (
+        _ip("link", "add", name, "type", "bridge", "mcast_snooping", 0),
+        _ip("link", "set", "dev", name, "mtu", net.mtu),
+        _ip("link", "set", "dev", name, "up"),
+    )
+    if link is None:
+        return Action("bridge.create", name, f"missing (network {net.name})", create)
+    if link.kind != "bridge":
+        if not owned:
+            return None
+        return Action("bridge.recreate", name,
+                      f"is a {link.kind or 'physical'} device, want bridge",
+                      (_ip("link", "del", "dev", name),) + create)
+    diffs: List[str] = []
+    cmds: List[Argv] = []
+    if link.mcast_snooping not in (0, None):
+        diffs.append("multicast snooping on")
+        cmds.append(_ip("link", "set", "dev", name, "type", "bridge", "mcast_snooping", 0))
+    if link.mtu != net.mtu:
+        diffs.append(f"mtu {link.mtu}, want {net.mtu}")
+        cmds.append(_ip("link", "set", "dev", name, "mtu", net.mtu))
+    if not link.up:
+        diffs.append("down")
+        cmds.append(_ip("link", "set", "dev", name, "up"))
+    return Action("bridge.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
+
+
+def _vxlan_action(net: Network, link: Optional[Link], local: str, owned: bool,
+                  bridge_fresh: bool) -> Optional[Action]:
+    name = net.vxlan
+    create = (
+        _ip("link", "add", name, "type", "vxlan", "id", net.vni, "local", local,
+            "dstport", VXLAN_PORT, "nolearning"),
+        _ip("link", "set", "dev", name, "mtu", net.mtu),
+        _ip("link", "set", "dev", name, "master", net.bridge),
+        _ip("link", "set", "dev", name, "up"),
+    )
+    if link is None:
+        return Action("vxlan.create", name, f"missing (network {net.name}, vni {net.vni})", create)
+    diffs: List[str] = []
+    if link.kind != "vxlan":
+        diffs.append(f"is a {link.kind or 'physical'} device, want vxlan")
+    else:
+        if link.vni != net.vni:
+            diffs.append(f"vni {link.vni}, want {net.vni}")
+        if (link.local or "") != local:
+            diffs.append(f"local {link.local or 'unset'}, want {local}")
+        if link.port != VXLAN_PORT:
+            diffs.append(f"dstport {link.port}, want {VXLAN_PORT}")
+        if link.learning:
+            diffs.append("learning on")
+        if link.remote:
+            diffs.append(f"has group/remote {link.remote}")
+        if link.lower:
+            diffs.append(f"bound to dev {link.lower}")
+    if diffs:
+        if not owned and link.kind != "vxlan":
+            return None
+        return Action("vxlan.recreate", name, "; ".join(diffs),
+                      (_ip("link", "del", "dev", name),) + create)
+    cmds: List[Argv] = []
+    if link.mtu != net.mtu:
+        diffs.append(f"mtu {link.mtu}, want {net.mtu}")
+        cmds.append(_ip("link", "set", "dev", name, "mtu", net.mtu))
+    if link.master != net.bridge or bridge_fresh:
+        diffs.append(f"master {link.master or 'none'}, want {net.bridge}"
+                     if not bridge_fresh else f"bridge {net.bridge} was (re)created")
+        cmds.append(_ip("link", "set", "dev", name, "master", net.bridge))
+    if not link.up:
+        diffs.append("down")
+        cmds.append(_ip("link", "set", "dev", name, "up"))
+    return Action("vxlan.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
+
+
+def _fdb_actions(net: Network, observed: frozenset) -> List[Action]:
+    wanted = fdb_wanted(net.peers, net.fdb)
+    out: List[Action] = []
+    for mac, dst in sorted(observed - wanted):
+        what = "flood entry" if mac == ZERO_MAC else "entry"
+        out.append(Action("fdb.delete", f"{net.vxlan} {mac} -> {dst}",
+                          f"stale {what} (peer or MAC no longer desired)",
+                          (_bridge("fdb", "del", mac, "dev", net.vxlan, "dst", dst),)))
+    for mac, dst in sorted(wanted - observed):
+        if mac == ZERO_MAC:
+            cmd = _bridge("fdb", "append", mac, "dev", net.vxlan, "dst", dst)
+            why = f"missing flood entry for peer {dst} (head-end replication)"
+        else:
+            cmd = _bridge("fdb", "replace", mac, "dev", net.vxlan, "dst", dst, "static")
+            why = f"missing entry for remote MAC {mac}"
+        out.append(Action("fdb.add", f"{net.vxlan} {mac} -> {dst}", why, (cmd,)))
+    return out
+
+
+def _tap_action(tap: Tap, link: Optional[Link], owned: bool, bridge_fresh: bool
+                ) -> Optional[Action]:
+    name = tap.name
+    create = (
+        _ip("tuntap", "add", "dev", name, "mode", "tap"),
+        _ip("link", "set", "dev", name, "mtu", tap.mtu),
+        _ip("link", "set", "dev", name, "master", tap.bridge),
+        _ip("link", "set", "dev", name, "up"),
+    )
+    if link is None:
+        return Action("tap.create", name, f"missing (on bridge {tap.bridge})", create)
+    if link.kind != "tap":
+        if not owned:
+            return None
+        return Action("tap.recreate", name, f"is a {link.kind or 'physical'} device, want tap",
+                      (_ip("link", "del", "dev", name),) + create)
+    diffs: List[str] = []
+    cmds: List[Argv] = []
+    if link.mtu != tap.mtu:
+        diffs.append(f"mtu {link.mtu}, want {tap.mtu}")
+        cmds.append(_ip("link", "set", "dev", name, "mtu", tap.mtu))
+    if link.master != tap.bridge or bridge_fresh:
+        diffs.append(f"master {link.master or 'none'}, want {tap.bridge}"
+                     if not bridge_fresh else f"bridge {tap.bridge} was (re)created")
+        cmds.append(_ip("link", "set", "dev", name, "master", tap.bridge))
+    if not link.up:
+        diffs.append("down")
+        cmds.append(_ip("link", "set", "dev", name, "up"))
+    return Action("tap.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
+
+
+def _stop(f: Any, reason: str) -> Action:
+    return Action("vm.stop", f.name, reason, params={
+        "pid": f.pid, "starttime": f.starttime, "argv": list(f.argv), "qmp": f.qmp,
+        "pidfile": f.pidfile,
+    })
+
+
+def _vm_files(facts: Facts, name: str) -> List[str]:
+    f = facts.vms[name]
+    own = facts.owned.vms.get(name)
+    paths = [f.pidfile, f.qmp, os.path.join(facts.run_dir, name + ARGV_SUFFIX)]
+    paths += list(own.disks) if own else []
+    return sorted({p for p in paths if p} | set(f.files))
+
+
+def _vm_taps(argv: Sequence[str]) -> Set[str]:
+    taps = set()
+    for arg in argv:
+        for part in arg.split(","):
+            if part.startswith("ifname="):
+                taps.add(part[len("ifname="):])
+    return taps
+
+
+# -- teardown (destroy) -----------------------------------------------------------------------
+
+def teardown(facts: Facts, desired: Optional[Desired] = None, prefixes: Sequence[str] = (),
+             keep: Sequence[str] = ("lo",)) -> List[Action]:
+    """Everything that removes an app from this host: VMs, its links, its run_dir.
+
+    Links come from owned.json, from the desired document if given (only when they still have
+    the kind it names), and from caller-given name ``prefixes`` (never a physical device or a
+    name in ``keep``). Idempotent: [] once nothing is left.
+    """
+    actions: List[Action] = []
+    for name, f in sorted(facts.vms.items()):
+        if f.running:
+            actions.append(_stop(f, "app destroyed"))
+    for name, f in sorted(facts.vms.items()):
+        files = [p for p in _vm_files(facts, name) if p in f.files or facts.exists(p)]
+        if desired:
+            for vm in desired.vms:
+                if vm.name == name:
+                    files += [d.path for d in vm.disks if facts.exists(d.path)]
+        files = sorted(set(files))
+        if f.running or files:
+            actions.append(Action("vm.remove", name, "app destroyed", params={"files": files}))
+    targets: Dict[str, str] = {}
+    for name, kind in facts.owned.links.items():
+        link = facts.links.get(name)
+        if link and link.kind == kind:
+            targets[name] = kind
+    if desired:
+        for name, kind in desired.link_kinds().items():
+            link = facts.links.get(name)
+            if link and link.kind == kind:
+                targets[name] = kind
+    protected = set(keep)
+    if desired and desired.underlay:
+        protected.add(desired.underlay.device)
+    for name, link in facts.links.items():
+        if any(name.startswith(p) for p in prefixes) and link.kind and name not in protected:
+            targets.setdefault(name, link.kind)
+    order = {"tap": 0, "vxlan": 1, "bridge": 2}
+    for name in sorted(targets, key=lambda n: (order.get(targets[n], 3), n)):
+        if name in protected:
+            continue
+        actions.append(Action("link.delete", name, f"app destroyed ({targets[name]})",
+                              (_ip("link", "del", "dev", name),)))
+    if facts.run_dir_exists:
+        actions.append(Action("run_dir.delete", facts.run_dir, "app destroyed",
+                              params={"path": facts.run_dir}))
+    return actions

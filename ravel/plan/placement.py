@@ -1,0 +1,854 @@
+"""Placement: which host types to rent and which VM runs on which host.
+
+This is variable-sized two-dimensional bin packing (vCPU, memory) with costs. The planner is a
+greedy guided by the linear-programming relaxation:
+
+1. the LP relaxation over the allowed types (at most two types at its optimum) gives both the
+   lower bound the plan is measured against and dual prices for a vCPU and for a MiB;
+2. VMs with identical shapes are grouped with counts, so filling a host costs O(#shapes);
+3. host by host, the type whose best fill is worth most (dual value) per unit of cost is opened,
+   and the same fill is repeated while the remaining counts allow;
+4. VMs under anti-affinity are placed one by one first, and their hosts are topped up;
+5. every host is finally downsized to the cheapest allowed type that still holds its VMs;
+6. the plain first-fit-decreasing plan is computed too, and the cheaper plan wins.
+
+Everything here is pure and deterministic: no I/O, no randomness, no iteration over sets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from ravel.errors import PlacementError
+from ravel.plan.catalogue import Catalogue, HostType
+
+# Memory that QEMU itself holds per VM, on top of the guest's RAM. Measured on this project's
+# build machines: an idle 128 MiB guest's QEMU under TCG is ~240 MB resident, ~46 MiB of which
+# is the translation cache (the runtime caps tb-size at 64 MiB), the rest device models,
+# libraries and page tables. KVM has no translation cache, hence the smaller figure.
+QEMU_OVERHEAD_MIB = {"tcg": 160, "kvm": 96}
+
+# Performance mode keeps this much of every host for its own kernel, bridges, VXLAN and sshd,
+# so guests never compete with the host plumbing.
+HOST_RESERVE = (1, 1024)  # (vCPU, MiB)
+
+Optimize = Literal["cost", "performance"]
+
+# Relative margin a cheaper-per-value but smaller host must win by before it is preferred to a
+# bigger one: bigger hosts pack better and mean fewer machines to boot.
+_PREFER_BIGGER = 1e-3
+# Slack that absorbs floating-point rounding so a provably tight bound never exceeds the cost.
+_BOUND_SLACK = 1e-9
+# How strongly a host's fill prefers VMs shaped like its free room over big VMs (exponent on
+# the cosine of the angle between them). Tuned on the benchmark mixes: 1 (plain dot product)
+# leaves lopsided hosts, >= 16 starves later hosts of the VMs they need to balance.
+_ALIGN = 6
+# Weight of a nested VM in the fill of a host that may hold it while some allowed type may
+# not: the VMs with the fewest places to go take those places first.
+_SCARCE_FIRST = 2.0
+# Plans up to these sizes get the extra greedy runs and the pairwise merge (both cheap there).
+_VARIANTS_UP_TO = 5000
+_MERGE_UP_TO = 64
+
+
+@dataclass(frozen=True)
+class Demand:
+    name: str
+    cpus: int
+    memory_mib: int
+    nested: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    demands: tuple[Demand, ...]
+    optimize: Optimize = "cost"
+    cpu_overcommit: float = 2.0  # cost mode only; performance mode never overcommits
+    host_types: tuple[str, ...] = ()  # allowed type names; () = the whole catalogue
+    # each tuple names VMs that must run on pairwise distinct hosts
+    anti_affinity: tuple[tuple[str, ...], ...] = ()
+    max_hosts: int | None = None
+
+
+@dataclass(frozen=True)
+class PlacedHost:
+    name: str
+    type: HostType
+    accel: str  # "kvm" | "tcg"
+    vms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Placement:
+    hosts: tuple[PlacedHost, ...]
+    cost_per_hour: float
+    lower_bound_per_hour: float
+    vm_host: Mapping[str, str] = field(hash=False)
+
+    @property
+    def ratio(self) -> float:
+        """Cost over lower bound: 1.0 is provably optimal."""
+        return self.cost_per_hour / self.lower_bound_per_hour if self.lower_bound_per_hour else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The problem as the algorithms see it
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A host type under one request: what guests may use of it and what each VM costs it."""
+
+    index: int
+    host: HostType
+    cpu: int  # vCPU guests may use (overcommit applied, reserve removed)
+    mem: int  # MiB guests and their QEMUs may use
+    overhead: int  # MiB of QEMU per VM
+    takes_nested: bool
+    cost: float
+
+    def fits(self, cpu: int, mem: int, nested: bool) -> bool:
+        return (self.takes_nested or not nested) and cpu <= self.cpu and mem + self.overhead <= self.mem
+
+
+@dataclass
+class _Shape:
+    """Bulk (unconstrained) VMs that are interchangeable for packing."""
+
+    cpu: int
+    mem: int
+    nested: bool
+    names: list[str]
+
+
+@dataclass
+class _Problem:
+    request: Request
+    kinds: list[_Kind]
+    shapes: list[_Shape]
+    singles: list[Demand]  # VMs under anti-affinity, largest first
+    conflicts: dict[str, set[str]]  # membership tests only, never iterated
+    order: dict[str, int]  # demand name -> position in the request
+    nested_only_on_nested: bool
+
+
+class _Bin:
+    """A host being filled: totals for capacity checks, counts per shape, named singles."""
+
+    __slots__ = ("kind", "cpu", "mem", "n", "nested", "counts", "names")
+
+    def __init__(self, kind: _Kind) -> None:
+        self.kind = kind
+        self.cpu = 0
+        self.mem = 0  # guest RAM only; QEMU overhead depends on the kind and is added on demand
+        self.n = 0
+        self.nested = False
+        self.counts: dict[int, int] = {}
+        self.names: list[str] = []
+
+    def free(self) -> tuple[int, int]:
+        return self.kind.cpu - self.cpu, self.kind.mem - self.mem - self.n * self.kind.overhead
+
+    def room(self, cpu: int, mem: int, nested: bool) -> int:
+        """How many more VMs of this shape fit."""
+        if nested and not self.kind.takes_nested:
+            return 0
+        free_cpu, free_mem = self.free()
+        return max(0, min(free_cpu // cpu, free_mem // (mem + self.kind.overhead)))
+
+    def add(self, cpu: int, mem: int, nested: bool, count: int = 1) -> None:
+        self.cpu += cpu * count
+        self.mem += mem * count
+        self.n += count
+        self.nested = self.nested or nested
+
+    def add_shape(self, index: int, shape: _Shape, count: int) -> None:
+        self.add(shape.cpu, shape.mem, shape.nested, count)
+        self.counts[index] = self.counts.get(index, 0) + count
+
+    def add_single(self, demand: Demand) -> None:
+        self.add(demand.cpus, demand.memory_mib, demand.nested)
+        self.names.append(demand.name)
+
+
+def _prepare(request: Request, catalogue: Catalogue) -> _Problem:
+    _check_request(request)
+    kinds = _kinds(request, catalogue)
+    order = {d.name: i for i, d in enumerate(request.demands)}
+    nested_only = any(k.host.nested_virt for k in kinds)
+    for demand in request.demands:
+        if not any(k.fits(demand.cpus, demand.memory_mib, demand.nested) for k in kinds):
+            raise _no_fit(demand, kinds, request)
+    conflicts: dict[str, set[str]] = {}
+    for group in request.anti_affinity:
+        for name in group:
+            conflicts.setdefault(name, set()).update(n for n in group if n != name)
+    singles = [d for d in request.demands if d.name in conflicts]
+    big_cpu = max(k.cpu for k in kinds)
+    big_mem = max(k.mem for k in kinds)
+    singles.sort(key=lambda d: (-(d.cpus / big_cpu + d.memory_mib / big_mem), order[d.name]))
+    return _Problem(
+        request=request,
+        kinds=kinds,
+        shapes=_shapes(d for d in request.demands if d.name not in conflicts),
+        singles=singles,
+        conflicts=conflicts,
+        order=order,
+        nested_only_on_nested=nested_only,
+    )
+
+
+def _check_request(request: Request) -> None:
+    seen: set[str] = set()
+    for demand in request.demands:
+        if not demand.name:
+            raise PlacementError("a VM has an empty name", dimension="name")
+        if demand.name in seen:
+            raise PlacementError(f'vm "{demand.name}" is listed twice', vm=demand.name, dimension="name")
+        seen.add(demand.name)
+        if demand.cpus < 1:
+            raise PlacementError(
+                f'vm "{demand.name}" asks for {demand.cpus} vCPU; at least 1 is needed',
+                vm=demand.name,
+                dimension="cpus",
+            )
+        if demand.memory_mib < 1:
+            raise PlacementError(
+                f'vm "{demand.name}" asks for {demand.memory_mib} MiB; at least 1 is needed',
+                vm=demand.name,
+                dimension="memory",
+            )
+    if request.optimize not in ("cost", "performance"):
+        raise PlacementError(
+            f"optimize must be cost or performance, not {request.optimize!r}", dimension="optimize"
+        )
+    if not (math.isfinite(request.cpu_overcommit) and request.cpu_overcommit > 0):
+        raise PlacementError(
+            f"cpu_overcommit must be a positive number, not {request.cpu_overcommit!r}",
+            dimension="cpus",
+        )
+    if request.max_hosts is not None and request.max_hosts < 1 and request.demands:
+        raise PlacementError(f"max_hosts is {request.max_hosts}; at least 1 host is needed", dimension="hosts")
+    for group in request.anti_affinity:
+        members: set[str] = set()
+        for name in group:
+            if name not in seen:
+                raise PlacementError(
+                    f'anti-affinity names vm "{name}", which the lab does not have',
+                    vm=name,
+                    dimension="anti_affinity",
+                )
+            if name in members:
+                raise PlacementError(
+                    f'anti-affinity group lists vm "{name}" twice', vm=name, dimension="anti_affinity"
+                )
+            members.add(name)
+
+
+def _kinds(request: Request, catalogue: Catalogue) -> list[_Kind]:
+    names = list(dict.fromkeys(request.host_types)) or catalogue.names()
+    types = [catalogue.get(name) for name in names]
+    nested_available = any(t.nested_virt for t in types)
+    kinds = []
+    for host in types:
+        cpu, mem = _capacity(host, request)
+        overhead = QEMU_OVERHEAD_MIB[host.accel]
+        if cpu >= 1 and mem > overhead:  # a type too small for its own reserve holds nothing
+            kinds.append(
+                _Kind(
+                    index=len(kinds),
+                    host=host,
+                    cpu=cpu,
+                    mem=mem,
+                    overhead=overhead,
+                    takes_nested=host.nested_virt or not nested_available,
+                    cost=host.hourly_cost,
+                )
+            )
+    if not kinds:
+        raise PlacementError(
+            f"no allowed host type has room for guests in {request.optimize} mode "
+            f"(allowed: {', '.join(names)})",
+            dimension="host_type",
+            hint="allow larger host types",
+        )
+    return kinds
+
+
+def _capacity(host: HostType, request: Request) -> tuple[int, int]:
+    if request.optimize == "performance":
+        return host.cpus - HOST_RESERVE[0], host.memory_mib - HOST_RESERVE[1]
+    # VM vCPUs are whole numbers, so the usable capacity is the floor; the epsilon keeps
+    # 3 x 1.1 = 3.3000000000000003 and 10 x 0.3 = 2.9999999999999996 on the intended side.
+    return math.floor(host.cpus * request.cpu_overcommit + 1e-9), host.memory_mib
+
+
+def _shapes(demands: Iterable[Demand]) -> list[_Shape]:
+    by_shape: dict[tuple[int, int, bool], _Shape] = {}
+    for d in demands:
+        key = (d.cpus, d.memory_mib, d.nested)
+        if key not in by_shape:
+            by_shape[key] = _Shape(d.cpus, d.memory_mib, d.nested, [])
+        by_shape[key].names.append(d.name)
+    # largest first, so ties in the fill favour the VMs that are hardest to place later
+    return sorted(by_shape.values(), key=lambda s: (-s.mem, -s.cpu, s.nested))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors that say what ran out (nomad's AllocsFit is the model)
+
+
+def _no_fit(demand: Demand, kinds: list[_Kind], request: Request) -> PlacementError:
+    candidates = [k for k in kinds if k.takes_nested or not demand.nested]
+
+    def shortfall(kind: _Kind) -> tuple[float, int]:
+        cpu_short = max(0, demand.cpus - kind.cpu) / demand.cpus
+        mem_short = max(0, demand.memory_mib + kind.overhead - kind.mem) / demand.memory_mib
+        return max(cpu_short, mem_short), -(kind.cpu + kind.mem)
+
+    nearest = min(candidates, key=shortfall)
+    need_mem = demand.memory_mib + nearest.overhead
+    shorts = []
+    if demand.cpus > nearest.cpu:
+        shorts.append(("cpus", (demand.cpus - nearest.cpu) / demand.cpus, f"cpus short by {demand.cpus - nearest.cpu} vCPU"))
+    if need_mem > nearest.mem:
+        shorts.append(("memory", (need_mem - nearest.mem) / need_mem, f"memory short by {need_mem - nearest.mem} MiB"))
+    dimension = max(shorts, key=lambda s: s[1])[0]
+    restricted = " nested-capable" if demand.nested and len(candidates) < len(kinds) else ""
+    message = (
+        f'vm "{demand.name}" needs {demand.cpus} vCPU + {need_mem} MiB '
+        f"(incl. {nearest.overhead} MiB hypervisor overhead); "
+        f"nearest allowed{restricted} type {nearest.host.name} offers {_offer(nearest, request)}: "
+        + " and ".join(s[2] for s in shorts)
+    )
+    hints = ["allow a larger host type", "or make the VM smaller"]
+    if dimension == "cpus" and request.optimize == "performance":
+        hints.append("or use optimize: cost, which may overcommit vCPUs")
+    if restricted:
+        hints.append("(nested VMs only go on host types with hardware nested virtualization)")
+    return PlacementError(message, vm=demand.name, dimension=dimension, nearest=nearest.host.name, hint=" ".join(hints))
+
+
+def _offer(kind: _Kind, request: Request) -> str:
+    host = kind.host
+    if request.optimize == "performance":
+        return (
+            f"{kind.cpu} vCPU ({host.cpus} - {HOST_RESERVE[0]} reserved for the host) and "
+            f"{kind.mem} MiB ({host.memory_mib} - {HOST_RESERVE[1]} reserved)"
+        )
+    return f"{kind.cpu} vCPU ({host.cpus} x overcommit {request.cpu_overcommit}) and {kind.mem} MiB"
+
+
+def _too_many_hosts(problem: _Problem, best: int) -> PlacementError:
+    request = problem.request
+    big_cpu = max(k.cpu for k in problem.kinds)
+    big_mem = max(k.mem - k.overhead for k in problem.kinds)
+    need = max(
+        math.ceil(sum(d.cpus for d in request.demands) / big_cpu),
+        math.ceil(sum(d.memory_mib for d in request.demands) / big_mem),
+        max((len(g) for g in request.anti_affinity), default=0),
+    )
+    biggest = max(problem.kinds, key=lambda k: (k.cpu + k.mem / 1024, -k.index))
+    return PlacementError(
+        f"the lab needs {best} hosts (at least {need} with the allowed types) "
+        f"but max_hosts is {request.max_hosts}",
+        dimension="hosts",
+        nearest=biggest.host.name,
+        hint="raise max_hosts, allow larger host types, or use optimize: cost",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lower bound
+
+
+def lower_bound(request: Request, catalogue: Catalogue) -> float:
+    """A cost per hour that no valid plan can beat."""
+    return _bound(_prepare(request, catalogue))
+
+
+def _bound(problem: _Problem) -> float:
+    demands = problem.request.demands
+    if not demands:
+        return 0.0
+    kinds = problem.kinds
+    facts: dict[tuple[int, int, bool], tuple[int, float]] = {}  # per VM shape, computed once
+    for d in demands:
+        key = (d.cpus, d.memory_mib, d.nested)
+        if key not in facts:
+            facts[key] = (_least_overhead(kinds, *key), min(k.cost for k in kinds if k.fits(*key)))
+
+    def lp_bound(vms: list[Demand], allowed: list[_Kind]) -> float:
+        # each VM costs its host at least the smallest overhead of any type that can hold it,
+        # so this memory total never exceeds what a real plan consumes
+        cpu = sum(d.cpus for d in vms)
+        mem = sum(d.memory_mib + facts[(d.cpus, d.memory_mib, d.nested)][0] for d in vms)
+        return _lp(_frontier(allowed), cpu, mem)[0]
+
+    cheapest = {d.name: facts[(d.cpus, d.memory_mib, d.nested)][1] for d in demands}
+    bounds = [lp_bound(list(demands), kinds)]
+    nested = [d for d in demands if d.nested]
+    if nested and problem.nested_only_on_nested:
+        # nested VMs alone must be covered by the nested-capable types
+        bounds.append(lp_bound(nested, [k for k in kinds if k.host.nested_virt]))
+    # some host must hold the VM that is dearest to house
+    bounds.append(max(cheapest.values()))
+    # an anti-affinity group needs one host per member, each at least able to hold it
+    for group in problem.request.anti_affinity:
+        bounds.append(math.fsum(cheapest[name] for name in group))
+    return max(bounds) * (1 - _BOUND_SLACK)
+
+
+def _least_overhead(kinds: list[_Kind], cpu: int, mem: int, nested: bool) -> int:
+    return min(k.overhead for k in kinds if k.fits(cpu, mem, nested))
+
+
+_Point = tuple[float, float]  # what one unit of money buys of a host type: (vCPU, MiB)
+
+
+def _frontier(kinds: list[_Kind]) -> list[_Point]:
+    """The only host types an optimal LP mix can use, as capacity per unit of cost.
+
+    A covering LP mixes points on the upper-right boundary of the convex hull of these
+    points; that boundary usually holds two to four of them, so LPs over it are cheap.
+    """
+    points = sorted({(k.cpu / k.cost, k.mem / k.cost) for k in kinds})
+    hull: list[_Point] = []
+    for p in points:  # upper hull, left to right (Andrew's monotone chain)
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) >= 0:
+            hull.pop()
+        hull.append(p)
+    top = max(range(len(hull)), key=lambda i: (hull[i][1], hull[i][0]))
+    return hull[top:]
+
+
+def _cross(o: _Point, a: _Point, b: _Point) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _lp(frontier: list[_Point], cpu: float, mem: float) -> tuple[float, tuple[float, float]]:
+    """min sum(x) st sum(x*point) >= (cpu, mem), x >= 0: the least money covering the demand.
+
+    With two covering constraints an optimal vertex uses one point or two, so enumerating
+    singles and pairs is exact. Returns the optimum and its dual prices: what a vCPU and a
+    MiB are worth, in money, when the cheapest mix of hosts supplies them.
+    """
+    best = (math.inf, (0.0, 0.0))
+    for ac, am in frontier:
+        money = max(cpu / ac, mem / am)
+        if money < best[0]:
+            best = (money, (1 / ac, 0.0) if cpu / ac >= mem / am else (0.0, 1 / am))
+    for i, (ac, am) in enumerate(frontier):
+        for bc, bm in frontier[i + 1 :]:
+            det = ac * bm - bc * am
+            if det == 0:
+                continue
+            xa = (cpu * bm - bc * mem) / det
+            xb = (ac * mem - am * cpu) / det
+            if xa >= 0 and xb >= 0 and xa + xb < best[0]:
+                best = (xa + xb, (max(0.0, (bm - am) / det), max(0.0, (ac - bc) / det)))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The LP-guided greedy
+
+_Fill = dict[int, int]  # shape index -> how many VMs of that shape go on one host
+
+
+@dataclass
+class _Valuation:
+    values: list[float]  # per shape
+    ceiling: list[float]  # per kind: the best score a host of that kind could reach
+    ranked: list[_Kind]  # best ceiling first
+
+
+class _Packer:
+    """Fills hosts from the pool of bulk VMs, shape by shape, for one problem."""
+
+    def __init__(self, problem: _Problem, align: float) -> None:
+        kinds, shapes = problem.kinds, problem.shapes
+        self.align = align
+        self.shapes = shapes
+        self.least = [_least_overhead(kinds, s.cpu, s.mem, s.nested) for s in shapes]
+        self.eligible = [[i for i, s in enumerate(shapes) if k.fits(s.cpu, s.mem, s.nested)] for k in kinds]
+        scarce = any(not k.takes_nested for k in kinds)
+        self.weight = [_SCARCE_FIRST if scarce and s.nested else 1.0 for s in shapes]
+        self.avail = [len(s.names) for s in shapes]
+        self.cache: dict[int, _Fill] = {}  # kind index -> its last full-host fill
+
+    def fill(self, kind: _Kind, cpu_free: int, mem_free: int) -> _Fill:
+        """Fill one host so that its vCPU and memory run out together.
+
+        Sizes are taken relative to the host. The next shape is the one pointing most nearly
+        the way of the room still free, bigger shapes winning among near-equals (score:
+        length x cos(angle)^_ALIGN); it takes half of the room left for it, so a host fills
+        in O(log) steps per shape rather than VM by VM.
+        """
+        shapes, avail, overhead, align = self.shapes, self.avail, kind.overhead, self.align
+        unit = {}
+        for i in self.eligible[kind.index]:
+            a, b = shapes[i].cpu / kind.cpu, (shapes[i].mem + overhead) / kind.mem
+            length = math.hypot(a, b)
+            unit[i] = (a / length, b / length, length * self.weight[i])
+        take: _Fill = {}
+        cand = [i for i in unit if avail[i] and shapes[i].cpu <= cpu_free and shapes[i].mem + overhead <= mem_free]
+        while cand:
+            x, y = cpu_free / kind.cpu, mem_free / kind.mem
+            length = math.hypot(x, y)
+            x, y = x / length, y / length
+            pick, pick_score = cand[0], -1.0
+            for i in cand:
+                a, b, size = unit[i]
+                score = size * (a * x + b * y) ** align
+                if score > pick_score:
+                    pick, pick_score = i, score
+            shape = shapes[pick]
+            mem = shape.mem + overhead
+            room = min(cpu_free // shape.cpu, mem_free // mem)
+            count = min((room + 1) // 2, avail[pick] - take.get(pick, 0))
+            take[pick] = take.get(pick, 0) + count
+            cpu_free -= count * shape.cpu
+            mem_free -= count * mem
+            cand = [
+                i
+                for i in cand
+                if avail[i] > take.get(i, 0) and shapes[i].cpu <= cpu_free and shapes[i].mem + overhead <= mem_free
+            ]
+        return take
+
+    def full_host(self, kind: _Kind) -> _Fill:
+        # A fill depends on the pool only through the shapes it took (and any it exhausted),
+        # so it replays unchanged while each of them is still at least that plentiful.
+        take = self.cache.get(kind.index)
+        if take is None or any(self.avail[i] < n for i, n in take.items()):
+            take = self.cache[kind.index] = self.fill(kind, kind.cpu, kind.mem)
+        return take
+
+    def commit(self, b: _Bin, take: _Fill) -> None:
+        for i, n in take.items():
+            b.add_shape(i, self.shapes[i], n)
+            self.avail[i] -= n
+
+
+def _greedy(problem: _Problem, objective: Literal["cost", "hosts"], align: float = _ALIGN) -> list[_Bin]:
+    """Open, host by host, the kind whose best fill scores highest (value per cost, or value
+    alone for the fewest hosts), valuing VMs at the LP prices of the VMs still unplaced."""
+    kinds, shapes = problem.kinds, problem.shapes
+    packer = _Packer(problem, align)
+    least = packer.least
+    frontier = _frontier(kinds)
+    per_cost = objective == "cost"
+
+    def valuation(prices: tuple[float, float]) -> _Valuation:
+        price_cpu, price_mem = prices
+        values = [price_cpu * s.cpu + price_mem * (s.mem + least[i]) for i, s in enumerate(shapes)]
+        ceiling = [(price_cpu * k.cpu + price_mem * k.mem) / (k.cost if per_cost else 1.0) for k in kinds]
+        # among equal ceilings: the bigger host when saving money, the cheaper for fewest hosts
+        ranked = sorted(kinds, key=lambda k: (-ceiling[k.index], -k.cost if per_cost else k.cost, k.host.name))
+        return _Valuation(values, ceiling, ranked)
+
+    left_cpu = sum(s.cpu * len(s.names) for s in shapes)
+    left_mem = sum((s.mem + least[i]) * len(s.names) for i, s in enumerate(shapes))
+    if per_cost:
+        cpu = left_cpu + sum(d.cpus for d in problem.singles)
+        mem = left_mem + sum(d.memory_mib + _least_overhead(kinds, d.cpus, d.memory_mib, d.nested) for d in problem.singles)
+        val = valuation(_lp(frontier, cpu, mem)[1])
+    else:
+        # fewest hosts: a VM is worth the share of the largest host it takes
+        val = valuation((1.0 / max(k.cpu for k in kinds), 1.0 / max(k.mem for k in kinds)))
+
+    bins = _place_singles(problem, val.ranked)
+    for b in bins:  # top up the hosts that anti-affinity opened before opening more
+        packer.commit(b, packer.fill(b.kind, *b.free()))
+        left_cpu, left_mem = _left(packer)
+
+    while left_cpu:
+        if per_cost:
+            # as the mix of VMs still unplaced drifts, so does the best mix of host types;
+            # prices fixed at the start would keep opening the types that suited the start
+            val = valuation(_lp(frontier, left_cpu, left_mem)[1])
+        kind, take = _best_host(val, per_cost, packer)
+        # repeat the fill, but leave at least half of each shape it took to the next round,
+        # whose prices will have moved
+        repeat = max(1, min(packer.avail[i] // (2 * n) for i, n in take.items()))
+        for _ in range(repeat):
+            b = _Bin(kind)
+            packer.commit(b, take)
+            bins.append(b)
+        for i, n in take.items():
+            left_cpu -= shapes[i].cpu * n * repeat
+            left_mem -= (shapes[i].mem + least[i]) * n * repeat
+    return bins
+
+
+def _left(packer: _Packer) -> tuple[int, int]:
+    shapes, avail = packer.shapes, packer.avail
+    cpu = sum(s.cpu * avail[i] for i, s in enumerate(shapes))
+    return cpu, sum((s.mem + packer.least[i]) * avail[i] for i, s in enumerate(shapes))
+
+
+def _best_host(val: _Valuation, per_cost: bool, packer: _Packer) -> tuple[_Kind, _Fill]:
+    best: tuple[_Kind, _Fill] | None = None
+    best_score = 0.0
+    for kind in val.ranked:
+        if best is not None and val.ceiling[kind.index] <= best_score * (1 + _PREFER_BIGGER):
+            break  # no fill of this kind, or of any kind after it, can win
+        take = packer.full_host(kind)
+        if not take:
+            continue
+        value = math.fsum(val.values[i] * n for i, n in take.items())
+        score = value / kind.cost if per_cost else value
+        if best is None or score > best_score * (1 + _PREFER_BIGGER):
+            best, best_score = (kind, take), score
+    if best is None:  # _prepare checked that every VM fits some kind
+        raise AssertionError("no host type can take the remaining VMs")
+    return best
+
+
+def _place_singles(problem: _Problem, ranked: list[_Kind]) -> list[_Bin]:
+    """First fit for VMs under anti-affinity; a new host is of the best-ranked kind that fits."""
+    bins: list[_Bin] = []
+    for demand in problem.singles:
+        clash = problem.conflicts[demand.name]
+        for b in bins:
+            if b.room(demand.cpus, demand.memory_mib, demand.nested) and not any(n in clash for n in b.names):
+                b.add_single(demand)
+                break
+        else:
+            kind = next(k for k in ranked if k.fits(demand.cpus, demand.memory_mib, demand.nested))
+            b = _Bin(kind)
+            b.add_single(demand)
+            bins.append(b)
+    return bins
+
+
+class _Sizer:
+    """The cheapest kind that holds a given content, memoised: replicated hosts repeat."""
+
+    def __init__(self, kinds: list[_Kind]) -> None:
+        self.by_cost = sorted(kinds, key=lambda k: (k.cost, -k.cpu, -k.mem, k.host.name))
+        self.memo: dict[tuple[int, int, int, bool], _Kind | None] = {}
+
+    def cheapest(self, cpu: int, mem: int, n: int, nested: bool) -> _Kind | None:
+        key = (cpu, mem, n, nested)
+        if key not in self.memo:
+            self.memo[key] = next(
+                (
+                    k
+                    for k in self.by_cost
+                    if cpu <= k.cpu and mem + n * k.overhead <= k.mem and (k.takes_nested or not nested)
+                ),
+                None,
+            )
+        return self.memo[key]
+
+
+def _downsize(bins: list[_Bin], kinds: list[_Kind]) -> list[_Bin]:
+    """Move every host to the cheapest kind that still holds its VMs."""
+    sizer = _Sizer(kinds)
+    for b in bins:
+        kind = sizer.cheapest(b.cpu, b.mem, b.n, b.nested)
+        if kind is not None and kind.cost < b.kind.cost:
+            b.kind = kind
+    return bins
+
+
+def _merge_pairs(bins: list[_Bin], problem: _Problem, cheaper_only: bool = True) -> list[_Bin]:
+    """Merge two hosts into one when a single kind holds both for less (or at all, when
+    fewer hosts matter more than cost). Quadratic in hosts: for small plans, where the last
+    half-empty hosts weigh most."""
+    sizer = _Sizer(problem.kinds)
+    changed = True
+    while changed:
+        changed = False
+        for a in bins:
+            j = bins.index(a) + 1
+            while j < len(bins):
+                if _merge(a, bins[j], sizer, problem.conflicts, cheaper_only):
+                    del bins[j]
+                    changed = True
+                else:
+                    j += 1
+    return bins
+
+
+def _merge(a: _Bin, b: _Bin, sizer: _Sizer, conflicts: dict[str, set[str]], cheaper_only: bool) -> bool:
+    kind = sizer.cheapest(a.cpu + b.cpu, a.mem + b.mem, a.n + b.n, a.nested or b.nested)
+    if kind is None or (cheaper_only and kind.cost >= a.kind.cost + b.kind.cost - 1e-12):
+        return False
+    if any(n in conflicts[m] for m in a.names for n in b.names):
+        return False
+    a.kind = kind
+    a.add(b.cpu, b.mem, b.nested, b.n)
+    for shape, count in b.counts.items():
+        a.counts[shape] = a.counts.get(shape, 0) + count
+    a.names.extend(b.names)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# First fit decreasing: the baseline
+
+
+@dataclass
+class _Run:
+    """Consecutive VMs of the FFD order that are interchangeable (or one constrained VM)."""
+
+    cpu: int
+    mem: int
+    nested: bool
+    shape: int  # index into problem.shapes; -1 for a VM under anti-affinity
+    count: int
+    single: Demand | None = None
+
+
+def _ffd(problem: _Problem) -> list[_Bin]:
+    """VMs largest first, each into the first open host with room, else into a new host of the
+    cheapest type that fits it. A run of identical VMs is placed in one sweep over the hosts,
+    which is what one-by-one placement gives too (room only shrinks), in O(#hosts) per run."""
+    runs = _ffd_runs(problem)
+    cheapest: dict[tuple[int, int, bool], _Kind] = {}
+    for run in runs:
+        key = (run.cpu, run.mem, run.nested)
+        if key not in cheapest:
+            fitting = [k for k in problem.kinds if k.fits(*key)]
+            cheapest[key] = min(fitting, key=lambda k: (k.cost, k.host.name))
+    # the smallest vCPU and memory still to come: a host with less free is closed for good
+    tail_cpu, tail_mem = [0] * len(runs), [0] * len(runs)
+    low_cpu, low_mem = runs[-1].cpu, runs[-1].mem
+    for r in range(len(runs) - 1, -1, -1):
+        low_cpu, low_mem = min(low_cpu, runs[r].cpu), min(low_mem, runs[r].mem)
+        tail_cpu[r], tail_mem[r] = low_cpu, low_mem
+    bins: list[_Bin] = []
+    live: list[_Bin] = []
+    for r, run in enumerate(runs):
+        live = [b for b in live if b.room(tail_cpu[r], tail_mem[r], False)]
+        new_kind = cheapest[(run.cpu, run.mem, run.nested)]
+        if run.single is not None:
+            clash = problem.conflicts[run.single.name]
+            target = next(
+                (b for b in live if b.room(run.cpu, run.mem, run.nested) and not any(n in clash for n in b.names)),
+                None,
+            )
+            if target is None:
+                target = _Bin(new_kind)
+                bins.append(target)
+                live.append(target)
+            target.add_single(run.single)
+            continue
+        shape, count = problem.shapes[run.shape], run.count
+        for b in live:
+            n = min(count, b.room(run.cpu, run.mem, run.nested))
+            if n:
+                b.add_shape(run.shape, shape, n)
+                count -= n
+                if not count:
+                    break
+        while count:
+            b = _Bin(new_kind)
+            n = min(count, b.room(run.cpu, run.mem, run.nested))
+            b.add_shape(run.shape, shape, n)
+            count -= n
+            bins.append(b)
+            live.append(b)
+    return bins
+
+
+def _ffd_runs(problem: _Problem) -> list[_Run]:
+    big_cpu = max(k.cpu for k in problem.kinds)
+    big_mem = max(k.mem for k in problem.kinds)
+    shape_of = {name: i for i, s in enumerate(problem.shapes) for name in s.names}
+    order = problem.order
+    demands = sorted(
+        problem.request.demands,
+        key=lambda d: (-(d.cpus / big_cpu + d.memory_mib / big_mem), -d.memory_mib, -d.cpus, d.nested, order[d.name]),
+    )
+    runs: list[_Run] = []
+    for d in demands:
+        i = shape_of.get(d.name, -1)
+        if i >= 0 and runs and runs[-1].shape == i:
+            runs[-1].count += 1
+        else:
+            runs.append(_Run(d.cpus, d.memory_mib, d.nested, i, 1, None if i >= 0 else d))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def place(request: Request, catalogue: Catalogue) -> Placement:
+    """The cheapest plan found that honours every constraint of the request."""
+    problem = _prepare(request, catalogue)
+    if not request.demands:
+        return _placement(problem, [], 0.0)
+    limit = request.max_hosts
+    if limit is not None:
+        for group in request.anti_affinity:
+            if len(group) > limit:
+                raise PlacementError(
+                    f"anti-affinity puts {len(group)} VMs ({', '.join(group)}) on distinct hosts "
+                    f"but max_hosts is {limit}",
+                    vm=group[0],
+                    dimension="hosts",
+                    hint="raise max_hosts or shrink the anti-affinity group",
+                )
+    plans = [_polish(_greedy(problem, "cost", align), problem) for align in _alignments(problem)]
+    plans.append(_ffd(problem))
+    fitting = [p for p in plans if limit is None or len(p) <= limit]
+    if not fitting:
+        # try harder: fill the biggest hosts first, then merge hosts even when it costs more
+        fewest = _merge_pairs(_polish(_greedy(problem, "hosts"), problem), problem, cheaper_only=False)
+        plans.append(fewest)
+        fitting = [fewest] if len(fewest) <= limit else []  # type: ignore[operator]
+        if not fitting:
+            raise _too_many_hosts(problem, min(len(p) for p in plans))
+    best = min(fitting, key=_cost)  # the first of equals: the LP-guided plan
+    return _placement(problem, best, _bound(problem))
+
+
+def first_fit_decreasing(request: Request, catalogue: Catalogue) -> Placement:
+    """The plain baseline the planner is benchmarked against; honours the same constraints."""
+    problem = _prepare(request, catalogue)
+    bins = _ffd(problem) if request.demands else []
+    if request.max_hosts is not None and len(bins) > request.max_hosts:
+        raise _too_many_hosts(problem, len(bins))
+    return _placement(problem, bins, _bound(problem))
+
+
+def _alignments(problem: _Problem) -> tuple[float, ...]:
+    # Up to a few thousand VMs the greedy is cheap enough to run with other fill exponents
+    # too; it is there, on small labs, that one run is most often unlucky.
+    return (_ALIGN, 2.0, 16.0) if len(problem.request.demands) <= _VARIANTS_UP_TO else (_ALIGN,)
+
+
+def _polish(bins: list[_Bin], problem: _Problem) -> list[_Bin]:
+    bins = _downsize(bins, problem.kinds)
+    return _merge_pairs(bins, problem) if len(bins) <= _MERGE_UP_TO else bins
+
+
+def _cost(bins: list[_Bin]) -> float:
+    return math.fsum(b.kind.cost for b in bins)
+
+
+def _placement(problem: _Problem, bins: list[_Bin], bound: float) -> Placement:
+    """Name hosts in order and hand out VM names: shape members go to hosts in host order."""
+    shapes = problem.shapes
+    next_name = [0] * len(shapes)
+    hosts = []
+    for number, b in enumerate(bins, start=1):
+        names = list(b.names)
+        for i in sorted(b.counts):
+            start = next_name[i]
+            names.extend(shapes[i].names[start : start + b.counts[i]])
+            next_name[i] = start + b.counts[i]
+        names.sort(key=problem.order.__getitem__)
+        hosts.append(PlacedHost(f"host-{number}", b.kind.host, b.kind.host.accel, tuple(names)))
+    where = {vm: host.name for host in hosts for vm in host.vms}
+    vm_host = {d.name: where[d.name] for d in problem.request.demands}
+    return Placement(tuple(hosts), _cost(bins), bound, MappingProxyType(vm_host))
