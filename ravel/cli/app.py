@@ -10,6 +10,7 @@ from typing import List, Optional
 import enum
 
 import typer
+from dataclasses import asdict
 from rich.console import Console
 
 from .. import __version__

@@ -59,9 +59,17 @@ def handled(fn: Callable[..., T]) -> Callable[..., T]:
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
             raise typer.Exit(ExitStatus.INTERRUPTED) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
         except BrokenPipeError:
             # `ravel plan --json | head` must not print a traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(ExitStatus.OK) from None
+        except Exception as exc:  # a bug: say so in one line; RAVEL_DEBUG=1 shows the traceback
+            if os.environ.get("RAVEL_DEBUG"):
+                raise
+            err_console.print(f"internal error: {type(exc).__name__}: {exc}", markup=False)
+            err_console.print("hint: this is a bug in ravel; RAVEL_DEBUG=1 shows where", markup=False)
+            raise typer.Exit(ExitStatus.ERROR) from None
 
     return wrapper

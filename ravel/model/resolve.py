@@ -256,7 +256,8 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
     networks = _networks(ctx, top.get("networks", PosDict()))
     defaults = _defaults(ctx, top.get("defaults"))
     vms = _vms(ctx, top, defaults, networks, base_dir)
-    placement = _placement(ctx, top.get("placement", PosDict()), vms)
+    declared = set(top["vms"]) if isinstance(top.get("vms"), dict) else set()
+    placement = _placement(ctx, top.get("placement", PosDict()), vms, declared)
     _address_plan(ctx, vms, networks)
 
     if ctx.problems or not isinstance(name, str):
@@ -491,7 +492,7 @@ def _address_plan(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networ
                     macs[nic.mac] = where
 
 
-def _placement(ctx: _Ctx, raw: Any, vms: list[tuple[VM, tuple[str | int, ...]]]) -> Placement:
+def _placement(ctx: _Ctx, raw: Any, vms: list[tuple[VM, tuple[str | int, ...]]], declared: set[Any]) -> Placement:
     spec = _validate(ctx, PlacementSpec, raw, ("placement",)) if raw is not None else PlacementSpec()
     if spec is None:
         return Placement()
@@ -514,7 +515,8 @@ def _placement(ctx: _Ctx, raw: Any, vms: list[tuple[VM, tuple[str | int, ...]]])
             elif ref in groups:
                 targets = groups[ref]
             else:
-                if vms:  # with no valid VM at all the VM errors already say it
+                # a VM that is declared but invalid has its own error already: say nothing more
+                if ref not in declared:
                     ctx.add(loc + (j,), f"{ref!r} is neither a VM nor a VM group{did_you_mean(ref, sorted(names | set(groups)))}")
                 ok = False
                 continue

@@ -105,10 +105,10 @@ class Lab:
         if problems:
             raise BlueprintError(problems)
         plan = make_plan(bp, catalogue)
-        self.emit(Event("plan", f"{len(bp.vms)} VMs on {len(plan.placement.hosts)} hosts", done=True))
         provider = get_provider(provider_name, self.paths)
         provider.preflight()
         check_files(bp)
+        self.emit(Event("plan", f"{len(bp.vms)} VMs on {len(plan.placement.hosts)} hosts", done=True))
         text = Path(blueprint_path).read_text(encoding="utf-8")
         with self.state.lock(app, "publish"):
             existing = self.state.app(app)

@@ -214,3 +214,8 @@ def test_performance_mode_rejects_overcommit():
 def test_x_keys_ignored_and_merge_keys_override():
     bp = load_blueprint("name: a\nx-d: &d {cpus: 2, memory: 1GiB}\nvms:\n  a: {<<: *d, cpus: 3}\n", "x")
     assert (bp.vms[0].cpus, bp.vms[0].memory_mib) == (3, 1024)
+
+
+def test_no_cascade_from_an_invalid_vm_into_anti_affinity():
+    line = one("name: a\nvms:\n  a: {}\n  b: {cpus: 0}\nplacement: {anti_affinity: [[a, b]]}\n")
+    assert "vms.b.cpus: must be positive" in line
