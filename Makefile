@@ -40,6 +40,8 @@ $(GUEST)/.stamp: guest/build.sh guest/init guest/kvmtest.c $(CACHE)/system.stamp
 
 demo: setup
 	$(BIN)/ravel plan blueprints/demo.yaml
+	$(BIN)/ravel publish blueprints/demo.yaml --wait
+	@echo "try: $(BIN)/ravel status demo; $(BIN)/ravel console demo web-1; $(BIN)/ravel destroy demo"
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
@@ -49,6 +51,7 @@ test-unit: venv
 
 bench: setup
 	$(BIN)/python bench/plan_bench.py
+	$(BIN)/python bench/publish_bench.py
 
 clean:
 	rm -rf .pytest_cache .hypothesis build *.egg-info
