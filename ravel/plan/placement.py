@@ -1,16 +1,20 @@
 """Placement: which host types to rent and which VM runs on which host.
 
-This is variable-sized two-dimensional bin packing (vCPU, memory) with costs. The planner is a
+This is variable-sized two-dimensional bin packing (vCPU, memory) with costs, solved by a
 greedy guided by the linear-programming relaxation:
 
-1. the LP relaxation over the allowed types (at most two types at its optimum) gives both the
-   lower bound the plan is measured against and dual prices for a vCPU and for a MiB;
-2. VMs with identical shapes are grouped with counts, so filling a host costs O(#shapes);
-3. host by host, the type whose best fill is worth most (dual value) per unit of cost is opened,
-   and the same fill is repeated while the remaining counts allow;
-4. VMs under anti-affinity are placed one by one first, and their hosts are topped up;
-5. every host is finally downsized to the cheapest allowed type that still holds its VMs;
-6. the plain first-fit-decreasing plan is computed too, and the cheaper plan wins.
+1. The LP relaxation over the allowed types (at most two types at its optimum) gives the lower
+   bound a plan is measured against, and dual prices: what a vCPU and a MiB are worth.
+2. VMs of identical shape are grouped with counts, so filling a host costs O(#shapes).
+3. Host by host, the type whose best fill is worth most per unit of cost is opened, and that
+   fill repeated while it stays the same; prices are re-solved for the VMs still unplaced,
+   so the mix of types follows the mix of VMs left. A fill keeps the host's vCPU and memory
+   running out together.
+4. VMs under anti-affinity are placed one by one first, and their hosts topped up after.
+5. Hosts are downsized to the cheapest type that still holds them (and, on small plans,
+   pairs merged when one type holds both for less).
+6. Small labs get a few greedy variants; first-fit decreasing is computed too; the cheapest
+   plan wins, so a plan is never dearer than the FFD baseline.
 
 Everything here is pure and deterministic: no I/O, no randomness, no iteration over sets.
 """
@@ -50,8 +54,10 @@ _ALIGN = 6
 # Weight of a nested VM in the fill of a host that may hold it while some allowed type may
 # not: the VMs with the fewest places to go take those places first.
 _SCARCE_FIRST = 2.0
-# Plans up to these sizes get the extra greedy runs and the pairwise merge (both cheap there).
-_VARIANTS_UP_TO = 5000
+# The extra greedy runs (other fill exponents) are made while #shapes x #VMs stays below this;
+# the greedy costs O(#shapes) per host filled, so this keeps them to small and regular labs.
+_VARIANTS_WORK = 250_000
+# Plans with at most this many hosts get the (quadratic) pairwise merge.
 _MERGE_UP_TO = 64
 
 
@@ -251,32 +257,33 @@ def _check_request(request: Request) -> None:
 
 def _kinds(request: Request, catalogue: Catalogue) -> list[_Kind]:
     names = list(dict.fromkeys(request.host_types)) or catalogue.names()
-    types = [catalogue.get(name) for name in names]
-    nested_available = any(t.nested_virt for t in types)
-    kinds = []
-    for host in types:
+    usable = []
+    for host in [catalogue.get(name) for name in names]:
         cpu, mem = _capacity(host, request)
-        overhead = QEMU_OVERHEAD_MIB[host.accel]
-        if cpu >= 1 and mem > overhead:  # a type too small for its own reserve holds nothing
-            kinds.append(
-                _Kind(
-                    index=len(kinds),
-                    host=host,
-                    cpu=cpu,
-                    mem=mem,
-                    overhead=overhead,
-                    takes_nested=host.nested_virt or not nested_available,
-                    cost=host.hourly_cost,
-                )
-            )
-    if not kinds:
+        if cpu >= 1 and mem > QEMU_OVERHEAD_MIB[host.accel]:  # else too small for its own reserve
+            usable.append((host, cpu, mem))
+    if not usable:
         raise PlacementError(
             f"no allowed host type has room for guests in {request.optimize} mode "
             f"(allowed: {', '.join(names)})",
             dimension="host_type",
             hint="allow larger host types",
         )
-    return kinds
+    # nested VMs go only where hardware virtualization reaches guests, if any type offers it;
+    # otherwise anywhere, since QEMU's TCG emulates SVM for them
+    nested_available = any(host.nested_virt for host, _, _ in usable)
+    return [
+        _Kind(
+            index=index,
+            host=host,
+            cpu=cpu,
+            mem=mem,
+            overhead=QEMU_OVERHEAD_MIB[host.accel],
+            takes_nested=host.nested_virt or not nested_available,
+            cost=host.hourly_cost,
+        )
+        for index, (host, cpu, mem) in enumerate(usable)
+    ]
 
 
 def _capacity(host: HostType, request: Request) -> tuple[int, int]:
@@ -344,17 +351,17 @@ def _offer(kind: _Kind, request: Request) -> str:
 
 
 def _too_many_hosts(problem: _Problem, best: int) -> PlacementError:
-    request = problem.request
-    big_cpu = max(k.cpu for k in problem.kinds)
-    big_mem = max(k.mem - k.overhead for k in problem.kinds)
+    request, kinds = problem.request, problem.kinds
+    cpu = sum(d.cpus for d in request.demands)
+    mem = sum(d.memory_mib + _least_overhead(kinds, d.cpus, d.memory_mib, d.nested) for d in request.demands)
     need = max(
-        math.ceil(sum(d.cpus for d in request.demands) / big_cpu),
-        math.ceil(sum(d.memory_mib for d in request.demands) / big_mem),
+        math.ceil(cpu / max(k.cpu for k in kinds)),
+        math.ceil(mem / max(k.mem for k in kinds)),
         max((len(g) for g in request.anti_affinity), default=0),
     )
-    biggest = max(problem.kinds, key=lambda k: (k.cpu + k.mem / 1024, -k.index))
+    biggest = max(kinds, key=lambda k: (k.cpu / max(k.cpu for k in kinds) + k.mem / max(k.mem for k in kinds), -k.index))
     return PlacementError(
-        f"the lab needs {best} hosts (at least {need} with the allowed types) "
+        f"the lab needs {best} hosts (no fewer than {need} with the allowed types) "
         f"but max_hosts is {request.max_hosts}",
         dimension="hosts",
         nearest=biggest.host.name,
@@ -659,27 +666,30 @@ def _downsize(bins: list[_Bin], kinds: list[_Kind]) -> list[_Bin]:
 
 
 def _merge_pairs(bins: list[_Bin], problem: _Problem, cheaper_only: bool = True) -> list[_Bin]:
-    """Merge two hosts into one when a single kind holds both for less (or at all, when
+    """Merge two hosts into one when a single kind holds both for no more (or at all, when
     fewer hosts matter more than cost). Quadratic in hosts: for small plans, where the last
     half-empty hosts weigh most."""
     sizer = _Sizer(problem.kinds)
     changed = True
     while changed:
         changed = False
-        for a in bins:
-            j = bins.index(a) + 1
+        i = 0
+        while i < len(bins):
+            j = i + 1
             while j < len(bins):
-                if _merge(a, bins[j], sizer, problem.conflicts, cheaper_only):
+                if _merge(bins[i], bins[j], sizer, problem.conflicts, cheaper_only):
                     del bins[j]
                     changed = True
                 else:
                     j += 1
+            i += 1
     return bins
 
 
 def _merge(a: _Bin, b: _Bin, sizer: _Sizer, conflicts: dict[str, set[str]], cheaper_only: bool) -> bool:
     kind = sizer.cheapest(a.cpu + b.cpu, a.mem + b.mem, a.n + b.n, a.nested or b.nested)
-    if kind is None or (cheaper_only and kind.cost >= a.kind.cost + b.kind.cost - 1e-12):
+    # at equal cost one host beats two: fewer machines to boot, less traffic between them
+    if kind is None or (cheaper_only and kind.cost > a.kind.cost + b.kind.cost + 1e-12):
         return False
     if any(n in conflicts[m] for m in a.names for n in b.names):
         return False
@@ -808,7 +818,8 @@ def place(request: Request, catalogue: Catalogue) -> Placement:
         fitting = [fewest] if len(fewest) <= limit else []  # type: ignore[operator]
         if not fitting:
             raise _too_many_hosts(problem, min(len(p) for p in plans))
-    best = min(fitting, key=_cost)  # the first of equals: the LP-guided plan
+    # cheapest, then fewest hosts; the first of equals is the LP-guided plan
+    best = min(fitting, key=lambda bins: (round(_cost(bins), 9), len(bins)))
     return _placement(problem, best, _bound(problem))
 
 
@@ -822,9 +833,10 @@ def first_fit_decreasing(request: Request, catalogue: Catalogue) -> Placement:
 
 
 def _alignments(problem: _Problem) -> tuple[float, ...]:
-    # Up to a few thousand VMs the greedy is cheap enough to run with other fill exponents
-    # too; it is there, on small labs, that one run is most often unlucky.
-    return (_ALIGN, 2.0, 16.0) if len(problem.request.demands) <= _VARIANTS_UP_TO else (_ALIGN,)
+    # One greedy run is most often unlucky on small labs, where it is also cheapest to rerun
+    # with other fill exponents and keep the best.
+    work = len(problem.shapes) * len(problem.request.demands)
+    return (_ALIGN, 2.0, 16.0) if work <= _VARIANTS_WORK else (_ALIGN,)
 
 
 def _polish(bins: list[_Bin], problem: _Problem) -> list[_Bin]:

@@ -137,6 +137,12 @@ class LocalProvider:
         if pids():
             raise ProviderError(f"processes {pids()} in namespace {ns} did not exit")
 
+    def move_file(self, src_host: str, src: str, dst_host: str, dst: str) -> None:
+        # every local host sees this machine's filesystem: a rename is the whole transfer
+        if os.path.exists(src) and not os.path.exists(dst):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(src, dst)
+
     def leftover_hosts(self, app: str) -> list[str]:
         pattern = re.compile(rf"^rv-{re.escape(app)}-(host-\d+)$")
         return sorted(m.group(1) for m in map(pattern.match, namespaces()) if m)

@@ -138,13 +138,15 @@ class Lab:
 
         hosts = dict(zip(planned, _parallel(make, planned)))
         net = plan_network(bp, app, vnis)
-        data_dir = str(self.paths.app_data(app) / "disks")
         sites = {
-            name: HostSite(name, h.address, h.device, h.run_root, data_dir, types[name].accel)  # type: ignore[arg-type]
+            name: HostSite(name, h.address, h.device, h.run_root, str(self.paths.app_data(app) / name),
+                           types[name].accel)  # type: ignore[arg-type]
             for name, h in hosts.items()
         }
         docs = desired_states(bp, app, plan.placement, net, sites, running)
-        Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        for site in sites.values():
+            Path(site.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._move_vms(app, provider, hosts, docs)
 
         def apply(host: str) -> dict[str, Any]:
             report = self._runtime(provider, hosts[host]).apply(docs[host])
@@ -175,6 +177,33 @@ class Lab:
             if rec.name not in {vm.name for vm in bp.vms}:
                 self.state.delete_vm(app, rec.name)
         return PublishResult(app, plan, changed, self.status(app))
+
+    def _move_vms(self, app: str, provider: Provider, hosts: Mapping[str, Host],
+                  docs: Mapping[str, dict[str, Any]]) -> None:
+        """VMs the new plan puts on another host: stop them where they ran, then carry their
+        disks over, so the old host's clean-up finds nothing of theirs to delete and the new
+        host boots them on the disks they had."""
+        new_home = {vm["name"]: (host, vm) for host, doc in docs.items() for vm in doc["vms"]}
+        for rec in self.state.hosts(app):
+            old = rec.extra.get("desired")
+            if not old:
+                continue
+            moving = [vm for vm in old["vms"] if vm["name"] in new_home and new_home[vm["name"]][0] != rec.name]
+            if not moving:
+                continue
+            names = {vm["name"] for vm in moving}
+            stopped = {**old, "vms": [{**vm, "running": False} if vm["name"] in names else vm for vm in old["vms"]]}
+            if rec.name in hosts:
+                self._runtime(provider, hosts[rec.name]).apply(stopped)
+            elif rec.ref:
+                host = Host(app, rec.name, rec.ref, rec.address or "", old["underlay"]["device"], old["run_dir"])
+                self._runtime(provider, host).apply(stopped)
+            for vm in moving:
+                target = new_home[vm["name"]][1]
+                for src, dst in zip(vm["disks"], target["disks"]):
+                    provider.move_file(rec.name, src["path"], new_home[vm["name"]][0], dst["path"])
+                self.emit(Event("vms", f"{vm['name']} moves {rec.name} -> {new_home[vm['name']][0]}",
+                                vm=vm["name"], done=True))
 
     def _retire_hosts(self, app: str, provider: Provider, keep: set[str]) -> int:
         gone = [r for r in self.state.hosts(app) if r.name not in keep]

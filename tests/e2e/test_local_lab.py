@@ -27,6 +27,7 @@ networks:
   back: {subnet: 10.20.0.0/24}
 defaults:
   memory: 192MiB
+  disks: [{size: 64MiB}]
   boot: {kernel: GUEST/vmlinuz, initrd: GUEST/initrd.img, cmdline: console=ttyS0 quiet}
 vms:
   probe:
@@ -268,3 +269,28 @@ def test_logs_and_list(ravel):
     assert "RAVEL-READY web-2" in out
     listing = ravel("list").stdout
     assert APP in listing and "running" in listing
+
+
+def test_vm_moving_to_another_host_keeps_its_disk(ravel, tmp_path):
+    spread = tmp_path / "spread.yaml"
+    spread.write_text(ISO_BLUEPRINT.replace("GUEST", str(ROOT / ".cache" / "guest")))
+    packed = tmp_path / "packed.yaml"
+    packed.write_text(spread.read_text().replace("  anti_affinity: [[probe, twin]]\n", ""))
+    try:
+        ravel("publish", str(spread), "--name", ISO, "--wait", "--timeout", "120")
+        before = ravel.status(ISO)
+        assert before["probe"]["host"] != before["twin"]["host"]
+        for vm in ("probe", "twin"):
+            sh(ravel, vm, f"echo disk-of-{vm} | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; sync", app=ISO)
+        p = ravel("publish", str(packed), "--name", ISO, "--wait", "--timeout", "120")
+        after = ravel.status(ISO)
+        assert after["probe"]["host"] == after["twin"]["host"], after
+        moved = [vm for vm in after if after[vm]["host"] != before[vm]["host"]]
+        assert len(moved) == 1 and f"{moved[0]} moves" in p.stderr, p.stderr
+        assert "removed (no longer in the plan)" in p.stderr
+        assert len([ns for ns in namespaces() if ns.startswith(f"rv-{ISO}-")]) == 1
+        for vm in ("probe", "twin"):
+            assert f"disk-of-{vm}" in sh(ravel, vm, "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 13", app=ISO)
+    finally:
+        ravel("destroy", ISO, "--yes")
+    assert not leftovers(ISO, ravel.home)
