@@ -1,0 +1,171 @@
+"""Lab life-cycle commands: publish, status, list, console, logs, stop, start, destroy."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import StateError
+from ..model.spec import NAME_RE
+from ..run.console import attach, read_log
+from ..run.lab import Lab, VmStatus
+from . import exits
+from .common import app, err, out, provider_option
+from .common import lab as open_lab
+from .render import apps_table, vm_table
+
+_provider = provider_option
+
+
+@app.command()
+@exits.handled
+def publish(
+    file: Path = typer.Argument(..., help="Blueprint file.", show_default=False),
+    provider: str = typer.Option("local", "--provider", "-p", callback=_provider, help="Where the hosts run."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="App name (default: the blueprint's name)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until every VM's console says it is ready."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Bound on the whole publish, in seconds."),
+) -> None:
+    """Create the hosts, wire the networks and boot every VM; re-running applies only changes."""
+    if name is not None:
+        _check_app_name(name)
+    lab = open_lab()
+    try:
+        result = lab.publish(str(file), name=name, provider_name=provider, wait=wait, timeout=timeout)
+    finally:
+        lab.close()
+    if result.changed == 0:
+        out.print(f"{result.app}: nothing to do, everything is up to date")
+    out.print(vm_table(result.app, result.vms))
+    if result.ready_s is not None:
+        out.print(f"all VMs ready after {result.ready_s:.1f} s")
+    out.print(f"console: ravel console {result.app} VM   (detach with Ctrl-])   logs: ravel logs {result.app} VM")
+
+
+@app.command()
+@exits.handled
+def status(
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="App (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Each VM's state, host, addresses, accelerator and console."""
+    lab = open_lab(False)
+    try:
+        names = [app_name] if app_name else [a.name for a in lab.state.apps()]
+        data = {n: lab.status(n) for n in names}
+    finally:
+        lab.close()
+    if as_json:
+        sys.stdout.write(json.dumps({n: [asdict(v) for v in vms] for n, vms in data.items()}, indent=2) + "\n")
+        return
+    if not data:
+        out.print("no apps")
+    for n, vms in data.items():
+        out.print(vm_table(n, vms))
+
+
+@app.command("list")
+@exits.handled
+def list_apps(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The apps ravel knows about."""
+    lab = open_lab(False)
+    try:
+        rows = [(a, lab.state.hosts(a.name), lab.state.vms(a.name)) for a in lab.state.apps()]
+    finally:
+        lab.close()
+    if as_json:
+        sys.stdout.write(json.dumps([{"name": a.name, "provider": a.provider, "status": a.status,
+                                      "hosts": len(h), "vms": len(v)} for a, h, v in rows], indent=2) + "\n")
+        return
+    out.print(apps_table(rows))
+
+
+@app.command()
+@exits.handled
+def console(app_name: str = typer.Argument(..., metavar="APP"), vm: str = typer.Argument(..., metavar="VM")) -> None:
+    """Attach to a VM's serial console. Detach with Ctrl-] (the key is not sent to the VM)."""
+    target = _vm(app_name, vm)
+    if sys.stdin.isatty():
+        err.print(f"connected to {vm}; detach with Ctrl-]", markup=False)
+    attach(target.console, vm)
+
+
+@app.command()
+@exits.handled
+def logs(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vm: str = typer.Argument(..., metavar="VM"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output."),
+) -> None:
+    """A VM's serial console output so far (like `docker logs`)."""
+    target = _vm(app_name, vm)
+    for chunk in read_log(target.log, vm, follow=follow):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+@app.command()
+@exits.handled
+def stop(app_name: str = typer.Argument(..., metavar="APP"),
+         vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]...")) -> None:
+    """Stop an app's VMs (or the ones named); disks are kept."""
+    lab = open_lab()
+    try:
+        lab.set_running(app_name, vms or None, False)
+    finally:
+        lab.close()
+
+
+@app.command()
+@exits.handled
+def start(app_name: str = typer.Argument(..., metavar="APP"),
+          vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]...")) -> None:
+    """Start an app's stopped VMs (or the ones named)."""
+    lab = open_lab()
+    try:
+        lab.set_running(app_name, vms or None, True)
+    finally:
+        lab.close()
+
+
+@app.command()
+@exits.handled
+def destroy(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Remove an app: its VMs, disks, networks and hosts. Asks first, on a terminal only."""
+    if not yes and sys.stdin.isatty():
+        if not typer.confirm(f"destroy {app_name} and delete its disks?", default=False):
+            raise typer.Exit(1)
+    lab = open_lab()
+    try:
+        n = lab.destroy(app_name)
+    finally:
+        lab.close()
+    out.print(f"{app_name}: destroyed ({n} host{'s' if n != 1 else ''} removed)")
+
+
+def _vm(app_name: str, vm: str) -> VmStatus:
+    lab = open_lab(False)
+    try:
+        vms = lab.status(app_name)
+    finally:
+        lab.close()
+    for v in vms:
+        if v.name == vm:
+            return v
+    raise StateError(f"app {app_name!r} has no VM {vm!r} (VMs: {', '.join(v.name for v in vms)})")
+
+
+def _check_app_name(name: str) -> None:
+    if not re.match(NAME_RE, name):
+        raise typer.BadParameter(f"{name!r} is not a valid app name: lowercase letters, digits and dashes")
+
+

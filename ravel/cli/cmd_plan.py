@@ -1,0 +1,76 @@
+"""`ravel validate`, `ravel plan`, `ravel schema`: the pure core, from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import BlueprintError
+from ..model.spec import json_schema
+from ..plan.catalogue import load_catalogue
+from ..plan.fit import check_fit
+from ..plan.plan import make_plan
+from ..run.blueprints import read_blueprint
+from . import exits
+from .common import Optimize, app, out, provider_option
+from .render import plan_table
+
+_provider = provider_option
+
+
+@app.command()
+@exits.handled
+def validate(
+    files: List[Path] = typer.Argument(..., help="Blueprint files to check.", show_default=False),
+    provider: str = typer.Option("local", "--provider", "-p", callback=_provider,
+                                 help="Check VM sizes against this provider's host types."),
+) -> None:
+    """Check blueprints and print every problem as FILE:LINE:COL: key: message."""
+    problems = []
+    for f in files:
+        try:
+            bp = read_blueprint(str(f))
+        except BlueprintError as exc:
+            problems.extend(exc.problems)
+            continue
+        fit = check_fit(bp, load_catalogue(provider))
+        if fit:
+            problems.extend(fit)
+        else:
+            out.print(f"{f}: ok ({len(bp.vms)} VMs, {len(bp.networks)} networks)")
+    if problems:
+        raise BlueprintError(problems)
+
+
+@app.command()
+@exits.handled
+def plan(
+    file: Path = typer.Argument(..., help="Blueprint file.", show_default=False),
+    provider: str = typer.Option("local", "--provider", "-p", callback=_provider, help="Where the hosts would run."),
+    optimize: Optional[Optimize] = typer.Option(None, "--optimize", help="Override the blueprint's placement.optimize."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Show which hosts would run the blueprint, which VM goes where, and the hourly cost."""
+    mode = optimize.value if optimize else None
+    bp = read_blueprint(str(file))
+    catalogue = load_catalogue(provider)
+    problems = check_fit(bp, catalogue, mode)
+    if problems:
+        raise BlueprintError(problems)
+    p = make_plan(bp, catalogue, mode)
+    if as_json:
+        sys.stdout.write(json.dumps(p.to_dict(), indent=2) + "\n")
+    else:
+        out.print(plan_table(p))
+
+
+@app.command()
+def schema() -> None:
+    """Print the blueprint format as JSON Schema."""
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
