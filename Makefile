@@ -8,8 +8,10 @@ CACHE    := .cache
 GUEST    := $(CACHE)/guest
 # Debian packages the project needs: QEMU (the nested hypervisor), qemu-img, busybox and a C
 # compiler for the demo guest image, OVMF for UEFI guests, iproute2 for bridges/VXLAN/namespaces,
-# iperf3 for the overlay benchmark.
-APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod
+# iperf3 for the overlay benchmark; dnsmasq and nftables for the lab's network services;
+# openssh-server for the local provider's SSH mode; cloud-init to validate generated user-data.
+APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod \
+            dnsmasq-base nftables openssh-server cloud-init
 
 .PHONY: setup system venv guest demo test test-unit bench clean distclean
 
