@@ -1,0 +1,55 @@
+"""SSH keys ravel makes itself: one host key per host (pinned before first contact) and the
+user key ravel logs in with. Private keys are written 0600 and never stored in the state."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_openssh: str  # "-----BEGIN OPENSSH PRIVATE KEY-----..."
+    public_line: str  # "ssh-ed25519 AAAA... comment"
+
+
+def generate(comment: str = "ravel") -> KeyPair:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return KeyPair(private, f"{public} {comment}")
+
+
+def write_private(path: Path, pair: KeyPair) -> None:
+    """Write a private key 0600 from the first byte (no window where others could read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pair.private_openssh.encode())
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+    path.with_suffix(".pub").write_text(pair.public_line + "\n")
+
+
+def user_key(directory: Path) -> tuple[Path, str]:
+    """ravel's own login key for hosts (made once per RAVEL_HOME): (private key path, public line)."""
+    path = directory / "id_ed25519"
+    if not path.exists():
+        write_private(path, generate("ravel-user"))
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return path, path.with_suffix(".pub").read_text().strip()
+
+
+def host_key(directory: Path, app: str, host: str) -> KeyPair:
+    """The host key for one host, made once and kept (0600) so the host can be re-verified."""
+    path = directory / "hostkeys" / app / f"{host}_ed25519"
+    if not path.exists():
+        write_private(path, generate(f"ravel-{app}-{host}"))
+    return KeyPair(path.read_text(), path.with_suffix(".pub").read_text().strip())
