@@ -7,6 +7,7 @@ touching code; this module only loads and checks it. Pure apart from reading pac
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def providers() -> list[str]:
     return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
 
 
+@functools.cache  # a Catalogue is immutable, so one parse per provider serves everyone
 def load_catalogue(provider: str) -> Catalogue:
     known = providers()
     if provider not in known:

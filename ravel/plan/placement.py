@@ -5,24 +5,30 @@ greedy guided by the linear-programming relaxation:
 
 1. The LP relaxation over the allowed types (at most two types at its optimum) gives the lower
    bound a plan is measured against, and dual prices: what a vCPU and a MiB are worth.
-2. VMs of identical shape are grouped with counts, so filling a host costs O(#shapes).
+2. VMs of identical shape are grouped with counts, so filling a host costs O(#shapes); with
+   hundreds of distinct shapes, classes of near-equal VMs stand in for them.
 3. Host by host, the type whose best fill is worth most per unit of cost is opened, and that
-   fill repeated while it stays the same; prices are re-solved for the VMs still unplaced,
-   so the mix of types follows the mix of VMs left. A fill keeps the host's vCPU and memory
-   running out together.
-4. VMs under anti-affinity are placed one by one first, and their hosts topped up after.
-5. Hosts are downsized to the cheapest type that still holds them (and, on small plans,
-   pairs merged when one type holds both for less).
+   fill repeated while it stays the same; prices are re-solved for the VMs still unplaced, so
+   the mix of types follows the mix of VMs left. A fill makes a host's vCPU and memory run
+   out together.
+4. VMs under anti-affinity are either placed one by one first and their hosts topped up, or
+   the lab is packed as if they were free and they then take slots of their own shape on
+   distinct hosts; both are tried.
+5. Every host is downsized to the cheapest type that still holds it; on small plans, hosts
+   are also merged when one type holds both for no more, and emptied or shrunk by moving
+   their VMs into the room left on others.
 6. Small labs get a few greedy variants; first-fit decreasing is computed too; the cheapest
-   plan wins, so a plan is never dearer than the FFD baseline.
+   plan wins, so a plan is never dearer than the FFD baseline. Over max_hosts, hosts are
+   merged down to the limit, or the biggest types filled first.
 
 Everything here is pure and deterministic: no I/O, no randomness, no iteration over sets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -57,8 +63,12 @@ _SCARCE_FIRST = 2.0
 # The extra greedy runs (other fill exponents) are made while #shapes x #VMs stays below this;
 # the greedy costs O(#shapes) per host filled, so this keeps them to small and regular labs.
 _VARIANTS_WORK = 250_000
-# Plans with at most this many hosts get the (quadratic) pairwise merge.
+# More distinct VM shapes than this are packed as size classes (see _greedy).
+_MOST_SHAPES = 256
+# Plans with at most this many hosts get the (quadratic) pairwise merge, and, when over
+# max_hosts, the (cubic) merging down to the limit.
 _MERGE_UP_TO = 64
+_MERGE_DOWN_UP_TO = 150
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,11 @@ class _Kind:
     cost: float
 
     def fits(self, cpu: int, mem: int, nested: bool) -> bool:
-        return (self.takes_nested or not nested) and cpu <= self.cpu and mem + self.overhead <= self.mem
+        return (
+            (self.takes_nested or not nested)
+            and cpu <= self.cpu
+            and mem + self.overhead <= self.mem
+        )
 
 
 @dataclass
@@ -145,16 +159,20 @@ class _Problem:
 class _Bin:
     """A host being filled: totals for capacity checks, counts per shape, named singles."""
 
-    __slots__ = ("kind", "cpu", "mem", "n", "nested", "counts", "names")
+    __slots__ = ("counts", "cpu", "kind", "mem", "n", "n_nested", "names")
 
     def __init__(self, kind: _Kind) -> None:
         self.kind = kind
         self.cpu = 0
         self.mem = 0  # guest RAM only; QEMU overhead depends on the kind and is added on demand
         self.n = 0
-        self.nested = False
+        self.n_nested = 0
         self.counts: dict[int, int] = {}
         self.names: list[str] = []
+
+    @property
+    def nested(self) -> bool:
+        return self.n_nested > 0
 
     def free(self) -> tuple[int, int]:
         return self.kind.cpu - self.cpu, self.kind.mem - self.mem - self.n * self.kind.overhead
@@ -167,18 +185,37 @@ class _Bin:
         return max(0, min(free_cpu // cpu, free_mem // (mem + self.kind.overhead)))
 
     def add(self, cpu: int, mem: int, nested: bool, count: int = 1) -> None:
+        """Count `count` VMs of this shape in (negative: out)."""
         self.cpu += cpu * count
         self.mem += mem * count
         self.n += count
-        self.nested = self.nested or nested
+        self.n_nested += count if nested else 0
+
+    def absorb(self, other: _Bin) -> None:
+        self.cpu += other.cpu
+        self.mem += other.mem
+        self.n += other.n
+        self.n_nested += other.n_nested
+        for shape, count in other.counts.items():
+            self.counts[shape] = self.counts.get(shape, 0) + count
+        self.names.extend(other.names)
 
     def add_shape(self, index: int, shape: _Shape, count: int) -> None:
+        """Add `count` VMs of a bulk shape (negative: take them out)."""
         self.add(shape.cpu, shape.mem, shape.nested, count)
-        self.counts[index] = self.counts.get(index, 0) + count
+        left = self.counts.get(index, 0) + count
+        if left:
+            self.counts[index] = left
+        else:
+            del self.counts[index]
 
     def add_single(self, demand: Demand) -> None:
         self.add(demand.cpus, demand.memory_mib, demand.nested)
         self.names.append(demand.name)
+
+    def remove_single(self, demand: Demand) -> None:
+        self.add(demand.cpus, demand.memory_mib, demand.nested, -1)
+        self.names.remove(demand.name)
 
 
 def _prepare(request: Request, catalogue: Catalogue) -> _Problem:
@@ -214,7 +251,9 @@ def _check_request(request: Request) -> None:
         if not demand.name:
             raise PlacementError("a VM has an empty name", dimension="name")
         if demand.name in seen:
-            raise PlacementError(f'vm "{demand.name}" is listed twice', vm=demand.name, dimension="name")
+            raise PlacementError(
+                f'vm "{demand.name}" is listed twice', vm=demand.name, dimension="name"
+            )
         seen.add(demand.name)
         if demand.cpus < 1:
             raise PlacementError(
@@ -238,7 +277,9 @@ def _check_request(request: Request) -> None:
             dimension="cpus",
         )
     if request.max_hosts is not None and request.max_hosts < 1 and request.demands:
-        raise PlacementError(f"max_hosts is {request.max_hosts}; at least 1 host is needed", dimension="hosts")
+        raise PlacementError(
+            f"max_hosts is {request.max_hosts}; at least 1 host is needed", dimension="hosts"
+        )
     for group in request.anti_affinity:
         members: set[str] = set()
         for name in group:
@@ -250,7 +291,9 @@ def _check_request(request: Request) -> None:
                 )
             if name in members:
                 raise PlacementError(
-                    f'anti-affinity group lists vm "{name}" twice', vm=name, dimension="anti_affinity"
+                    f'anti-affinity group lists vm "{name}" twice',
+                    vm=name,
+                    dimension="anti_affinity",
                 )
             members.add(name)
 
@@ -319,25 +362,31 @@ def _no_fit(demand: Demand, kinds: list[_Kind], request: Request) -> PlacementEr
 
     nearest = min(candidates, key=shortfall)
     need_mem = demand.memory_mib + nearest.overhead
-    shorts = []
-    if demand.cpus > nearest.cpu:
-        shorts.append(("cpus", (demand.cpus - nearest.cpu) / demand.cpus, f"cpus short by {demand.cpus - nearest.cpu} vCPU"))
-    if need_mem > nearest.mem:
-        shorts.append(("memory", (need_mem - nearest.mem) / need_mem, f"memory short by {need_mem - nearest.mem} MiB"))
-    dimension = max(shorts, key=lambda s: s[1])[0]
+    gaps = {  # dimension -> (shortfall, demand, unit)
+        "cpus": (demand.cpus - nearest.cpu, demand.cpus, "vCPU"),
+        "memory": (need_mem - nearest.mem, need_mem, "MiB"),
+    }
+    short = {dim: gap for dim, gap in gaps.items() if gap[0] > 0}
+    dimension = max(short, key=lambda dim: short[dim][0] / short[dim][1])
     restricted = " nested-capable" if demand.nested and len(candidates) < len(kinds) else ""
     message = (
         f'vm "{demand.name}" needs {demand.cpus} vCPU + {need_mem} MiB '
         f"(incl. {nearest.overhead} MiB hypervisor overhead); "
         f"nearest allowed{restricted} type {nearest.host.name} offers {_offer(nearest, request)}: "
-        + " and ".join(s[2] for s in shorts)
+        + " and ".join(f"{dim} short by {gap} {unit}" for dim, (gap, _, unit) in short.items())
     )
     hints = ["allow a larger host type", "or make the VM smaller"]
     if dimension == "cpus" and request.optimize == "performance":
         hints.append("or use optimize: cost, which may overcommit vCPUs")
     if restricted:
         hints.append("(nested VMs only go on host types with hardware nested virtualization)")
-    return PlacementError(message, vm=demand.name, dimension=dimension, nearest=nearest.host.name, hint=" ".join(hints))
+    return PlacementError(
+        message,
+        vm=demand.name,
+        dimension=dimension,
+        nearest=nearest.host.name,
+        hint=" ".join(hints),
+    )
 
 
 def _offer(kind: _Kind, request: Request) -> str:
@@ -353,13 +402,17 @@ def _offer(kind: _Kind, request: Request) -> str:
 def _too_many_hosts(problem: _Problem, best: int) -> PlacementError:
     request, kinds = problem.request, problem.kinds
     cpu = sum(d.cpus for d in request.demands)
-    mem = sum(d.memory_mib + _least_overhead(kinds, d.cpus, d.memory_mib, d.nested) for d in request.demands)
+    mem = sum(
+        d.memory_mib + _least_overhead(kinds, d.cpus, d.memory_mib, d.nested)
+        for d in request.demands
+    )
+    big_cpu, big_mem = max(k.cpu for k in kinds), max(k.mem for k in kinds)
     need = max(
-        math.ceil(cpu / max(k.cpu for k in kinds)),
-        math.ceil(mem / max(k.mem for k in kinds)),
+        math.ceil(cpu / big_cpu),
+        math.ceil(mem / big_mem),
         max((len(g) for g in request.anti_affinity), default=0),
     )
-    biggest = max(kinds, key=lambda k: (k.cpu / max(k.cpu for k in kinds) + k.mem / max(k.mem for k in kinds), -k.index))
+    biggest = max(kinds, key=lambda k: (k.cpu / big_cpu + k.mem / big_mem, -k.index))
     return PlacementError(
         f"the lab needs {best} hosts (no fewer than {need} with the allowed types) "
         f"but max_hosts is {request.max_hosts}",
@@ -482,7 +535,9 @@ class _Packer:
         self.align = align
         self.shapes = shapes
         self.least = [_least_overhead(kinds, s.cpu, s.mem, s.nested) for s in shapes]
-        self.eligible = [[i for i, s in enumerate(shapes) if k.fits(s.cpu, s.mem, s.nested)] for k in kinds]
+        self.eligible = [
+            [i for i, s in enumerate(shapes) if k.fits(s.cpu, s.mem, s.nested)] for k in kinds
+        ]
         scarce = any(not k.takes_nested for k in kinds)
         self.weight = [_SCARCE_FIRST if scarce and s.nested else 1.0 for s in shapes]
         self.avail = [len(s.names) for s in shapes]
@@ -503,7 +558,11 @@ class _Packer:
             length = math.hypot(a, b)
             unit[i] = (a / length, b / length, length * self.weight[i])
         take: _Fill = {}
-        cand = [i for i in unit if avail[i] and shapes[i].cpu <= cpu_free and shapes[i].mem + overhead <= mem_free]
+        cand = [
+            i
+            for i in unit
+            if avail[i] and shapes[i].cpu <= cpu_free and shapes[i].mem + overhead <= mem_free
+        ]
         while cand:
             x, y = cpu_free / kind.cpu, mem_free / kind.mem
             length = math.hypot(x, y)
@@ -524,7 +583,9 @@ class _Packer:
             cand = [
                 i
                 for i in cand
-                if avail[i] > take.get(i, 0) and shapes[i].cpu <= cpu_free and shapes[i].mem + overhead <= mem_free
+                if avail[i] > take.get(i, 0)
+                and shapes[i].cpu <= cpu_free
+                and shapes[i].mem + overhead <= mem_free
             ]
         return take
 
@@ -542,7 +603,80 @@ class _Packer:
             self.avail[i] -= n
 
 
-def _greedy(problem: _Problem, objective: Literal["cost", "hosts"], align: float = _ALIGN) -> list[_Bin]:
+def _greedy(
+    problem: _Problem, objective: Literal["cost", "hosts"], align: float = _ALIGN
+) -> list[_Bin]:
+    if len(problem.shapes) <= _MOST_SHAPES:
+        return _greedy_exact(problem, objective, align)
+    # The greedy costs O(#shapes) per host; with very many distinct shapes (an imported
+    # inventory, say) it packs classes of near-equal VMs, each at its members' mean size,
+    # then deals the real VMs out and re-places the few that overflow a host.
+    coarse, members = _coarsen(problem.shapes)
+    bins = _greedy_exact(dataclasses.replace(problem, shapes=coarse), objective, align)
+    return _deal(bins, coarse, members, problem)
+
+
+def _coarsen(shapes: list[_Shape]) -> tuple[list[_Shape], list[list[_Shape]]]:
+    """At most _MOST_SHAPES classes of VMs with equal vCPUs and nested flag and memory within
+    a few percent; a class is as big as its members' mean, and lists one member per VM."""
+    steps = 64  # classes per doubling of memory
+    while True:
+        classes: dict[tuple[int, bool, int], list[_Shape]] = {}
+        for s in shapes:
+            classes.setdefault((s.cpu, s.nested, math.ceil(math.log2(s.mem) * steps)), []).append(s)
+        if len(classes) <= _MOST_SHAPES or steps == 1:
+            break
+        steps //= 2
+    coarse, members = [], []
+    for key in sorted(classes, key=lambda k: (-k[2], -k[0], k[1])):
+        units = [s for s in sorted(classes[key], key=lambda s: -s.mem) for _ in s.names]
+        mean = math.ceil(sum(s.mem for s in units) / len(units))
+        coarse.append(_Shape(key[0], mean, key[1], [n for s in classes[key] for n in s.names]))
+        members.append(units)
+    return coarse, members
+
+
+def _deal(
+    bins: list[_Bin], coarse: list[_Shape], members: list[list[_Shape]], problem: _Problem
+) -> list[_Bin]:
+    """Swap each class count of a host for real VMs, alternately the largest and the smallest
+    left so that a host's total stays near the planned one; then re-place what overflows."""
+    index = {id(s): i for i, s in enumerate(problem.shapes)}
+    ends = [[0, len(units)] for units in members]
+    for b in bins:
+        counts, b.counts = b.counts, {}
+        b.cpu = b.mem = b.n = b.n_nested = 0
+        for name in b.names:
+            single = problem.request.demands[problem.order[name]]
+            b.add(single.cpus, single.memory_mib, single.nested)
+        for c in sorted(counts):
+            for k in range(counts[c]):
+                lo, hi = ends[c]
+                if k % 2 == 0:
+                    shape, ends[c][0] = members[c][lo], lo + 1
+                else:
+                    shape, ends[c][1] = members[c][hi - 1], hi - 1
+                b.add_shape(index[id(shape)], shape, 1)
+    overflow: list[int] = []
+    for b in bins:
+        while b.free()[1] < 0:  # vCPUs are exact within a class, so only memory can overflow
+            i = min(b.counts, key=lambda i: (-problem.shapes[i].mem, i))
+            b.add_shape(i, problem.shapes[i], -1)
+            overflow.append(i)
+    for i in sorted(overflow, key=lambda i: (-problem.shapes[i].mem, i)):
+        shape = problem.shapes[i]
+        target = next((b for b in bins if b.room(shape.cpu, shape.mem, shape.nested)), None)
+        if target is None:
+            kinds = [k for k in problem.kinds if k.fits(shape.cpu, shape.mem, shape.nested)]
+            target = _Bin(min(kinds, key=lambda k: (k.cost, k.host.name)))
+            bins.append(target)
+        target.add_shape(i, shape, 1)
+    return bins
+
+
+def _greedy_exact(
+    problem: _Problem, objective: Literal["cost", "hosts"], align: float
+) -> list[_Bin]:
     """Open, host by host, the kind whose best fill scores highest (value per cost, or value
     alone for the fewest hosts), valuing VMs at the LP prices of the VMs still unplaced."""
     kinds, shapes = problem.kinds, problem.shapes
@@ -554,16 +688,23 @@ def _greedy(problem: _Problem, objective: Literal["cost", "hosts"], align: float
     def valuation(prices: tuple[float, float]) -> _Valuation:
         price_cpu, price_mem = prices
         values = [price_cpu * s.cpu + price_mem * (s.mem + least[i]) for i, s in enumerate(shapes)]
-        ceiling = [(price_cpu * k.cpu + price_mem * k.mem) / (k.cost if per_cost else 1.0) for k in kinds]
+        ceiling = [
+            (price_cpu * k.cpu + price_mem * k.mem) / (k.cost if per_cost else 1.0) for k in kinds
+        ]
         # among equal ceilings: the bigger host when saving money, the cheaper for fewest hosts
-        ranked = sorted(kinds, key=lambda k: (-ceiling[k.index], -k.cost if per_cost else k.cost, k.host.name))
+        ranked = sorted(
+            kinds, key=lambda k: (-ceiling[k.index], -k.cost if per_cost else k.cost, k.host.name)
+        )
         return _Valuation(values, ceiling, ranked)
 
     left_cpu = sum(s.cpu * len(s.names) for s in shapes)
     left_mem = sum((s.mem + least[i]) * len(s.names) for i, s in enumerate(shapes))
     if per_cost:
         cpu = left_cpu + sum(d.cpus for d in problem.singles)
-        mem = left_mem + sum(d.memory_mib + _least_overhead(kinds, d.cpus, d.memory_mib, d.nested) for d in problem.singles)
+        mem = left_mem + sum(
+            d.memory_mib + _least_overhead(kinds, d.cpus, d.memory_mib, d.nested)
+            for d in problem.singles
+        )
         val = valuation(_lp(frontier, cpu, mem)[1])
     else:
         # fewest hosts: a VM is worth the share of the largest host it takes
@@ -617,13 +758,77 @@ def _best_host(val: _Valuation, per_cost: bool, packer: _Packer) -> tuple[_Kind,
     return best
 
 
+def _pack_then_spread(problem: _Problem, align: float) -> list[_Bin]:
+    """Pack every VM as if unconstrained, then hand VMs under anti-affinity the slots of
+    their shape on distinct hosts: VMs of one shape are interchangeable, so only the names
+    move and the packing keeps its quality. A VM left without a slot is placed apart."""
+    flat = dataclasses.replace(
+        problem, shapes=_shapes(problem.request.demands), singles=[], conflicts={}
+    )
+    packed = _greedy(flat, "cost", align)
+    flat_index = {(s.cpu, s.mem, s.nested): i for i, s in enumerate(flat.shapes)}
+    bulk_index = {(s.cpu, s.mem, s.nested): j for j, s in enumerate(problem.shapes)}
+    slots = [dict(b.counts) for b in packed]
+    bins = [_Bin(b.kind) for b in packed]
+    homeless: list[Demand] = []
+    # most constrained first; each to the host with most free slots of its shape
+    for d in sorted(
+        problem.singles, key=lambda d: (-len(problem.conflicts[d.name]), problem.order[d.name])
+    ):
+        i = flat_index[(d.cpus, d.memory_mib, d.nested)]
+        clash = problem.conflicts[d.name]
+        best = -1
+        for h, b in enumerate(bins):
+            if slots[h].get(i, 0) > (slots[best].get(i, 0) if best >= 0 else 0) and not any(
+                n in clash for n in b.names
+            ):
+                best = h
+        if best < 0:
+            homeless.append(d)
+            continue
+        bins[best].add_single(d)
+        slots[best][i] -= 1
+    left = [len(s.names) for s in problem.shapes]
+    for h, b in enumerate(bins):
+        for i in sorted(slots[h]):
+            s = flat.shapes[i]
+            j = bulk_index.get((s.cpu, s.mem, s.nested))
+            if j is not None and slots[h][i] and left[j]:
+                count = min(slots[h][i], left[j])
+                b.add_shape(j, problem.shapes[j], count)
+                left[j] -= count
+    bins = [b for b in bins if b.n]
+    for d in homeless:
+        _first_fit_single(d, bins, problem)
+    return bins
+
+
+def _first_fit_single(demand: Demand, bins: list[_Bin], problem: _Problem) -> None:
+    clash = problem.conflicts[demand.name]
+    for b in bins:
+        if b.room(demand.cpus, demand.memory_mib, demand.nested) and not any(
+            n in clash for n in b.names
+        ):
+            b.add_single(demand)
+            return
+    kind = min(
+        (k for k in problem.kinds if k.fits(demand.cpus, demand.memory_mib, demand.nested)),
+        key=lambda k: (k.cost, k.host.name),
+    )
+    b = _Bin(kind)
+    b.add_single(demand)
+    bins.append(b)
+
+
 def _place_singles(problem: _Problem, ranked: list[_Kind]) -> list[_Bin]:
     """First fit for VMs under anti-affinity; a new host is of the best-ranked kind that fits."""
     bins: list[_Bin] = []
     for demand in problem.singles:
         clash = problem.conflicts[demand.name]
         for b in bins:
-            if b.room(demand.cpus, demand.memory_mib, demand.nested) and not any(n in clash for n in b.names):
+            if b.room(demand.cpus, demand.memory_mib, demand.nested) and not any(
+                n in clash for n in b.names
+            ):
                 b.add_single(demand)
                 break
         else:
@@ -648,7 +853,9 @@ class _Sizer:
                 (
                     k
                     for k in self.by_cost
-                    if cpu <= k.cpu and mem + n * k.overhead <= k.mem and (k.takes_nested or not nested)
+                    if cpu <= k.cpu
+                    and mem + n * k.overhead <= k.mem
+                    and (k.takes_nested or not nested)
                 ),
                 None,
             )
@@ -686,7 +893,103 @@ def _merge_pairs(bins: list[_Bin], problem: _Problem, cheaper_only: bool = True)
     return bins
 
 
-def _merge(a: _Bin, b: _Bin, sizer: _Sizer, conflicts: dict[str, set[str]], cheaper_only: bool) -> bool:
+def _shift(bins: list[_Bin], problem: _Problem) -> list[_Bin]:
+    """Empty hosts, or shrink them to a cheaper type, by moving their VMs into the room left
+    on the other hosts; a host's moves are undone unless they save money."""
+    sizer = _Sizer(problem.kinds)
+    by_name = {d.name: d for d in problem.request.demands}
+    for a in sorted(bins, key=lambda b: b.kind.cost):  # cheap hosts are the easiest to empty
+        others = [b for b in bins if b is not a]
+        moves = _move_out(a, others, problem, by_name)
+        if not a.n:
+            bins.remove(a)
+            continue
+        smaller = sizer.cheapest(a.cpu, a.mem, a.n, a.nested)
+        if smaller is not None and smaller.cost < a.kind.cost - 1e-12:
+            a.kind = smaller
+        else:
+            _undo(moves, a, problem, by_name)
+    return bins
+
+
+_Move = tuple[_Bin, int, int, str]  # target, shape index (-1: single), count, single's name
+
+
+def _move_out(
+    a: _Bin, others: list[_Bin], problem: _Problem, by_name: dict[str, Demand]
+) -> list[_Move]:
+    """Move what fits of a's VMs, largest first, each to the host it fills the most."""
+    moves: list[_Move] = []
+    units = [(problem.shapes[i].mem, problem.shapes[i].cpu, i, "") for i in sorted(a.counts)]
+    units += [(by_name[n].memory_mib, by_name[n].cpus, -1, n) for n in a.names]
+    for mem, cpu, index, name in sorted(units, key=lambda u: (-u[0], -u[1], u[2], u[3])):
+        nested = problem.shapes[index].nested if index >= 0 else by_name[name].nested
+        left = a.counts[index] if index >= 0 else 1
+        targets = sorted(
+            (b for b in others if b.room(cpu, mem, nested)),
+            key=lambda b: (
+                b.free()[1] - (mem + b.kind.overhead) * min(left, b.room(cpu, mem, nested))
+            ),
+        )
+        for b in targets:
+            if index < 0:
+                if any(n in problem.conflicts[name] for n in b.names):
+                    continue
+                a.remove_single(by_name[name])
+                b.add_single(by_name[name])
+                moves.append((b, -1, 1, name))
+                break
+            count = min(left, b.room(cpu, mem, nested))
+            a.add_shape(index, problem.shapes[index], -count)
+            b.add_shape(index, problem.shapes[index], count)
+            moves.append((b, index, count, ""))
+            left -= count
+            if not left:
+                break
+    return moves
+
+
+def _undo(moves: list[_Move], a: _Bin, problem: _Problem, by_name: dict[str, Demand]) -> None:
+    for b, index, count, name in reversed(moves):
+        if index < 0:
+            b.remove_single(by_name[name])
+            a.add_single(by_name[name])
+        else:
+            b.add_shape(index, problem.shapes[index], -count)
+            a.add_shape(index, problem.shapes[index], count)
+
+
+def _merge_down(bins: list[_Bin], problem: _Problem, limit: int) -> list[_Bin]:
+    """Merge hosts, the pair that adds least cost first, until at most `limit` remain."""
+    bins = [_copy(b) for b in bins]
+    sizer = _Sizer(problem.kinds)
+    while len(bins) > limit:
+        best: tuple[float, int, int] | None = None
+        for i, a in enumerate(bins):
+            for j in range(i + 1, len(bins)):
+                b = bins[j]
+                kind = sizer.cheapest(a.cpu + b.cpu, a.mem + b.mem, a.n + b.n, a.nested or b.nested)
+                if kind is None or any(n in problem.conflicts[m] for m in a.names for n in b.names):
+                    continue
+                extra = kind.cost - a.kind.cost - b.kind.cost
+                if best is None or extra < best[0] - 1e-12:
+                    best = (extra, i, j)
+        if best is None:
+            break
+        _merge(bins[best[1]], bins[best[2]], sizer, problem.conflicts, cheaper_only=False)
+        del bins[best[2]]
+    return bins
+
+
+def _copy(b: _Bin) -> _Bin:
+    twin = _Bin(b.kind)
+    twin.absorb(b)
+    return twin
+
+
+def _merge(
+    a: _Bin, b: _Bin, sizer: _Sizer, conflicts: dict[str, set[str]], cheaper_only: bool
+) -> bool:
     kind = sizer.cheapest(a.cpu + b.cpu, a.mem + b.mem, a.n + b.n, a.nested or b.nested)
     # at equal cost one host beats two: fewer machines to boot, less traffic between them
     if kind is None or (cheaper_only and kind.cost > a.kind.cost + b.kind.cost + 1e-12):
@@ -694,10 +997,7 @@ def _merge(a: _Bin, b: _Bin, sizer: _Sizer, conflicts: dict[str, set[str]], chea
     if any(n in conflicts[m] for m in a.names for n in b.names):
         return False
     a.kind = kind
-    a.add(b.cpu, b.mem, b.nested, b.n)
-    for shape, count in b.counts.items():
-        a.counts[shape] = a.counts.get(shape, 0) + count
-    a.names.extend(b.names)
+    a.absorb(b)
     return True
 
 
@@ -719,8 +1019,8 @@ class _Run:
 
 def _ffd(problem: _Problem) -> list[_Bin]:
     """VMs largest first, each into the first open host with room, else into a new host of the
-    cheapest type that fits it. A run of identical VMs is placed in one sweep over the hosts,
-    which is what one-by-one placement gives too (room only shrinks), in O(#hosts) per run."""
+    cheapest type that fits it. A run of identical VMs fills host after host at once, which
+    is what one-by-one placement gives too (room only shrinks)."""
     runs = _ffd_runs(problem)
     cheapest: dict[tuple[int, int, bool], _Kind] = {}
     for run in runs:
@@ -728,45 +1028,81 @@ def _ffd(problem: _Problem) -> list[_Bin]:
         if key not in cheapest:
             fitting = [k for k in problem.kinds if k.fits(*key)]
             cheapest[key] = min(fitting, key=lambda k: (k.cost, k.host.name))
-    # the smallest vCPU and memory still to come: a host with less free is closed for good
-    tail_cpu, tail_mem = [0] * len(runs), [0] * len(runs)
-    low_cpu, low_mem = runs[-1].cpu, runs[-1].mem
-    for r in range(len(runs) - 1, -1, -1):
-        low_cpu, low_mem = min(low_cpu, runs[r].cpu), min(low_mem, runs[r].mem)
-        tail_cpu[r], tail_mem[r] = low_cpu, low_mem
     bins: list[_Bin] = []
-    live: list[_Bin] = []
-    for r, run in enumerate(runs):
-        live = [b for b in live if b.room(tail_cpu[r], tail_mem[r], False)]
+    index = _FirstFit(len(problem.request.demands))
+    for run in runs:
         new_kind = cheapest[(run.cpu, run.mem, run.nested)]
         if run.single is not None:
             clash = problem.conflicts[run.single.name]
-            target = next(
-                (b for b in live if b.room(run.cpu, run.mem, run.nested) and not any(n in clash for n in b.names)),
-                None,
+            at = index.find(
+                run.cpu, run.mem, run.nested, lambda h, clash=clash: clash.isdisjoint(bins[h].names)
             )
-            if target is None:
-                target = _Bin(new_kind)
-                bins.append(target)
-                live.append(target)
-            target.add_single(run.single)
+            if at is None:
+                at = len(bins)
+                bins.append(_Bin(new_kind))
+            bins[at].add_single(run.single)
+            index.update(at, bins[at])
             continue
         shape, count = problem.shapes[run.shape], run.count
-        for b in live:
-            n = min(count, b.room(run.cpu, run.mem, run.nested))
-            if n:
-                b.add_shape(run.shape, shape, n)
-                count -= n
-                if not count:
-                    break
+        searching = True
         while count:
-            b = _Bin(new_kind)
-            n = min(count, b.room(run.cpu, run.mem, run.nested))
-            b.add_shape(run.shape, shape, n)
+            # once no open host has room, none will for the rest of the run
+            at = index.find(run.cpu, run.mem, run.nested) if searching else None
+            if at is None:
+                searching = False
+                at = len(bins)
+                bins.append(_Bin(new_kind))
+            n = min(count, bins[at].room(run.cpu, run.mem, run.nested))
+            bins[at].add_shape(run.shape, shape, n)
+            index.update(at, bins[at])
             count -= n
-            bins.append(b)
-            live.append(b)
     return bins
+
+
+class _FirstFit:
+    """The leftmost host with room for a VM, through a max-tree over hosts in opening order:
+    a subtree whose best free vCPU or best free memory is too small is skipped whole."""
+
+    def __init__(self, most_hosts: int) -> None:
+        self.size = 1 << max(0, most_hosts - 1).bit_length()
+        self.cpu = [-1] * (2 * self.size)  # most vCPU free
+        self.mem = [-1] * (2 * self.size)  # most guest memory one more VM could have
+        self.nested_mem = [-1] * (2 * self.size)  # the same over hosts that take nested VMs
+
+    def update(self, host: int, b: _Bin) -> None:
+        cpus, mems, nested_mems = self.cpu, self.mem, self.nested_mem
+        free_cpu, free_mem = b.free()
+        i = host + self.size
+        cpus[i] = free_cpu
+        mems[i] = free_mem - b.kind.overhead
+        nested_mems[i] = mems[i] if b.kind.takes_nested else -1
+        i //= 2
+        while i:
+            left, right = 2 * i, 2 * i + 1
+            cpu = max(cpus[right], cpus[left])
+            mem = max(mems[right], mems[left])
+            nested_mem = max(nested_mems[right], nested_mems[left])
+            if cpus[i] == cpu and mems[i] == mem and nested_mems[i] == nested_mem:
+                break  # nothing above changes either
+            cpus[i], mems[i], nested_mems[i] = cpu, mem, nested_mem
+            i //= 2
+
+    def find(
+        self, cpu: int, mem: int, nested: bool, accept: Callable[[int], bool] | None = None
+    ) -> int | None:
+        mems = self.nested_mem if nested else self.mem
+        stack = [1]
+        while stack:
+            i = stack.pop()
+            if self.cpu[i] < cpu or mems[i] < mem:
+                continue
+            if i >= self.size:
+                if accept is None or accept(i - self.size):
+                    return i - self.size
+                continue
+            stack.append(2 * i + 1)
+            stack.append(2 * i)  # left first: the earliest host wins
+        return None
 
 
 def _ffd_runs(problem: _Problem) -> list[_Run]:
@@ -776,7 +1112,13 @@ def _ffd_runs(problem: _Problem) -> list[_Run]:
     order = problem.order
     demands = sorted(
         problem.request.demands,
-        key=lambda d: (-(d.cpus / big_cpu + d.memory_mib / big_mem), -d.memory_mib, -d.cpus, d.nested, order[d.name]),
+        key=lambda d: (
+            -(d.cpus / big_cpu + d.memory_mib / big_mem),
+            -d.memory_mib,
+            -d.cpus,
+            d.nested,
+            order[d.name],
+        ),
     )
     runs: list[_Run] = []
     for d in demands:
@@ -809,15 +1151,25 @@ def place(request: Request, catalogue: Catalogue) -> Placement:
                     hint="raise max_hosts or shrink the anti-affinity group",
                 )
     plans = [_polish(_greedy(problem, "cost", align), problem) for align in _alignments(problem)]
+    if problem.singles:
+        plans += [
+            _polish(_pack_then_spread(problem, align), problem) for align in _alignments(problem)
+        ]
     plans.append(_ffd(problem))
     fitting = [p for p in plans if limit is None or len(p) <= limit]
     if not fitting:
-        # try harder: fill the biggest hosts first, then merge hosts even when it costs more
-        fewest = _merge_pairs(_polish(_greedy(problem, "hosts"), problem), problem, cheaper_only=False)
-        plans.append(fewest)
-        fitting = [fewest] if len(fewest) <= limit else []  # type: ignore[operator]
+        assert limit is not None
+        # try harder: merge the cheapest plan's hosts where that costs least, and, apart,
+        # fill the biggest hosts first and merge whatever still fits together
+        tries = (
+            [_merge_down(plans[0], problem, limit)] if len(plans[0]) <= _MERGE_DOWN_UP_TO else []
+        )
+        tries.append(
+            _merge_pairs(_polish(_greedy(problem, "hosts"), problem), problem, cheaper_only=False)
+        )
+        fitting = [p for p in tries if len(p) <= limit]
         if not fitting:
-            raise _too_many_hosts(problem, min(len(p) for p in plans))
+            raise _too_many_hosts(problem, min(len(p) for p in plans + tries))
     # cheapest, then fewest hosts; the first of equals is the LP-guided plan
     best = min(fitting, key=lambda bins: (round(_cost(bins), 9), len(bins)))
     return _placement(problem, best, _bound(problem))
@@ -841,7 +1193,9 @@ def _alignments(problem: _Problem) -> tuple[float, ...]:
 
 def _polish(bins: list[_Bin], problem: _Problem) -> list[_Bin]:
     bins = _downsize(bins, problem.kinds)
-    return _merge_pairs(bins, problem) if len(bins) <= _MERGE_UP_TO else bins
+    if len(bins) > _MERGE_UP_TO:
+        return bins
+    return _merge_pairs(_shift(_merge_pairs(bins, problem), problem), problem)
 
 
 def _cost(bins: list[_Bin]) -> float:

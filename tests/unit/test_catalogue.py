@@ -85,7 +85,17 @@ def test_aws_families_shapes_and_prices() -> None:
     for letter in "cmr":
         ratio = per_cpu[f"{letter}8i"].pop() / per_cpu[f"{letter}7i"].pop()
         assert 1.04 < ratio < 1.06
-    for size in ("large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge"):
+    for size in (
+        "large",
+        "xlarge",
+        "2xlarge",
+        "4xlarge",
+        "8xlarge",
+        "12xlarge",
+        "16xlarge",
+        "24xlarge",
+        "48xlarge",
+    ):
         for family in ("c7i", "m7i", "r7i", "c8i", "m8i", "r8i"):
             catalogue.get(f"{family}.{size}")
     for family in ("c7i", "m7i", "r7i"):
@@ -99,12 +109,21 @@ def test_gcp_prices_follow_the_per_resource_rates() -> None:
     rates = {"n2": (0.031611, 0.004237), "c3": (0.03465, 0.003938)}
     for t in catalogue.host_types:
         per_cpu, per_gib = rates[t.name[:2]]
-        assert t.hourly_cost == pytest.approx(t.cpus * per_cpu + t.memory_mib / 1024 * per_gib, abs=1e-6)
+        assert t.hourly_cost == pytest.approx(
+            t.cpus * per_cpu + t.memory_mib / 1024 * per_gib, abs=1e-6
+        )
         assert t.nested_virt
     assert catalogue.get("n2-standard-128").memory_mib == 512 * 1024
     assert catalogue.get("n2-highcpu-96").memory_mib == 96 * 1024
     assert catalogue.get("c3-highmem-176").memory_mib == 1408 * 1024
-    assert [t.cpus for t in catalogue.host_types if t.family == "c3-highcpu"] == [4, 8, 22, 44, 88, 176]
+    assert [t.cpus for t in catalogue.host_types if t.family == "c3-highcpu"] == [
+        4,
+        8,
+        22,
+        44,
+        88,
+        176,
+    ]
 
 
 def test_unknown_host_type_suggests_close_names() -> None:
@@ -126,7 +145,14 @@ def test_unknown_provider_lists_the_known_ones() -> None:
 
 
 def _raw(**changes: object) -> dict[str, object]:
-    host = {"name": "x.large", "cpus": 2, "memory_mib": 4096, "hourly_cost": 0.1, "nested_virt": False, "family": "x"}
+    host = {
+        "name": "x.large",
+        "cpus": 2,
+        "memory_mib": 4096,
+        "hourly_cost": 0.1,
+        "nested_virt": False,
+        "family": "x",
+    }
     host.update(changes.pop("host", {}))  # type: ignore[arg-type]
     data: dict[str, object] = {
         "provider": "p",

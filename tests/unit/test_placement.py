@@ -3,6 +3,7 @@ bound, determinism, constraints, errors, and plan quality."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -40,7 +41,11 @@ def capacity(host_type: HostType, request: Request) -> tuple[float, int]:
 
 
 def allowed(request: Request, catalogue: Catalogue) -> list[HostType]:
-    return [catalogue.get(n) for n in request.host_types] if request.host_types else list(catalogue.host_types)
+    return (
+        [catalogue.get(n) for n in request.host_types]
+        if request.host_types
+        else list(catalogue.host_types)
+    )
 
 
 def holds(host_type: HostType, vms: list[Demand], request: Request, catalogue: Catalogue) -> bool:
@@ -84,7 +89,9 @@ def assert_valid(plan: Placement, request: Request, catalogue: Catalogue) -> Non
 # Generated requests
 
 
-def demands_for(catalogue: Catalogue, draw: st.DrawFn, min_size: int = 0, max_size: int = 24) -> tuple[Demand, ...]:
+def demands_for(
+    catalogue: Catalogue, draw: st.DrawFn, min_size: int = 0, max_size: int = 24
+) -> tuple[Demand, ...]:
     if catalogue.provider == "local":
         cpus, mem = st.integers(1, 6), st.integers(64, 6000)
     else:
@@ -104,18 +111,25 @@ def requests(draw: st.DrawFn, provider: str | None = None) -> tuple[Request, Cat
     groups: list[tuple[str, ...]] = []
     if len(names) >= 2 and draw(st.booleans()):
         for _ in range(draw(st.integers(1, 2))):
-            group = draw(st.lists(st.sampled_from(names), min_size=2, max_size=min(4, len(names)), unique=True))
+            group = draw(
+                st.lists(
+                    st.sampled_from(names), min_size=2, max_size=min(4, len(names)), unique=True
+                )
+            )
             groups.append(tuple(group))
     host_types: tuple[str, ...] = ()
     if draw(st.booleans()):
         all_names = [t.name for t in catalogue.host_types]
-        host_types = tuple(draw(st.lists(st.sampled_from(all_names), min_size=1, max_size=6, unique=True)))
+        host_types = tuple(
+            draw(st.lists(st.sampled_from(all_names), min_size=1, max_size=6, unique=True))
+        )
     request = Request(
         demands=demands,
         optimize=draw(st.sampled_from(["cost", "performance"])),
         cpu_overcommit=draw(st.sampled_from([1.0, 1.5, 2.0, 3.0])),
         host_types=host_types,
         anti_affinity=tuple(groups),
+        max_hosts=draw(st.none() | st.integers(1, 6)),
     )
     return request, catalogue
 
@@ -138,7 +152,13 @@ def test_plans_obey_every_rule_or_the_error_is_real(case: tuple[Request, Catalog
     try:
         plan = place(request, catalogue)
     except PlacementError as error:
-        # the only way a request without max_hosts can fail: some VM fits no allowed type
+        if error.dimension == "hosts":
+            # only when the cheapest plan really needed more hosts than allowed
+            assert request.max_hosts is not None
+            unbounded = place(dataclasses.replace(request, max_hosts=None), catalogue)
+            assert len(unbounded.hosts) > request.max_hosts
+            return
+        # otherwise some VM fits no allowed type
         assert error.vm is not None and error.dimension in ("cpus", "memory", "host_type")
         if error.dimension != "host_type":
             vm = next(d for d in request.demands if d.name == error.vm)
@@ -147,9 +167,11 @@ def test_plans_obey_every_rule_or_the_error_is_real(case: tuple[Request, Catalog
         return
     assert_valid(plan, request, catalogue)
     assert plan.lower_bound_per_hour == pytest.approx(lower_bound(request, catalogue))
-    baseline = first_fit_decreasing(request, catalogue)
-    assert_valid(baseline, request, catalogue)
-    assert plan.cost_per_hour <= baseline.cost_per_hour + 1e-9
+    unbounded = dataclasses.replace(request, max_hosts=None)
+    baseline = first_fit_decreasing(unbounded, catalogue)
+    assert_valid(baseline, unbounded, catalogue)
+    if request.max_hosts is None or len(baseline.hosts) <= request.max_hosts:
+        assert plan.cost_per_hour <= baseline.cost_per_hour + 1e-9
 
 
 @PROPERTY
@@ -176,7 +198,9 @@ def exact_optimum(request: Request, catalogue: Catalogue) -> float:
     def block_cost(block: tuple[Demand, ...]) -> float:
         if any((a.name, b.name) in clash for a, b in itertools.combinations(block, 2)):
             return math.inf
-        return next((t.hourly_cost for t in types if holds(t, list(block), request, catalogue)), math.inf)
+        return next(
+            (t.hourly_cost for t in types if holds(t, list(block), request, catalogue)), math.inf
+        )
 
     def partitions(items: list[Demand]):  # type: ignore[no-untyped-def]
         if not items:
@@ -199,11 +223,21 @@ def test_lower_bound_never_exceeds_the_true_optimum(data: st.DataObject) -> None
     demands = demands_for(catalogue, data.draw, min_size=1, max_size=6)
     host_types: tuple[str, ...] = ()
     if provider == "aws":  # a handful of types keeps the brute force small and the LP honest
-        host_types = ("c7i.large", "m7i.xlarge", "r7i.2xlarge", "r8i.xlarge", "m7i.4xlarge", "r7i.8xlarge", "r8i.8xlarge")
+        host_types = (
+            "c7i.large",
+            "m7i.xlarge",
+            "r7i.2xlarge",
+            "r8i.xlarge",
+            "m7i.4xlarge",
+            "r7i.8xlarge",
+            "r8i.8xlarge",
+        )
     names = [d.name for d in demands]
     groups = ()
     if len(names) >= 2 and data.draw(st.booleans()):
-        groups = (tuple(data.draw(st.lists(st.sampled_from(names), min_size=2, max_size=3, unique=True))),)
+        groups = (
+            tuple(data.draw(st.lists(st.sampled_from(names), min_size=2, max_size=3, unique=True))),
+        )
     request = Request(
         demands,
         optimize=data.draw(st.sampled_from(["cost", "performance"])),
@@ -224,10 +258,14 @@ def test_lower_bound_never_exceeds_the_true_optimum(data: st.DataObject) -> None
     st.sampled_from(sorted(CATALOGUES)),
     st.sampled_from(["cost", "performance"]),
 )
-def test_lp_over_the_frontier_matches_all_pairs(totals: list[tuple[int, int]], provider: str, mode: str) -> None:
+def test_lp_over_the_frontier_matches_all_pairs(
+    totals: list[tuple[int, int]], provider: str, mode: str
+) -> None:
     # The planner solves its LP over the convex frontier of host types only; check that this
     # equals the textbook enumeration of every single type and every pair.
-    problem = placement_module._prepare(Request((Demand("a", 1, 1),), optimize=mode), CATALOGUES[provider])  # type: ignore[arg-type]
+    problem = placement_module._prepare(
+        Request((Demand("a", 1, 1),), optimize=mode), CATALOGUES[provider]
+    )  # type: ignore[arg-type]
     kinds = problem.kinds
     frontier = placement_module._frontier(kinds)
     for cpu, mem in totals:
@@ -245,7 +283,9 @@ def test_lp_over_the_frontier_matches_all_pairs(totals: list[tuple[int, int]], p
 # Examples
 
 
-def vms(n: int, cpus: int, memory_mib: int, prefix: str = "vm", nested: bool = False) -> tuple[Demand, ...]:
+def vms(
+    n: int, cpus: int, memory_mib: int, prefix: str = "vm", nested: bool = False
+) -> tuple[Demand, ...]:
     return tuple(Demand(f"{prefix}-{i}", cpus, memory_mib, nested) for i in range(1, n + 1))
 
 
@@ -263,7 +303,9 @@ def test_empty_lab_needs_nothing() -> None:
 
 def test_one_small_vm_gets_the_smallest_local_host() -> None:
     plan = place(Request((Demand("web", 1, 512),)), LOCAL)
-    assert [(h.name, h.type.name, h.accel, h.vms) for h in plan.hosts] == [("host-1", "local-small", "tcg", ("web",))]
+    assert [(h.name, h.type.name, h.accel, h.vms) for h in plan.hosts] == [
+        ("host-1", "local-small", "tcg", ("web",))
+    ]
     assert plan.cost_per_hour == pytest.approx(0.02)
     assert plan.ratio >= 1.0
 
@@ -285,7 +327,10 @@ def test_cost_mode_overcommits_cpu_and_performance_mode_never_does() -> None:
     assert len(cost.hosts) == 1  # 4 vCPU x 2.0 holds 8 vCPU of guests
     strict = place(Request(demands, cpu_overcommit=1.0, host_types=("local-medium",)), LOCAL)
     assert len(strict.hosts) == 2
-    perf = place(Request(demands, optimize="performance", cpu_overcommit=8.0, host_types=("local-medium",)), LOCAL)
+    perf = place(
+        Request(demands, optimize="performance", cpu_overcommit=8.0, host_types=("local-medium",)),
+        LOCAL,
+    )
     assert len(perf.hosts) == 4  # 3 usable vCPU per host, overcommit ignored
 
 
@@ -307,7 +352,9 @@ def test_nested_vms_go_to_nested_capable_types_when_there_are_some() -> None:
 
 
 def test_nested_vm_too_big_for_every_nested_type_is_an_error() -> None:
-    request = Request((Demand("esxi", 16, 65536, nested=True),), host_types=("c8i.large", "r7i.48xlarge"))
+    request = Request(
+        (Demand("esxi", 16, 65536, nested=True),), host_types=("c8i.large", "r7i.48xlarge")
+    )
     with pytest.raises(PlacementError) as caught:
         place(request, AWS)
     error = caught.value
@@ -347,14 +394,29 @@ def test_anti_affinity_spreads_vms_that_would_share_a_host() -> None:
     assert len(place(Request(demands), LOCAL).hosts) == 1
 
 
+# bigger hosts dearer per vCPU than small ones, so that the cheapest plan uses many hosts
+PRICEY_BIG = Catalogue(
+    provider="test",
+    region="nowhere",
+    currency="USD",
+    source="https://example.invalid/prices",
+    as_of="2026-01-01",
+    note="made up for tests",
+    host_types=(
+        HostType("small", 2, 4096, 1.0, False, "t"),
+        HostType("big", 8, 16384, 5.0, False, "t"),
+    ),
+)
+
+
 def test_max_hosts_makes_the_planner_use_bigger_hosts() -> None:
-    demands = vms(8, 1, 1800)
-    cheapest = place(Request(demands, optimize="performance"), LOCAL)
-    assert len(cheapest.hosts) > 2
-    request = Request(demands, optimize="performance", max_hosts=2)
-    plan = place(request, LOCAL)
-    assert_valid(plan, request, LOCAL)
-    assert plan.cost_per_hour >= cheapest.cost_per_hour
+    demands = vms(4, 2, 3000)
+    cheapest = place(Request(demands, cpu_overcommit=1.0), PRICEY_BIG)
+    assert [h.type.name for h in cheapest.hosts] == ["small"] * 4
+    request = Request(demands, cpu_overcommit=1.0, max_hosts=2)
+    plan = place(request, PRICEY_BIG)
+    assert_valid(plan, request, PRICEY_BIG)
+    assert [h.type.name for h in plan.hosts] == ["big"]
 
 
 def test_max_hosts_that_cannot_be_met_is_a_hosts_error() -> None:
@@ -363,7 +425,9 @@ def test_max_hosts_that_cannot_be_met_is_a_hosts_error() -> None:
     assert caught.value.dimension == "hosts"
     assert "max_hosts is 2" in caught.value.message
     with pytest.raises(PlacementError) as caught:
-        place(Request(vms(3, 1, 256), anti_affinity=(("vm-1", "vm-2", "vm-3"),), max_hosts=2), LOCAL)
+        place(
+            Request(vms(3, 1, 256), anti_affinity=(("vm-1", "vm-2", "vm-3"),), max_hosts=2), LOCAL
+        )
     assert caught.value.dimension == "hosts" and "anti-affinity" in caught.value.message
 
 
@@ -396,7 +460,10 @@ def mixed_lab(n: int, seed: int) -> tuple[Demand, ...]:
     rng = random.Random(seed)
     cpus = rng.choices([1, 2, 4, 8, 16], weights=[25, 30, 25, 15, 5], k=n)
     gib = rng.choices([0.5, 1, 2, 4, 8], weights=[10, 15, 30, 30, 15], k=n)
-    return tuple(Demand(f"vm-{i}", c, int(c * g * 1024), rng.random() < 0.1) for i, (c, g) in enumerate(zip(cpus, gib)))
+    return tuple(
+        Demand(f"vm-{i}", c, int(c * g * 1024), rng.random() < 0.1)
+        for i, (c, g) in enumerate(zip(cpus, gib))
+    )
 
 
 @pytest.mark.parametrize("provider", ["aws", "gcp"])
@@ -408,3 +475,36 @@ def test_large_mixed_labs_are_within_three_percent_of_the_bound(provider: str, m
     assert_valid(plan, request, catalogue)
     assert plan.ratio <= 1.03
     assert plan.cost_per_hour < first_fit_decreasing(request, catalogue).cost_per_hour
+
+
+@pytest.mark.parametrize("provider", ["aws", "gcp"])
+def test_anti_affinity_at_scale_keeps_the_packing_tight(provider: str) -> None:
+    catalogue = CATALOGUES[provider]
+    demands = mixed_lab(1000, seed=3)
+    groups = tuple(tuple(f"vm-{g * 3 + k}" for k in range(3)) for g in range(30))
+    groups += (tuple(f"vm-{900 + k}" for k in range(40)),)  # one VM per host for 40 hosts
+    for mode in ("cost", "performance"):
+        request = Request(demands, optimize=mode, anti_affinity=groups)  # type: ignore[arg-type]
+        plan = place(request, catalogue)
+        assert_valid(plan, request, catalogue)
+        assert plan.ratio <= 1.05
+
+
+def test_many_distinct_shapes_are_packed_as_classes_and_stay_valid() -> None:
+    rng = random.Random(11)
+    demands = tuple(
+        Demand(f"vm-{i}", rng.choice([1, 2, 4, 8]), rng.randint(256, 32768), rng.random() < 0.1)
+        for i in range(600)
+    )
+    groups = tuple(tuple(f"vm-{g * 4 + k}" for k in range(4)) for g in range(10))
+    for catalogue in (AWS, GCP):
+        for mode in ("cost", "performance"):
+            request = Request(demands, optimize=mode, anti_affinity=groups)  # type: ignore[arg-type]
+            shapes = placement_module._prepare(request, catalogue).shapes
+            assert len(shapes) > placement_module._MOST_SHAPES  # the class path is the one tested
+            plan = place(request, catalogue)
+            assert_valid(plan, request, catalogue)
+            assert plan.ratio <= 1.08
+            assert (
+                plan.cost_per_hour <= first_fit_decreasing(request, catalogue).cost_per_hour + 1e-9
+            )
