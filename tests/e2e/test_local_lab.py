@@ -294,3 +294,42 @@ def test_vm_moving_to_another_host_keeps_its_disk(ravel, tmp_path):
     finally:
         ravel("destroy", ISO, "--yes")
     assert not leftovers(ISO, ravel.home)
+
+
+def test_interactive_console_and_detach_key(ravel):
+    import pty
+    import select
+    import sys as _sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child is `ravel console` on a real terminal
+        os.chdir(ROOT)
+        os.execve(_sys.executable, [_sys.executable, "-m", "ravel", "console", APP, "web-2"], ravel.env())
+    out = b""
+
+    def read_until(token: bytes, timeout: float) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while token not in out and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:
+                    break
+        assert token in out, out[-2000:]
+
+    try:
+        read_until(b"detach with Ctrl-]", 20)
+        os.write(fd, b"\recho console-$((6*7))\r")
+        read_until(b"console-42", 20)
+        os.write(fd, b"\x1d")  # Ctrl-]: detach, the VM keeps running
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert "web-2" in qemu_pids(APP)
