@@ -52,8 +52,16 @@ flock -w 600 9 || die "timed out waiting for the lock on $OUT/.lock"
 # --- which kernel -----------------------------------------------------------------
 KVER="${RAVEL_GUEST_KERNEL:-}"
 if [[ -z "$KVER" ]]; then
-  KVER="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-    | sed -n 's/^ *Depends: linux-image-\([0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1)"
+  resolve() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+      | sed -n 's/^ *Depends: linux-image-\([0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
+  }
+  KVER="$(resolve)"
+  if [[ -z "$KVER" && "$(id -u)" == 0 ]]; then
+    # a fresh machine may have no package lists yet
+    timeout 600 apt-get update -qq >&2 || true
+    KVER="$(resolve)"
+  fi
   [[ -n "$KVER" ]] || die "cannot resolve linux-image-cloud-amd64 with apt-cache (run apt-get update?)"
 fi
 KPKG="linux-image-$KVER"
