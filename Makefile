@@ -36,7 +36,7 @@ $(VENV)/.stamp: pyproject.toml
 	@touch $@
 
 guest: $(GUEST)/.stamp
-$(GUEST)/.stamp: guest/build.sh guest/init guest/kvmtest.c $(CACHE)/system.stamp
+$(GUEST)/.stamp: guest/build.sh guest/init guest/udhcpc.script guest/kvmtest.c $(CACHE)/system.stamp
 	bash guest/build.sh $(GUEST)
 	@touch $@
 
@@ -54,6 +54,8 @@ test-unit: venv
 bench: setup
 	$(BIN)/python bench/plan_bench.py
 	$(BIN)/python bench/publish_bench.py
+	$(BIN)/python bench/snapshot_bench.py
+	$(BIN)/python bench/transport_bench.py
 
 clean:
 	rm -rf .pytest_cache .hypothesis build *.egg-info

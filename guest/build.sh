@@ -70,7 +70,7 @@ KPKG="linux-image-$KVER"
 STAMP="$(
   {
     echo "kernel=$KVER modules=${MODULES[*]}"
-    sha256sum "$HERE/build.sh" "$HERE/init" "$HERE/kvmtest.c" "$BUSYBOX" | cut -d' ' -f1
+    sha256sum "$HERE/build.sh" "$HERE/init" "$HERE/udhcpc.script" "$HERE/kvmtest.c" "$BUSYBOX" | cut -d' ' -f1
     gcc --version | head -n1
   } | sha256sum | cut -d' ' -f1
 )"
@@ -115,6 +115,7 @@ done
 [[ -L "$ROOT/bin/sh" ]] || ln -sf busybox "$ROOT/bin/sh"
 
 install -m 0755 "$HERE/init" "$ROOT/init"
+install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc.script"
 gcc -static -O2 -Wall -o "$ROOT/usr/bin/kvmtest" "$HERE/kvmtest.c"
 strip "$ROOT/usr/bin/kvmtest" 2>/dev/null || true
 

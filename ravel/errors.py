@@ -83,6 +83,11 @@ class TransportError(RavelError):
     exit_code = 5
 
 
+class HostKeyMismatch(TransportError):
+    """A host presented another SSH host key than the one ravel installed on it: refused at
+    once and never retried (a retry could only reach the same impostor)."""
+
+
 class CommandFailed(RavelError):
     """A command on a host exited non-zero."""
 

@@ -53,3 +53,19 @@ def host_key(directory: Path, app: str, host: str) -> KeyPair:
     if not path.exists():
         write_private(path, generate(f"ravel-{app}-{host}"))
     return KeyPair(path.read_text(), path.with_suffix(".pub").read_text().strip())
+
+
+def directory(state: Path) -> Path:
+    """Where a ravel set-up keeps its keys: next to the state (a 0700 directory), never in it."""
+    return state / "keys"
+
+
+def forget_host_key(directory: Path, app: str, host: str) -> None:
+    """Remove a host's key once the host is gone (and the app's key folder once empty)."""
+    folder = directory / "hostkeys" / app
+    for path in (folder / f"{host}_ed25519", folder / f"{host}_ed25519.pub"):
+        path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -6,6 +6,8 @@ Commands live in one module per area (cmd_*.py); importing them registers them o
 from __future__ import annotations
 
 from . import cmd_lab, cmd_plan  # noqa: F401  (registers commands)
+from . import cmd_snapshot  # noqa: F401  (snapshots, store, import)
+from . import cmd_cloud  # noqa: F401  (gc)
 from .common import app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import sys
@@ -23,21 +24,53 @@ from .render import apps_table, vm_table
 _provider = provider_option
 
 
+class TransportKind(str, enum.Enum):
+    netns = "netns"
+    ssh = "ssh"
+
+
 @app.command()
 @exits.handled
 def publish(
-    file: Path = typer.Argument(..., help="Blueprint file.", show_default=False),
+    file: Optional[Path] = typer.Argument(None, help="Blueprint file (or --from SNAPSHOT).", show_default=False),
     provider: str = typer.Option("local", "--provider", "-p", callback=_provider, help="Where the hosts run."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="App name (default: the blueprint's name)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until every VM's console says it is ready."),
     timeout: float = typer.Option(600.0, "--timeout", help="Bound on the whole publish, in seconds."),
+    from_snapshot: Optional[str] = typer.Option(None, "--from", metavar="SNAPSHOT",
+                                                help="Publish a snapshot (`ravel snapshots`) instead of a file."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store holding the snapshot (default: the local store)."),
+    host_image: Optional[str] = typer.Option(
+        None, "--host-image", metavar="IMAGE",
+        help="aws/gcp: the hosts' image instead of Debian 12 (also RAVEL_AWS_AMI / RAVEL_GCP_IMAGE)."),
+    ssh_from: Optional[str] = typer.Option(
+        None, "--ssh-from", metavar="CIDR",
+        help="aws/gcp: the only address range allowed to SSH to the hosts (also RAVEL_SSH_FROM; "
+             "default 0.0.0.0/0: ravel cannot learn your public address offline)."),
+    transport: Optional[TransportKind] = typer.Option(
+        None, "--transport",
+        help="How ravel reaches the hosts: netns (local only: `ip netns exec`) or ssh (local: an sshd "
+             "in every host). Default: what the app already uses, else the provider's own (local: "
+             "netns; aws, gcp: ssh)."),
 ) -> None:
     """Create the hosts, wire the networks and boot every VM; re-running applies only changes."""
     if name is not None:
         _check_app_name(name)
+    if provider == "local" and (host_image or ssh_from):
+        raise typer.BadParameter("--host-image and --ssh-from apply to the aws and gcp providers only")
+    if (file is None) == (from_snapshot is None):
+        err.print("error: give a blueprint FILE or --from SNAPSHOT (one of them)", markup=False)
+        raise typer.Exit(exits.ExitStatus.BAD_INPUT)
     lab = open_lab()
     try:
-        result = lab.publish(str(file), name=name, provider_name=provider, wait=wait, timeout=timeout)
+        if from_snapshot is not None:
+            result = lab.publish_snapshot(from_snapshot, name=name, provider_name=provider, store_url=store,
+                                          wait=wait, timeout=timeout,
+                                          transport=transport.value if transport else None)
+        else:
+            result = lab.publish(str(file), name=name, provider_name=provider, wait=wait, timeout=timeout,
+                                 host_image=host_image, ssh_from=ssh_from,
+                                 transport=transport.value if transport else None)
     finally:
         lab.close()
     if result.changed == 0:

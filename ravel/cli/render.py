@@ -38,10 +38,15 @@ def plan_table(plan: Plan) -> Table:
 
 def vm_table(app: str, vms) -> Table:  # vms: list[VmStatus]
     t = Table(title=app, title_justify="left")
-    for col in ("VM", "state", "host", "accel", "addresses", "console"):
+    exposing = any(getattr(v, "services", None) for v in vms)
+    cols = ["VM", "state", "host", "accel", "addresses"] + (["services"] if exposing else []) + ["console"]
+    for col in cols:
         t.add_column(col)
     for v in vms:
-        t.add_row(v.name, v.state, v.host, v.accel, ", ".join(v.ips) or "-", f"ravel console {app} {v.name}")
+        row = [v.name, v.state, v.host, v.accel, ", ".join(v.ips) or "-"]
+        if exposing:
+            row.append(", ".join(v.services) or "-")
+        t.add_row(*row, f"ravel console {app} {v.name}")
     return t
 
 

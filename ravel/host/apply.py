@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import proc
+from . import proc, services, snapshot
 from .desired import Desired
 from .facts import (
     OWNED_FILE, Facts, Owned, OwnedVM, argv_sha256, gather, owned_document,
@@ -147,6 +147,8 @@ def execute(action: Action) -> str:
 
 def _execute(action: Action) -> str:
     kind, p = action.kind, action.params
+    if kind.startswith("router."):
+        return services.execute(kind, action.argv, p)
     if kind in ("run_dir.create", "run_dir.chmod"):
         os.makedirs(p["path"], mode=p["mode"], exist_ok=True)
         os.chmod(p["path"], p["mode"])
@@ -179,6 +181,10 @@ def _execute(action: Action) -> str:
             for path in (pidfile, p.get("qmp")):
                 if path:
                     proc.unlink_quiet(path)
+            # QEMU is gone: a disk snapshotted while it ran gets its live overlay back in place
+            moved = snapshot.settle(snapshot.drive_files(p.get("argv") or ()))
+            if moved:
+                detail += "; disk overlays settled: " + ", ".join(moved)
         return detail
     if kind == "vm.remove":
         removed = []
@@ -206,6 +212,7 @@ def _start_vm(p: Dict[str, Any]) -> str:
     for path in (pidfile, qmp):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         proc.unlink_quiet(path)  # stale: QEMU is not running with this argv
+    snapshot.settle(snapshot.drive_files(argv))  # after a snapshot, if QEMU ended on its own
     # the record is written first: it is the identity the next run checks /proc against
     _write_json_atomic(p["record"], {"sha256": p["sha256"], "argv": argv, "pidfile": pidfile,
                                      "qmp": qmp})

@@ -6,6 +6,8 @@
     python3 -m ravel.host destroy < target   remove an app ({"app","run_dir","prefixes"?} or
                                              the desired document)
     python3 -m ravel.host version
+    python3 -m ravel.host snapshot           pause this host's VMs together and freeze their
+                                             disks (a line protocol: see host/snapshot.py)
 
 Exit status: 0 success (apply/destroy: converged); 1 the operation failed or did not converge
 (the report's "errors" say why, and stderr repeats them); 2 invalid input; 3 internal error.
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text)
         c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
     sub.add_parser("version", help="runtime and desired-document versions")
+    sub.add_parser("snapshot", help="freeze this host's VM disks in one pause (line protocol on stdin)")
     return p
 
 
@@ -109,6 +112,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "facts":
         _emit(host_facts(kvm_timeout=args.kvm_timeout))
         return EXIT_OK
+    if args.cmd == "snapshot":
+        from . import snapshot
+
+        return snapshot.main()
 
     doc = _read_input(args.input)
     try:

@@ -81,6 +81,51 @@ class VM:
 
 
 @dataclass(frozen=True)
+class RouterInterface:
+    """The host's side of one network: an address (the same on every host) and the rest."""
+    network: str
+    bridge: str
+    vxlan: str
+    address: str  # "10.0.0.1/24"
+    mac: str  # the anycast gateway MAC, the same on every host
+    egress_mac: str  # this host's own source MAC on the tunnel
+    gateway: bool = True  # guests route through `address`
+    dhcp: bool = False
+    dns: bool = False
+    nat: bool = False
+    mtu: int = 1500
+
+
+@dataclass(frozen=True)
+class Allow:
+    src: str  # network names
+    dst: str
+    protocol: str  # tcp | udp | icmp | any
+    ports: Tuple[Tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Lease:
+    network: str
+    mac: str
+    ip: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Router:
+    domain: str
+    interfaces: Tuple[RouterInterface, ...] = ()
+    routes: Tuple[Tuple[str, str], ...] = ()  # network pairs routed to each other
+    allow: Tuple[Allow, ...] = ()
+    leases: Tuple[Lease, ...] = ()
+    names: Tuple[Tuple[str, str], ...] = ()  # (name, ip)
+
+    def interface(self, network: str) -> Optional[RouterInterface]:
+        return next((i for i in self.interfaces if i.network == network), None)
+
+
+@dataclass(frozen=True)
 class Desired:
     app: str
     run_dir: str
@@ -90,6 +135,7 @@ class Desired:
     taps: Tuple[Tap, ...] = ()
     vms: Tuple[VM, ...] = ()
     version: int = DESIRED_VERSION
+    router: Optional[Router] = None  # this host's piece of the app's network services
 
     def link_kinds(self) -> Dict[str, str]:
         """Every link this document wants, name -> kind ('bridge' | 'vxlan' | 'tap')."""
@@ -161,7 +207,7 @@ def parse_desired(doc: Any) -> Desired:
     c = _Checker()
     if not isinstance(doc, dict):
         raise DesiredError(["document: must be a JSON object"])
-    c.known(doc, "", "version app host run_dir underlay networks taps vms prefixes")
+    c.known(doc, "", "version app host run_dir underlay networks taps vms prefixes router")
     version = c.get(doc, "version", "", int)
     if version is not None and version != DESIRED_VERSION:
         c.bad("version", f"unsupported version {version}, this runtime speaks {DESIRED_VERSION}")
@@ -305,10 +351,13 @@ def parse_desired(doc: Any) -> Desired:
                       argv=tuple(argv) if isinstance(argv, list) else (), disks=tuple(disks)))
 
     _check_unique(c, networks, taps, vms, underlay)
+    router = None
+    if doc.get("router") is not None:
+        router = parse_router(c, doc["router"], networks, underlay)
     if c.problems:
         raise DesiredError(c.problems)
     return Desired(app=app, host=host, run_dir=os.path.normpath(run_dir), underlay=underlay,
-                   networks=tuple(networks), taps=tuple(taps), vms=tuple(vms))
+                   networks=tuple(networks), taps=tuple(taps), vms=tuple(vms), router=router)
 
 
 def _check_unique(c: _Checker, networks: List[Network], taps: List[Tap], vms: List[VM],
@@ -359,6 +408,156 @@ def _check_unique(c: _Checker, networks: List[Network], taps: List[Tap], vms: Li
                 c.bad(f"vms[{i}].{key}", f"{path!r} is already used by {paths[path]}")
             elif path:
                 paths[path] = f"vms[{i}].{key}"
+
+
+_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})$")
+PROTOCOLS = ("tcp", "udp", "icmp", "any")
+
+
+def parse_router(c: _Checker, raw: Any, networks: List[Network],
+                 underlay: Optional[Underlay]) -> Optional[Router]:
+    """The ``router`` section: every reference is checked against this document's networks."""
+    if not isinstance(raw, dict):
+        c.bad("router", "must be an object")
+        return None
+    c.known(raw, "router", "domain interfaces routes allow leases names")
+    domain = c.get(raw, "domain", "router", str, default="")
+    if domain and not _DOMAIN.match(domain):
+        c.bad("router.domain", f"{domain!r} is not a DNS domain")
+    by_name = {n.name: n for n in networks}
+    interfaces: List[RouterInterface] = []
+    subnets: Dict[str, Any] = {}
+    for i, ri in enumerate(c.get(raw, "interfaces", "router", list, required=False, default=[])):
+        p = f"router.interfaces[{i}]"
+        if not isinstance(ri, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(ri, p, "network bridge vxlan address mac egress_mac gateway dhcp dns nat mtu")
+        name = c.get(ri, "network", p, str, default="")
+        net = by_name.get(name)
+        if name and net is None:
+            c.bad(f"{p}.network", f"{name!r} is not a network of this document")
+        bridge = c.get(ri, "bridge", p, str, default="")
+        vxlan = c.get(ri, "vxlan", p, str, default="")
+        if net is not None and (bridge != net.bridge or vxlan != net.vxlan):
+            c.bad(p, f"bridge/vxlan {bridge}/{vxlan} are not network {name!r}'s "
+                     f"({net.bridge}/{net.vxlan})")
+        address = c.get(ri, "address", p, str, default="")
+        try:
+            iface = ipaddress.ip_interface(address) if address else None
+        except ValueError:
+            c.bad(f"{p}.address", f"{address!r} is not an address with a prefix (10.0.0.1/24)")
+            iface = None
+        if iface is not None:
+            if iface.version != 4 or iface.ip in (iface.network.network_address,
+                                                   iface.network.broadcast_address):
+                c.bad(f"{p}.address", f"{address!r} must be a usable IPv4 host address")
+            elif any(iface.network.overlaps(o) for o in subnets.values()):
+                c.bad(f"{p}.address", f"{iface.network} overlaps another interface's subnet")
+            subnets[name] = iface.network
+        macs = []
+        for key in ("mac", "egress_mac"):
+            mac = c.get(ri, key, p, str, default="").lower()
+            if mac and (not _MAC.match(mac) or mac == ZERO_MAC or int(mac[:2], 16) & 1):
+                c.bad(f"{p}.{key}", f"{mac!r} is not a unicast MAC address")
+            macs.append(mac)
+        flags = [c.get(ri, k, p, bool, required=False, default=d)
+                 for k, d in (("gateway", True), ("dhcp", False), ("dns", False), ("nat", False))]
+        mtu = c.get(ri, "mtu", p, int, required=False, default=1500)
+        c.mtu(mtu, f"{p}.mtu")
+        if flags[3] and not flags[0]:
+            c.bad(f"{p}.nat", "needs gateway: true (guests send outside traffic to the gateway)")
+        if flags[3] and underlay is None:
+            c.bad(f"{p}.nat", "needs an underlay (NAT leaves through the underlay device)")
+        if any(x.network == name for x in interfaces):
+            c.bad(f"{p}.network", f"{name!r} has two interfaces")
+        interfaces.append(RouterInterface(name, bridge, vxlan, address, macs[0], macs[1],
+                                          *[bool(f) for f in flags], mtu=mtu))
+    gated = {i.network for i in interfaces if i.gateway}
+
+    routes: List[Tuple[str, str]] = []
+    for i, pair in enumerate(c.get(raw, "routes", "router", list, required=False, default=[])):
+        p = f"router.routes[{i}]"
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair)
+                or pair[0] == pair[1]):
+            c.bad(p, "must be a pair of two different network names")
+            continue
+        missing = [x for x in pair if x not in gated]
+        if missing:
+            c.bad(p, f"{', '.join(missing)} has no gateway interface here")
+            continue
+        routes.append((min(pair), max(pair)))
+
+    allow: List[Allow] = []
+    for i, rule in enumerate(c.get(raw, "allow", "router", list, required=False, default=[])):
+        p = f"router.allow[{i}]"
+        if not isinstance(rule, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(rule, p, "from to protocol ports")
+        src = c.get(rule, "from", p, str, default="")
+        dst = c.get(rule, "to", p, str, default="")
+        proto = c.get(rule, "protocol", p, str, required=False, default="any")
+        if proto not in PROTOCOLS:
+            c.bad(f"{p}.protocol", f"{proto!r} is not one of {', '.join(PROTOCOLS)}")
+        if src and dst and (min(src, dst), max(src, dst)) not in routes:
+            c.bad(p, f"{src!r} and {dst!r} are not routed to each other here")
+        ports: List[Tuple[int, int]] = []
+        for j, rng in enumerate(c.get(rule, "ports", p, list, required=False, default=[])):
+            if (not isinstance(rng, list) or len(rng) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in rng)
+                    or not 1 <= rng[0] <= rng[1] <= 65535):
+                c.bad(f"{p}.ports[{j}]", "must be [low, high] with 1 <= low <= high <= 65535")
+            else:
+                ports.append((rng[0], rng[1]))
+        if ports and proto not in ("tcp", "udp"):
+            c.bad(f"{p}.ports", f"ports need protocol tcp or udp, not {proto}")
+        allow.append(Allow(src, dst, proto, tuple(ports)))
+
+    leases: List[Lease] = []
+    dhcp_nets = {i.network for i in interfaces if i.dhcp}
+    seen_macs: Dict[str, int] = {}
+    for i, raw_l in enumerate(c.get(raw, "leases", "router", list, required=False, default=[])):
+        p = f"router.leases[{i}]"
+        if not isinstance(raw_l, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(raw_l, p, "network mac ip name")
+        net_name = c.get(raw_l, "network", p, str, default="")
+        if net_name and net_name not in dhcp_nets:
+            c.bad(f"{p}.network", f"{net_name!r} has no interface with dhcp here")
+        mac = c.get(raw_l, "mac", p, str, default="").lower()
+        if mac and not _MAC.match(mac):
+            c.bad(f"{p}.mac", f"{mac!r} is not a MAC address")
+        elif mac in seen_macs:
+            c.bad(f"{p}.mac", f"{mac!r} already has leases[{seen_macs[mac]}]")
+        seen_macs.setdefault(mac, i)
+        ip = c.ip(c.get(raw_l, "ip", p, str), f"{p}.ip")
+        if ip and net_name in subnets and ipaddress.ip_address(ip) not in subnets[net_name]:
+            c.bad(f"{p}.ip", f"{ip} is outside {subnets[net_name]}")
+        name = c.get(raw_l, "name", p, str, default="")
+        if name and not _HOSTNAME.match(name):
+            c.bad(f"{p}.name", f"{name!r} is not a host name")
+        leases.append(Lease(net_name, mac, ip or "", name))
+
+    names: List[Tuple[str, str]] = []
+    for i, rec in enumerate(c.get(raw, "names", "router", list, required=False, default=[])):
+        p = f"router.names[{i}]"
+        if not isinstance(rec, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(rec, p, "name ip")
+        name = c.get(rec, "name", p, str, default="")
+        if name and not _HOSTNAME.match(name):
+            c.bad(f"{p}.name", f"{name!r} is not a host name")
+        ip = c.ip(c.get(rec, "ip", p, str), f"{p}.ip")
+        if name and ip:
+            names.append((name, ip))
+    if names and not domain:
+        c.bad("router.domain", "is required when names are given")
+    return Router(domain=domain, interfaces=tuple(interfaces), routes=tuple(sorted(set(routes))),
+                  allow=tuple(allow), leases=tuple(leases), names=tuple(names))
 
 
 def parse_target(doc: Any) -> Tuple[str, str, Tuple[str, ...], Optional[Desired]]:

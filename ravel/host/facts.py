@@ -25,6 +25,7 @@ from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
 from . import kvm, proc
 from .desired import Desired, ZERO_MAC
+from .services import RouterFacts, gather_router
 
 OWNED_FILE = "owned.json"
 ARGV_SUFFIX = ".argv"
@@ -93,6 +94,7 @@ class Facts:
     vms: Dict[str, VMFact] = field(default_factory=dict)
     paths: Dict[str, bool] = field(default_factory=dict)  # disk and base paths -> exist?
     underlay_addresses: Optional[Tuple[str, ...]] = None  # None: not observed
+    router: Optional[RouterFacts] = None  # network services (services.py); None: not observed
 
     def exists(self, path: str) -> bool:
         return self.paths.get(path, False)
@@ -265,7 +267,7 @@ def gather(desired: Desired) -> Facts:
             paths.setdefault(path, os.path.exists(path))
     return Facts(run_dir=run_dir, run_dir_exists=run_dir_exists, run_dir_mode=run_dir_mode,
                  links=links, fdb=fdb, owned=owned, vms=vms, paths=paths,
-                 underlay_addresses=addresses)
+                 underlay_addresses=addresses, router=gather_router(desired))
 
 
 def gather_vms(desired: Desired, owned: Owned) -> Dict[str, VMFact]:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from . import services
 from .desired import VXLAN_PORT, ZERO_MAC, Desired, Network, Tap
 from .facts import ARGV_SUFFIX, Facts, Link, argv_sha256, fdb_wanted
 
@@ -25,6 +26,7 @@ KINDS = (
     "vxlan.delete", "vxlan.recreate", "vxlan.create", "vxlan.update",
     "fdb.delete", "fdb.add",
     "tap.delete", "tap.recreate", "tap.create", "tap.update",
+    *services.KINDS,  # gateway addresses, sysctls, nft tables, dnsmasq
     "disk.create",
     "vm.stop", "vm.remove", "disk.delete",
     "vm.start",
@@ -32,8 +34,8 @@ KINDS = (
 )
 
 # Phases, in order; within a phase, deletions of stale items come first, then per item.
-PHASES = ("run_dir", "underlay", "bridge", "vxlan", "fdb", "tap", "disk.create", "vm.stop",
-          "vm.start", "destroy")
+PHASES = ("run_dir", "underlay", "bridge", "vxlan", "fdb", "tap", "router", "disk.create",
+          "vm.stop", "vm.start", "destroy")
 
 
 def phase(kind: str) -> int:
@@ -86,6 +88,7 @@ def problems(desired: Desired, facts: Facts) -> List[str]:
         for d in vm.disks:
             if d.base and not facts.exists(d.path) and not facts.exists(d.base):
                 found.append(f"VM {vm.name!r}: base image {d.base} of disk {d.path} not found")
+    found += services.router_problems(desired, facts.router)
     return found
 
 
@@ -159,6 +162,9 @@ def reconcile(desired: Desired, facts: Facts) -> List[Action]:
             actions.append(act)
             if act.kind in ("tap.create", "tap.recreate"):
                 fresh_taps.add(tap.name)
+
+    # network services: before any VM starts, so a booting guest finds DHCP and its gateway
+    actions += [_from_step(s) for s in services.router_actions(desired, facts.router, fresh_bridges)]
 
     # disks
     for vm in desired.vms:
@@ -384,7 +390,7 @@ def teardown(facts: Facts, desired: Optional[Desired] = None, prefixes: Sequence
     the kind it names), and from caller-given name ``prefixes`` (never a physical device or a
     name in ``keep``). Idempotent: [] once nothing is left.
     """
-    actions: List[Action] = []
+    actions: List[Action] = [_from_step(s) for s in services.router_teardown(facts.run_dir, facts.router)]
     for name, f in sorted(facts.vms.items()):
         if f.running:
             actions.append(_stop(f, "app destroyed"))
@@ -423,3 +429,7 @@ def teardown(facts: Facts, desired: Optional[Desired] = None, prefixes: Sequence
         actions.append(Action("run_dir.delete", facts.run_dir, "app destroyed",
                               params={"path": facts.run_dir}))
     return actions
+
+
+def _from_step(step: Any) -> Action:
+    return Action(step.kind, step.target, step.reason, step.argv, dict(step.params))

@@ -18,6 +18,7 @@ class Network:
     dhcp: bool = False
     dns: bool = False
     mtu: int = 1500
+    nat: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Boot:
 class Service:
     port: int
     protocol: Literal["tcp", "udp"] = "tcp"
+    host_port: int | None = None  # fixed port on 127.0.0.1 (local provider); chosen when None
+    allow: tuple[IPv4Network, ...] = (IPv4Network("0.0.0.0/0"),)  # cloud source ranges
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,16 @@ class VM:
 
 
 @dataclass(frozen=True)
+class FirewallRule:
+    """Allow `protocol` (and `ports`, for tcp/udp) from network `src` to network `dst`."""
+
+    src: str
+    dst: str
+    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
+    ports: tuple[tuple[int, int], ...] = ()  # inclusive ranges; empty = every port
+
+
+@dataclass(frozen=True)
 class Placement:
     optimize: Literal["cost", "performance"] = "cost"
     cpu_overcommit: float = 2.0
@@ -80,6 +93,8 @@ class Blueprint:
     networks: tuple[Network, ...] = ()
     placement: Placement = Placement()
     description: str = ""
+    routing_deny: tuple[tuple[str, str], ...] = ()  # network pairs (sorted) that are not routed
+    firewall: tuple[FirewallRule, ...] = ()
     source: str = "<blueprint>"
     # dotted key path (e.g. "vms.web.disks[0].image") -> (line, column), for located errors
     # raised after loading (missing files, host-type fit)

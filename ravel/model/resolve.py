@@ -18,16 +18,19 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import BlueprintError, Problem
 from . import yamlpos
-from .blueprint import VM, Blueprint, Boot, Disk, Network, Nic, Placement, Service
+from .blueprint import VM, Blueprint, Boot, Disk, FirewallRule, Network, Nic, Placement, Service
 from .spec import (
     NAME_RE,
     VM_NAME_RE,
     BlueprintSpec,
     BootSpec,
     DiskSpec,
+    FirewallRuleSpec,
+    FirewallSpec,
     NetworkSpec,
     NicSpec,
     PlacementSpec,
+    RoutingSpec,
     ServiceSpec,
     VmSpec,
 )
@@ -43,6 +46,9 @@ _MODEL_AT = {
     "services": ServiceSpec,
     "placement": PlacementSpec,
     "defaults": VmSpec,
+    "routing": RoutingSpec,
+    "firewall": FirewallSpec,
+    "allow": FirewallRuleSpec,
 }
 _MAX_ANTI_AFFINITY_SEARCH = 200_000
 
@@ -111,10 +117,11 @@ class _Ctx:
 def _fields_of(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     for part in reversed(loc[:-1]):
         if isinstance(part, str) and part in _MODEL_AT:
-            return list(_MODEL_AT[part].model_fields)
+            model = _MODEL_AT[part]
+            break
         if isinstance(part, str):
             break
-    return list(model.model_fields)
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
@@ -259,6 +266,10 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
     declared = set(top["vms"]) if isinstance(top.get("vms"), dict) else set()
     placement = _placement(ctx, top.get("placement", PosDict()), vms, declared)
     _address_plan(ctx, vms, networks)
+    _services(ctx, vms, networks)
+    deny = _routing(ctx, top.get("routing"), networks)
+    _routed_subnets(ctx, networks, deny)
+    firewall = _firewall(ctx, top.get("firewall"), networks, deny)
 
     if ctx.problems or not isinstance(name, str):
         return None
@@ -272,6 +283,8 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
         placement=placement,
         source=ctx.file,
         positions=MappingProxyType(positions),
+        routing_deny=deny,
+        firewall=firewall,
     )
 
 
@@ -307,7 +320,9 @@ def _networks(ctx: _Ctx, raw: Any) -> dict[str, Network]:
         gateway = None
         if spec.gateway is not None:
             gateway = _host_address(ctx, loc + ("gateway",), spec.gateway, subnet)
-        out[name] = Network(name, subnet, gateway, spec.dhcp, spec.dns, spec.mtu)
+        if spec.nat and spec.gateway is None:
+            ctx.add(loc + ("nat",), "nat needs a `gateway`: guests send outside traffic to it")
+        out[name] = Network(name, subnet, gateway, spec.dhcp, spec.dns, spec.mtu, spec.nat)
     return out
 
 
@@ -421,7 +436,7 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
             out.append((VM(
                 name=vm_name, group=group, cpus=spec.cpus, memory_mib=spec.memory, nested=spec.nested,
                 firmware=spec.firmware, disks=disks, nics=tuple(n for n in nics if n is not None), boot=boot,
-                services=tuple(Service(s.port, s.protocol) for s in spec.services), description=spec.description,
+                services=_service_values(ctx, loc, spec, index), description=spec.description,
             ), loc))
     return out
 
@@ -490,6 +505,17 @@ def _address_plan(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networ
                     ctx.add(loc + ("nics", i, "mac"), f"MAC {nic.mac} is already used by {macs[nic.mac]}")
                 else:
                     macs[nic.mac] = where
+    # ravel gives every NIC without `ip` on a `dhcp: true` network a fixed lease: is there room?
+    for net in networks.values():
+        if not net.dhcp:
+            continue
+        wanted = sum(1 for vm, _ in vms for nic in vm.nics if nic.network == net.name and nic.ip is None)
+        fixed = sum(1 for (name, _ip) in ips if name == net.name)
+        room = net.subnet.num_addresses - 2 - fixed - 1  # one address is the host's (gateway or server)
+        if wanted > room:
+            ctx.add(("networks", net.name, "subnet"),
+                    f"{net.subnet} has room for {max(room, 0)} more addresses but {wanted} NICs need a lease; "
+                    "use a larger subnet")
 
 
 def _placement(ctx: _Ctx, raw: Any, vms: list[tuple[VM, tuple[str | int, ...]]], declared: set[Any]) -> Placement:
@@ -575,3 +601,160 @@ def _check_colourable(ctx: _Ctx, sets: list[tuple[str, ...]], max_hosts: int) ->
         which = f"VM {shared[0]!r} is in {sum(shared[0] in m for m in sets)} sets and " if shared else ""
         ctx.add(("placement", "anti_affinity"),
                 f"{which}the anti-affinity sets together cannot be satisfied on at most {max_hosts} hosts")
+
+
+# -- network services: exposed ports, routing, firewall ----------------------------------------
+
+def _service_values(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, index: int) -> tuple[Service, ...]:
+    """Services of instance `index` of a VM group: a fixed host_port counts up like `ip` does."""
+    out = []
+    for i, s in enumerate(spec.services):
+        allow = []
+        for j, text in enumerate(s.allow):
+            try:
+                allow.append(IPv4Network(text, strict=True))
+            except ValueError:
+                if index == 0:
+                    ctx.add(loc + ("services", i, "allow", j), f"{text!r} is not an IPv4 CIDR such as 203.0.113.0/24")
+        host_port = None
+        if s.host_port is not None:
+            host_port = s.host_port + index
+            if host_port > 65535:
+                ctx.add(loc + ("services", i, "host_port"),
+                        f"{s.host_port} + {index} (instance {index + 1} of `count`) is beyond port 65535")
+                host_port = None
+        out.append(Service(s.port, s.protocol, host_port, tuple(allow)))
+    return tuple(out)
+
+
+def _services(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networks: dict[str, Network]) -> None:
+    used: dict[tuple[int, str], str] = {}
+    groups: set[tuple[str | int, ...]] = set()
+    for vm, loc in vms:
+        first = loc not in groups  # instances of one `count` group share their problems
+        groups.add(loc)
+        if first and vm.services and not any(n.ip is not None or networks[n.network].dhcp for n in vm.nics):
+            ctx.add(loc + ("services",),
+                    f"VM {vm.name!r} exposes services but none of its NICs has an address ravel knows: "
+                    "give a NIC an `ip`, or put it on a network with `dhcp: true`")
+        seen: dict[tuple[int, str], int] = {}
+        for i, s in enumerate(vm.services):
+            if first and (s.port, s.protocol) in seen:
+                ctx.add(loc + ("services", i, "port"),
+                        f"{s.port}/{s.protocol} is already exposed by services[{seen[(s.port, s.protocol)]}]")
+            seen.setdefault((s.port, s.protocol), i)
+            if s.host_port is None:
+                continue
+            key = (s.host_port, s.protocol)
+            if key in used:
+                ctx.add(loc + ("services", i, "host_port"),
+                        f"host port {s.host_port}/{s.protocol} is already used by {used[key]}")
+            else:
+                used[key] = f"{vm.name}.services[{i}]"
+
+
+def _routing(ctx: _Ctx, raw: Any, networks: dict[str, Network]) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    spec = _validate(ctx, RoutingSpec, raw, ("routing",))
+    if spec is None:
+        return ()
+    pairs: list[tuple[str, str]] = []
+    for i, pair in enumerate(spec.deny):
+        loc = ("routing", "deny", i)
+        if len(pair) != 2:
+            ctx.add(loc, f"a pair names exactly two networks, got {len(pair)}")
+            continue
+        ok = True
+        for j, name in enumerate(pair):
+            if name not in networks:
+                ok = False
+                ctx.add(loc + (j,), f"network {name!r} is not defined{did_you_mean(name, networks)}")
+        if ok and pair[0] == pair[1]:
+            ctx.add(loc, f"network {pair[0]!r} is paired with itself; traffic inside a network is never routed")
+            ok = False
+        if ok:
+            key = (min(pair), max(pair))
+            if key not in pairs:
+                pairs.append(key)
+    return tuple(pairs)
+
+
+def _routed_subnets(ctx: _Ctx, networks: dict[str, Network], deny: tuple[tuple[str, str], ...]) -> None:
+    gated = [n for n in networks.values() if n.gateway is not None]
+    for i, b in enumerate(gated):
+        for a in gated[:i]:
+            if (min(a.name, b.name), max(a.name, b.name)) in deny:
+                continue
+            if a.subnet.overlaps(b.subnet):
+                ctx.add(("networks", b.name, "subnet"),
+                        f"{b.subnet} overlaps {a.subnet} of network {a.name!r}; networks routed to each "
+                        "other need distinct subnets (or deny routing between them)")
+
+
+def _ports(ctx: _Ctx, loc: tuple[str | int, ...], raw: list[int | str]) -> tuple[tuple[int, int], ...]:
+    out: list[tuple[int, int]] = []
+    for k, item in enumerate(raw):
+        where = loc + ("ports", k)
+        if isinstance(item, int) and not isinstance(item, bool):
+            lo = hi = item
+        else:
+            m = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", str(item))
+            if not m:
+                ctx.add(where, f"{item!r} is not a port or a range such as \"8000-8100\"")
+                continue
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                ctx.add(where, f"range {item!r} runs backwards; write {hi}-{lo}")
+                continue
+        if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
+            ctx.add(where, f"{item!r} is outside the ports 1..65535")
+            continue
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def _firewall(ctx: _Ctx, raw: Any, networks: dict[str, Network],
+              deny: tuple[tuple[str, str], ...]) -> tuple[FirewallRule, ...]:
+    if raw is None:
+        return ()
+    # each rule is checked on its own, so one bad rule does not hide the others' problems
+    items = raw.get("allow") if isinstance(raw, dict) else None
+    shape = PosDict({k: v for k, v in raw.items() if k != "allow"}) if isinstance(raw, dict) else raw
+    if _validate(ctx, FirewallSpec, shape, ("firewall",)) is None:
+        return ()
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        ctx.add(("firewall", "allow"), f"expected a list of rules, got {_kind(items)}")
+        return ()
+    rules: list[FirewallRule] = []
+    for i, item in enumerate(items):
+        loc = ("firewall", "allow", i)
+        rule = _validate(ctx, FirewallRuleSpec, item, loc)
+        if rule is None:
+            continue
+        ok = True
+        for key, name in (("from", rule.from_), ("to", rule.to)):
+            if name not in networks:
+                ctx.add(loc + (key,), f"network {name!r} is not defined{did_you_mean(name, networks)}")
+                ok = False
+            elif networks[name].gateway is None:
+                ctx.add(loc + (key,), f"network {name!r} has no gateway, so nothing is routed to or from it")
+                ok = False
+        if not ok:
+            continue
+        if rule.from_ == rule.to:
+            ctx.add(loc, f"`from` and `to` are both {rule.to!r}; inside a network everything is allowed")
+            continue
+        if (min(rule.from_, rule.to), max(rule.from_, rule.to)) in deny:
+            ctx.add(loc, f"routing between {rule.from_!r} and {rule.to!r} is off (routing.deny), "
+                         "so there is nothing to allow")
+            continue
+        if rule.ports and rule.protocol not in ("tcp", "udp"):
+            ctx.add(loc + ("ports",), f"ports need protocol tcp or udp, not {rule.protocol}")
+            continue
+        ports = _ports(ctx, loc, rule.ports)
+        if len(ports) == len(rule.ports):
+            rules.append(FirewallRule(rule.from_, rule.to, rule.protocol, ports))
+    return tuple(rules)

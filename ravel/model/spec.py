@@ -18,8 +18,8 @@ NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 VM_NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
-DISK_BUSES = ("virtio", "pvscsi", "lsilogic", "sata", "ide")
-NIC_MODELS = ("virtio", "e1000", "vmxnet3")
+DISK_BUSES = ("virtio", "pvscsi", "lsilogic", "lsisas", "sata", "ide")
+NIC_MODELS = ("virtio", "e1000", "e1000e", "vmxnet3", "pcnet")
 IMAGE_FORMATS = ("qcow2", "vmdk", "raw")
 
 
@@ -57,7 +57,7 @@ class _Spec(BaseModel):
 class DiskSpec(_Spec):
     image: str | None = Field(None, description="base image path (qcow2, vmdk or raw); relative to the blueprint")
     size: Size | None = Field(None, description="size of a blank disk, e.g. 10GiB")
-    bus: Literal["virtio", "pvscsi", "lsilogic", "sata", "ide"] = "virtio"
+    bus: Literal["virtio", "pvscsi", "lsilogic", "lsisas", "sata", "ide"] = "virtio"
     format: Literal["qcow2", "vmdk", "raw"] | None = Field(
         None, description="format of `image`; guessed from the file name when omitted"
     )
@@ -65,7 +65,7 @@ class DiskSpec(_Spec):
 
 class NicSpec(_Spec):
     network: str
-    model: Literal["virtio", "e1000", "vmxnet3"] = "virtio"
+    model: Literal["virtio", "e1000", "e1000e", "vmxnet3", "pcnet"] = "virtio"
     ip: str | None = Field(None, description="fixed IPv4 address inside the network's subnet")
     mac: Mac | None = Field(None, description="fixed MAC; ravel assigns one when omitted")
 
@@ -77,8 +77,16 @@ class BootSpec(_Spec):
 
 
 class ServiceSpec(_Spec):
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, description="the port the guest listens on")
     protocol: Literal["tcp", "udp"] = "tcp"
+    host_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="local provider: the port on 127.0.0.1 of this machine; chosen when omitted",
+    )
+    allow: list[str] = Field(
+        default_factory=lambda: ["0.0.0.0/0"],
+        description="clouds: source CIDRs the host's public port admits (the security-group rule)",
+    )
 
 
 class VmSpec(_Spec):
@@ -101,6 +109,7 @@ class NetworkSpec(_Spec):
     dhcp: bool = False
     dns: bool = False
     mtu: int = Field(1500, ge=576, le=9000)
+    nat: bool = Field(False, description="guests reach outside through the host's uplink (masquerade)")
 
 
 class PlacementSpec(_Spec):
@@ -111,6 +120,31 @@ class PlacementSpec(_Spec):
         default_factory=list, description="sets of VM or group names that must sit on distinct hosts"
     )
     max_hosts: int | None = Field(None, ge=1)
+
+
+class RoutingSpec(_Spec):
+    deny: list[list[str]] = Field(
+        default_factory=list, description="pairs of networks that are not routed to each other"
+    )
+
+
+class FirewallRuleSpec(_Spec):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    from_: str = Field(alias="from", description="network the traffic comes from")
+    to: str = Field(description="network the traffic goes to")
+    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
+    ports: list[int | str] = Field(
+        default_factory=list, description="tcp/udp destination ports: 80 or \"8000-8100\"; empty = all"
+    )
+
+
+class FirewallSpec(_Spec):
+    allow: list[FirewallRuleSpec] = Field(
+        default_factory=list,
+        description="traffic allowed between routed networks; a direction named here allows only "
+        "what its rules list (replies are always allowed)",
+    )
 
 
 class BlueprintSpec(_Spec):
@@ -130,6 +164,8 @@ class BlueprintSpec(_Spec):
     networks: dict[str, NetworkSpec] = Field(default_factory=dict)
     vms: dict[str, VmSpec]
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    firewall: FirewallSpec = Field(default_factory=FirewallSpec)
 
 
 def json_schema() -> dict[str, Any]:

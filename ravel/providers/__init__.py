@@ -10,6 +10,8 @@ from .base import Provider
 
 _REGISTRY = {
     "local": ("ravel.providers.local", "LocalProvider"),
+    "aws": ("ravel.providers.aws", "AwsProvider"),
+    "gcp": ("ravel.providers.gcp", "GcpProvider"),
 }
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
+from ..plan.network import ServiceForward
 from ..transport.base import Transport
 
 
@@ -14,6 +15,15 @@ class HostSpec:
     name: str  # host-1, host-2... from the plan
     host_id: int  # unique across apps in this state
     type: str
+    # cloud providers only: the host image (--host-image), where SSH may come from
+    # (--ssh-from), and a token the pipeline records before asking, so a retried or resumed
+    # create is recognised by the cloud instead of making a second host (ClientToken, request_id)
+    image: str | None = None
+    ssh_from: str | None = None
+    token: str = ""
+    deadline: float | None = None  # time.monotonic() by which the host must exist (--timeout)
+    # how ravel reaches the host: one of the provider's `transports`; "" = its first (default)
+    transport: str = ""
 
 
 @dataclass(frozen=True)
@@ -27,8 +37,41 @@ class Host:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Exposure:
+    """A guest service reachable from outside the app: users connect to address:host_port."""
+
+    vm: str
+    port: int
+    protocol: str
+    address: str  # 127.0.0.1 locally; the host's public address on clouds
+    host_port: int
+    target: str  # the guest address it leads to
+    host: str  # the VM's host
+    extra: dict[str, Any] = field(default_factory=dict)  # the provider's handle (pid, rule id)
+
+    def label(self) -> str:
+        return f"{self.address}:{self.host_port}->{self.port}/{self.protocol}"
+
+
+@runtime_checkable
+class ServiceExposer(Protocol):
+    """A provider that can expose guests' services (`services:` in a blueprint)."""
+
+    def expose(self, app: str, hosts: Mapping[str, Host], forwards: Sequence[ServiceForward],
+               current: Sequence[Exposure]) -> list[Exposure]:
+        """Make exactly `forwards` reachable, keeping what in `current` still matches (same
+        port for the user) and ending the rest; returns what is exposed now. Idempotent."""
+
+    def unexpose(self, app: str, current: Sequence[Exposure]) -> None:
+        """End every exposure in `current`; fine if some are already gone."""
+
+
 class Provider(Protocol):
     name: str
+    # the ways its hosts can be reached (`ravel publish --transport`), the default first; a
+    # provider that does not say is reached over "ssh" only
+    transports: tuple[str, ...]
 
     def preflight(self) -> None:
         """Raise EnvironmentProblem when this machine or account cannot run hosts at all."""
@@ -49,3 +92,14 @@ class Provider(Protocol):
 
     def cleanup(self) -> None:
         """Remove shared infrastructure no app uses any more."""
+
+
+class GarbageCollector(Protocol):
+    """A provider that can list and remove what it made for apps the state no longer knows."""
+
+    def garbage(self, known_apps: set[str], any_state: bool = False) -> list[str]:
+        """Describe (one line each) every resource made by ravel for an app not in `known_apps`;
+        only this state's resources unless `any_state`."""
+
+    def collect(self, known_apps: set[str], any_state: bool = False) -> list[str]:
+        """Remove what `garbage` lists; returns what was removed. Idempotent."""

@@ -3,6 +3,11 @@
 Hosts hang off an underlay bridge that lives in a namespace of its own (`rvul-<tag>`), with
 addresses from 198.18.0.0/15, the benchmarking range; nothing touches the machine's real
 interfaces, and no packet leaves these namespaces.
+
+Hosts are reached with `ip netns exec` ("netns", the default) or over SSH ("ssh"): then every
+host runs its own sshd on its underlay address, and this machine reaches the underlay through
+one veth from the root namespace (`rvul<tag>`, 198.19.255.254/15, nothing else on it: no other
+address, no default route), which goes away with the underlay namespace.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Mapping, Sequence
 
+from .. import keys
 from ..errors import CommandFailed, EnvironmentProblem, ProviderError
 from ..paths import Paths
-from ..plan.network import underlay_address
+from ..plan.network import ServiceForward, underlay_address
+from ..transport.base import Transport
 from ..transport.netns import NamespaceTransport
-from .base import Host, HostSpec
+from . import local_expose, local_sshd
+from .base import Exposure, Host, HostSpec
 
 UNDERLAY_PREFIX = 15
 UNDERLAY_BRIDGE = "ul0"
@@ -28,6 +37,10 @@ HOST_DEVICE = "ul0"
 UNDERLAY_MTU = 9000  # like a cloud VPC with jumbo frames; the host runtime raises host ends to >= 1550
 HOST_DEVICE_MTU = 1500
 KILL_WAIT_S = 5.0
+# this machine's end of the underlay in SSH mode: the last address of 198.18.0.0/15, which no
+# host gets (host ids stop one short of it)
+ROOT_ADDRESS = "198.19.255.254"
+ROOT_PEER = "rvroot"  # its other end, a port of the underlay bridge
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -51,10 +64,13 @@ def namespace_for(app: str, host: str) -> str:
 
 class LocalProvider:
     name = "local"
+    transports = ("netns", "ssh")
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self.underlay = f"rvul-{paths.tag}"
+        self.root_link = f"rvul{paths.tag}"  # in the root namespace: SSH mode only
+        self.keys = keys.directory(paths.state)
         self._underlay_lock = threading.Lock()  # hosts are made in parallel; the underlay once
 
     def preflight(self) -> None:
@@ -82,12 +98,33 @@ class LocalProvider:
         _ip("-n", ul, "link", "set", UNDERLAY_BRIDGE, "up")
         _ip("-n", ul, "link", "set", "lo", "up")
 
+    def _ensure_root_link(self) -> None:
+        """The one link in the root namespace, so paramiko here reaches each host's sshd."""
+        with self._underlay_lock:
+            if _ip("link", "show", "dev", self.root_link, check=False).returncode != 0:
+                _ip("-n", self.underlay, "link", "del", ROOT_PEER, check=False)  # half-made before
+                _ip("link", "add", self.root_link, "type", "veth", "peer", "name", ROOT_PEER, "netns", self.underlay)
+            # no IPv6 link-local address either: the link carries 198.18.0.0/15 and nothing else
+            _ip("link", "set", "dev", self.root_link, "addrgenmode", "none")
+            addrs = _ip("-o", "addr", "show", "dev", self.root_link).stdout
+            if f" {ROOT_ADDRESS}/{UNDERLAY_PREFIX} " not in addrs:
+                _ip("addr", "replace", f"{ROOT_ADDRESS}/{UNDERLAY_PREFIX}", "dev", self.root_link)
+            _ip("link", "set", "dev", self.root_link, "up")
+            _ip("-n", self.underlay, "link", "set", ROOT_PEER, "master", UNDERLAY_BRIDGE, "up")
+
     # -- hosts -------------------------------------------------------------------------------
     def ensure_host(self, spec: HostSpec) -> Host:
+        mode = spec.transport or self.transports[0]
+        if mode not in self.transports:
+            raise ProviderError(f"the local provider reaches hosts by {' or '.join(self.transports)}, not {mode!r}")
+        address = str(underlay_address(spec.host_id))
+        if mode == "ssh":
+            local_sshd.check_installed()  # before anything is made
+            if address == ROOT_ADDRESS:
+                raise ProviderError(f"{spec.name}: host id {spec.host_id} would take this machine's underlay address")
         self._ensure_underlay()
         ns = namespace_for(spec.app, spec.name)
         peer = f"rvh{spec.host_id}"
-        address = str(underlay_address(spec.host_id))
         if ns not in namespaces():
             _ip("netns", "add", ns)
         _ip("-n", ns, "link", "set", "lo", "up")
@@ -102,18 +139,40 @@ class LocalProvider:
             _ip("-n", ns, "addr", "replace", f"{address}/{UNDERLAY_PREFIX}", "dev", HOST_DEVICE)
         _ip("-n", ns, "link", "set", HOST_DEVICE, "up")
         run_root = str(self.paths.app_run(spec.app) / spec.name)
-        return Host(spec.app, spec.name, ns, address, HOST_DEVICE, run_root, {"namespace": ns})
+        extra: dict[str, object] = {"namespace": ns}
+        if mode == "ssh":
+            extra["ssh"] = self._ensure_sshd(spec, ns, address)
+        return Host(spec.app, spec.name, ns, address, HOST_DEVICE, run_root, extra)
 
-    def transport(self, host: Host) -> NamespaceTransport:
+    def _ensure_sshd(self, spec: HostSpec, ns: str, address: str) -> dict[str, object]:
+        """Start the host's sshd with its boot data (host key, ravel's login key); returns how
+        to reach it, as kept in Host.extra["ssh"] (nothing secret)."""
+        self._ensure_root_link()
+        key_file, user_public = keys.user_key(self.keys)  # first: its folder is then made 0700
+        host_key = keys.host_key(self.keys, spec.app, spec.name)
+        files = local_sshd.files_for(self.paths.app_run(spec.app), spec.name)
+        local_sshd.install(files, address, host_key.private_openssh, user_public)
+        local_sshd.start(files, ns, spec.name)
+        return {"address": address, "port": 22, "user": "root", "host_key": host_key.public_line,
+                "key_file": str(key_file), "device": self.root_link}
+
+    def transport(self, host: Host) -> Transport:
+        ssh = host.extra.get("ssh")
+        if ssh:
+            from ..transport.ssh import SSHTransport  # paramiko only when a host needs it
+
+            return SSHTransport.from_spec(host.name, ssh)
         return NamespaceTransport(host.name, host.ref)
 
     def delete_host(self, app: str, name: str, host_id: int) -> None:
         ns = namespace_for(app, name)
+        local_sshd.remove(local_sshd.files_for(self.paths.app_run(app), name))  # SSH mode: by its pid
         if ns in namespaces():
             self._kill_namespace_processes(ns)
             _ip("netns", "del", ns, check=False)
         if self.underlay in namespaces():
             _ip("-n", self.underlay, "link", "del", f"rvh{host_id}", check=False)
+        keys.forget_host_key(self.keys, app, name)
 
     def _kill_namespace_processes(self, ns: str) -> None:
         # QEMU processes keep a namespace alive after `ip netns del`; they are ours (they run in
@@ -143,17 +202,32 @@ class LocalProvider:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             os.replace(src, dst)
 
+    # -- exposed services (ServiceExposer): relays on 127.0.0.1, see local_expose -----------
+    def expose(self, app: str, hosts: Mapping[str, Host], forwards: Sequence[ServiceForward],
+               current: Sequence[Exposure]) -> list[Exposure]:
+        return local_expose.expose(self.paths.tag, app, hosts, forwards, current,
+                                   self.paths.app_run(app) / "services")
+
+    def unexpose(self, app: str, current: Sequence[Exposure]) -> None:
+        local_expose.unexpose(self.paths.tag, app, current)
+
     def leftover_hosts(self, app: str) -> list[str]:
         pattern = re.compile(rf"^rv-{re.escape(app)}-(host-\d+)$")
         return sorted(m.group(1) for m in map(pattern.match, namespaces()) if m)
 
     def cleanup(self) -> None:
-        """Drop the underlay namespace once no host is attached to it."""
-        if self.underlay not in namespaces():
-            return
-        links = _ip("-n", self.underlay, "-o", "link", "show", check=False).stdout
-        if " rvh" not in links:
-            _ip("netns", "del", self.underlay, check=False)
+        """Drop the underlay namespace, and this machine's link into it, once no host is attached."""
+        if self.underlay in namespaces():
+            links = _ip("-n", self.underlay, "-o", "link", "show", check=False).stdout
+            if " rvh" in links:
+                return
+        # the root end first, and explicitly: a namespace's devices go away only some time
+        # after `ip netns del` returns, and the link must be gone when destroy says it is done
+        with self._underlay_lock:
+            if _ip("link", "show", "dev", self.root_link, check=False).returncode == 0:
+                _ip("link", "del", self.root_link, check=False)
+            if self.underlay in namespaces():
+                _ip("netns", "del", self.underlay, check=False)
         run = Path(self.paths.run)
         if run.is_dir() and not any(run.iterdir()):
             run.rmdir()

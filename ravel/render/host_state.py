@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from ..model.blueprint import Blueprint
-from ..plan.network import NetworkPlan, hosts_on_network
+from ..plan.network import NetworkPlan, egress_mac, hosts_on_network
 from ..plan.placement import Placement
 from .qemu import VmFiles, qemu_argv, tap_name
 
@@ -53,6 +53,7 @@ def desired_states(
     running = running or {}
     carriers = hosts_on_network(placement, net)
     ordinal = {vm.name: i for i, vm in enumerate(bp.vms)}
+    gateways = {n.name: str(n.gateway) for n in bp.networks if n.gateway is not None}
     docs: dict[str, dict[str, Any]] = {}
     for host in placement.hosts:
         site = sites[host.name]
@@ -89,7 +90,7 @@ def desired_states(
             vms.append({
                 "name": name,
                 "running": running.get(name, True),
-                "argv": qemu_argv(app, vm, nics, names, files, site.accel),
+                "argv": qemu_argv(app, vm, nics, names, files, site.accel, gateways=gateways),
                 "pidfile": files.path(name, "pid"),
                 "qmp": files.path(name, "qmp"),
                 "disks": disks,
@@ -104,4 +105,43 @@ def desired_states(
             "taps": taps,
             "vms": vms,
         }
+        router = router_section(bp, app, host.name, net, [n["name"] for n in networks])
+        if router is not None:
+            docs[host.name]["router"] = router
     return docs
+
+
+def app_domain(app: str) -> str:
+    return f"{app}.lab"
+
+
+def router_section(bp: Blueprint, app: str, host: str, net: NetworkPlan,
+                   carried: list[str]) -> dict[str, Any] | None:
+    """This host's piece of the app's distributed router (docs/networking.md): the gateway or
+    service address on each carried network, routes and firewall rules between them, NAT, and
+    what its DHCP/DNS server hands out. None when no carried network has any of that."""
+    here = [n for n in bp.networks if n.name in carried and n.name in net.services]
+    if not here:
+        return None
+    interfaces = []
+    for n in here:
+        svc = net.services[n.name]
+        vni = net.vni[n.name]
+        interfaces.append({
+            "network": n.name, "bridge": bridge_name(vni), "vxlan": vxlan_name(vni),
+            "address": svc.address.with_prefixlen, "mac": svc.mac,
+            "egress_mac": egress_mac(app, host, n.name), "gateway": svc.gateway,
+            "dhcp": n.dhcp, "dns": n.dns, "nat": n.nat, "mtu": n.mtu,
+        })
+    names_here = {n.name for n in here}
+    routes = [[a, b] for a, b in net.routes if a in names_here and b in names_here]
+    allow = [{"from": r.src, "to": r.dst, "protocol": r.protocol, "ports": [list(p) for p in r.ports]}
+             for r in bp.firewall if r.src in names_here and r.dst in names_here]
+    dhcp_nets = {n.name for n in here if n.dhcp}
+    leases = [{"network": nic.network, "mac": nic.mac, "ip": str(nic.ip.ip), "name": nic.vm}
+              for nic in net.nics if nic.network in dhcp_nets and nic.ip is not None]
+    names = []
+    if any(n.dns for n in here):
+        names = [{"name": nic.vm, "ip": str(nic.ip.ip)} for nic in net.nics if nic.ip is not None]
+    return {"domain": app_domain(app), "interfaces": interfaces, "routes": routes, "allow": allow,
+            "leases": leases, "names": names}

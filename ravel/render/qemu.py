@@ -8,7 +8,7 @@ AMD SVM included, so guest hypervisors work even where the host has no hardware 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 from ..model.blueprint import VM
 from ..plan.network import NicPlan
@@ -17,10 +17,11 @@ QEMU = "qemu-system-x86_64"
 OVMF = "/usr/share/ovmf/OVMF.fd"
 TB_SIZE_MIB = 64  # caps the TCG translation cache; the planner counts it in QEMU_OVERHEAD_MIB
 
-NIC_DEVICE = {"virtio": "virtio-net-pci", "e1000": "e1000", "vmxnet3": "vmxnet3"}
+NIC_DEVICE = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "vmxnet3": "vmxnet3",
+              "pcnet": "pcnet"}
 # VMware's "LSI Logic" is the Fusion-MPT family; QEMU has no LSI Logic parallel (53C1030)
 # controller, and mptsas1068 is the nearest relative (same mpt driver family in guests).
-SCSI_CONTROLLER = {"pvscsi": "pvscsi", "lsilogic": "mptsas1068"}
+SCSI_CONTROLLER = {"pvscsi": "pvscsi", "lsilogic": "mptsas1068", "lsisas": "mptsas1068"}
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,21 @@ def tap_name(vm_ordinal: int, nic_index: int) -> str:
     return f"rt{vm_ordinal}n{nic_index}"
 
 
-def guest_cmdline(vm: VM, nics: Sequence[NicPlan]) -> str:
+def guest_cmdline(vm: VM, nics: Sequence[NicPlan], gateways: Mapping[str, str] | None = None) -> str:
     """The blueprint's cmdline plus ravel's hints for the demo guest (guest/README.md): its
     name, and each fixed address by NIC position (ethN is the Nth NIC, in PCI order, which is
-    the blueprint's order because QEMU assigns slots in command-line order)."""
+    the blueprint's order because QEMU assigns slots in command-line order). NICs on `dhcp: true`
+    networks get no hint: the guest asks DHCP, like an unmodified VM would. `gateways` (network
+    -> gateway) gives the first statically addressed NIC's gateway as the default route."""
     parts = [vm.boot.cmdline] if vm.boot and vm.boot.cmdline else []
     parts.append(f"ravel.name={vm.name}")
-    addrs = [f"eth{n.index}:{n.ip.with_prefixlen}" for n in nics if n.ip is not None]
+    static = [n for n in nics if n.ip is not None and not n.dhcp]
+    addrs = [f"eth{n.index}:{n.ip.with_prefixlen}" for n in static]
     if addrs:
         parts.append("ravel.ip=" + ",".join(addrs))
+    gw = next((gateways[n.network] for n in static if gateways and n.network in gateways), None)
+    if gw:
+        parts.append(f"ravel.gw={gw}")
     return " ".join(parts)
 
 
@@ -58,6 +65,7 @@ def qemu_argv(
     files: VmFiles,
     accel: Literal["kvm", "tcg"],
     daemonize: bool = True,
+    gateways: Mapping[str, str] | None = None,
 ) -> list[str]:
     ide = any(d.bus == "ide" for d in vm.disks)
     machine = "pc" if ide else "q35"
@@ -74,7 +82,7 @@ def qemu_argv(
         argv += ["-kernel", vm.boot.kernel]
         if vm.boot.initrd:
             argv += ["-initrd", vm.boot.initrd]
-        argv += ["-append", guest_cmdline(vm, nics)]
+        argv += ["-append", guest_cmdline(vm, nics, gateways)]
     argv += _disks(vm, files)
     for nic, tap in zip(nics, taps):
         nid = f"net{nic.index}"

@@ -5,15 +5,18 @@ publish, stop/start, status, destroy. Each is idempotent and safe to re-run afte
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import sqlite3
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from ..errors import BlueprintError, RavelError, StateError
+from .. import keys
+from ..errors import BlueprintError, ProviderError, RavelError, StateError, TransportError
 from ..model.blueprint import Blueprint
 from ..model.resolve import load_blueprint
 from ..paths import Paths
@@ -25,27 +28,35 @@ from ..providers import get_provider
 from ..providers.base import Host, HostSpec, Provider
 from ..render.host_state import HostSite, desired_states
 from ..state import State
-from ..transport.hostctl import HostRuntime, bundle
+from ..transport.base import Transport
+from ..transport.hostctl import HostRuntime, bundle, install
 from .blueprints import read_blueprint
+from . import exposure
 from .events import Emit, Event, quiet
 from .preflight import check_files
+from .provision import make_hosts, reach_hosts
 
 T = TypeVar("T")
 READY_MARKERS = ("RAVEL-READY", "login:")
 MAX_PARALLEL_HOSTS = 16
+DEFAULT_PROVISION_S = 600.0  # stop/start: the bound on making and reaching hosts again
+REACH_S = 120.0  # without a publish deadline: how long a host may take to answer at all
+DESTROY_REACH_S = 30.0  # destroy: after this, the provider removes the host without its help
+STATUS_S = 10.0  # status: how long to wait for a host's observation
 
 
 @dataclass
 class VmStatus:
     name: str
     host: str
-    state: str  # running, stopped, missing
+    state: str  # running, stopped, missing; unreachable (the host did not answer)
     accel: str
     ips: list[str]
     macs: list[str]
     console: str
     log: str
     pid: int | None = None
+    services: list[str] = field(default_factory=list)  # exposed: "127.0.0.1:40123->80/tcp"
 
 
 @dataclass
@@ -72,6 +83,9 @@ class Lab:
         self.paths = paths
         self.emit = emit
         self._state: State | None = None
+        # one transport (one SSH connection) and one installed runtime per host, reused
+        self._transports: dict[tuple[str, str], Transport] = {}
+        self._runtimes: dict[tuple[str, str], HostRuntime] = {}
 
     @property
     def state(self) -> State:
@@ -81,13 +95,43 @@ class Lab:
         return self._state
 
     def close(self) -> None:
+        for t in self._transports.values():
+            t.close()
+        self._transports.clear()
+        self._runtimes.clear()
         if self._state is not None:
             self._state.close()
 
     # -- helpers -----------------------------------------------------------------------------
-    def _runtime(self, provider: Provider, host: Host) -> HostRuntime:
-        pyz = bundle(self.paths.cache)
-        return HostRuntime(provider.transport(host), str(pyz))
+    def _transport(self, provider: Provider, host: Host) -> Transport:
+        """The host's transport, made once per Lab: SSH keeps one connection per host."""
+        key = (host.app, host.name)
+        if key not in self._transports:
+            if not host.extra:  # a Host rebuilt by a caller: how to reach it is in the state
+                rec = next((r for r in self.state.hosts(host.app) if r.name == host.name), None)
+                if rec is not None and rec.extra.get("host"):
+                    host = replace(host, extra=rec.extra["host"])
+            self._transports[key] = provider.transport(host)
+        return self._transports[key]
+
+    def _runtime(self, provider: Provider, host: Host, deadline: float | None = None,
+                 reach_s: float = REACH_S) -> HostRuntime:
+        """The host runtime on `host`, sent there first if the host lacks this exact version.
+        Reaching the host (an SSH host may still be booting) is bounded by `deadline`, else by
+        `reach_s`; every later call is bounded by `deadline` too."""
+        key = (host.app, host.name)
+        rt = self._runtimes.get(key)
+        if rt is None:
+            t = self._transport(provider, host)
+            left = reach_s if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"{host.name}: out of time before the host was reached",
+                                     hint="raise --timeout; publishing again continues where this stopped")
+            # next to the app's run dir, so the app's clean-up takes it along
+            remote = install(t, bundle(self.paths.cache), posixpath.dirname(host.run_root.rstrip("/")), left)
+            rt = self._runtimes[key] = HostRuntime(t, remote)
+        rt.deadline = deadline
+        return rt
 
     def _stored_blueprint(self, app: str) -> Blueprint:
         rec = self.state.require_app(app)
@@ -96,7 +140,10 @@ class Lab:
 
     # -- publish -----------------------------------------------------------------------------
     def publish(self, blueprint_path: str, name: str | None = None, provider_name: str = "local",
-                wait: bool = False, timeout: float = 300.0) -> PublishResult:
+                wait: bool = False, timeout: float = 300.0, host_image: str | None = None,
+                ssh_from: str | None = None, transport: str | None = None) -> PublishResult:
+        """`timeout` bounds the whole publish, waiting for hosts to answer included;
+        `transport` is how hosts are reached (provider's default, or what the app already uses)."""
         started = time.monotonic()
         bp = read_blueprint(blueprint_path)
         app = name or bp.name
@@ -115,41 +162,68 @@ class Lab:
             if existing and existing.provider != provider_name:
                 raise StateError(f"app {app!r} already runs on provider {existing.provider}",
                                  hint=f"destroy it first, or publish under another --name")
+            how = self._transport_kind(app, provider, transport)
             self.state.put_app(app, provider_name, "publishing", os.path.abspath(blueprint_path), text, plan.to_dict())
-            result = self._converge(app, bp, plan, provider, running=None)
+            result = self._converge(app, bp, plan, provider, running=None, deadline=started + timeout,
+                                    options={"image": host_image, "ssh_from": ssh_from, "transport": how})
             self.state.set_app_status(app, "running")
         if wait:
             result.ready_s = self.wait_ready(app, timeout - (time.monotonic() - started))
         return result
 
+    def _transport_kind(self, app: str, provider: Provider, requested: str | None) -> str:
+        """The transport for the app's hosts: as requested, else what the app's hosts already
+        use, else the provider's default. An app's hosts are all reached the same way."""
+        offered = tuple(getattr(provider, "transports", ("ssh",)))
+        used = {(r.extra.get("provision") or {}).get("transport") or offered[0]
+                for r in self.state.hosts(app) if r.ref}
+        current = next(iter(used)) if len(used) == 1 else None
+        if requested is None:
+            return current or offered[0]
+        if requested not in offered:
+            raise ProviderError(f"the {provider.name} provider reaches hosts by {' or '.join(offered)}, "
+                                f"not {requested}")
+        if current is not None and current != requested:
+            raise StateError(f"app {app!r} is reached by {current}, not {requested}",
+                             hint=f"publish without --transport, or `ravel destroy {app}` first to change it")
+        return requested
+
+    def publish_snapshot(self, snapshot: str, name: str | None = None, provider_name: str = "local",
+                         store_url: str | None = None, wait: bool = False,
+                         timeout: float = 300.0, transport: str | None = None) -> PublishResult:
+        """Publish a snapshot as an app (by default named after it). Every layer is fetched and
+        its sha256 checked before anything is created: a missing or corrupted layer is a
+        StoreError and nothing starts."""
+        from .snapshot import restore
+
+        started = time.monotonic()
+        path = restore(self.paths, snapshot, store_url, emit=self.emit)
+        return self.publish(str(path), name=name or snapshot, provider_name=provider_name, wait=wait,
+                            timeout=timeout - (time.monotonic() - started), transport=transport)
+
     def _converge(self, app: str, bp: Blueprint, plan: Plan, provider: Provider,
-                  running: Mapping[str, bool] | None) -> PublishResult:
+                  running: Mapping[str, bool] | None, deadline: float | None = None,
+                  options: Mapping[str, str | None] | None = None) -> PublishResult:
         vnis = self.state.vnis(app, [n.name for n in bp.networks])
         planned = [h.name for h in plan.placement.hosts]
-        ids = self.state.host_ids(app, planned)
+        hosts = self._provision(app, plan, provider, deadline or time.monotonic() + DEFAULT_PROVISION_S,
+                                options or {})
         types = {h.name: h for h in plan.placement.hosts}
-
-        def make(host: str) -> Host:
-            h = provider.ensure_host(HostSpec(app, host, ids[host], types[host].type.name))
-            self.state.update_host(app, host, type=types[host].type.name, ref=h.ref, address=h.address,
-                                   accel=types[host].accel, status="up")
-            self.emit(Event("hosts", f"{host} ready ({h.ref}, {h.address})", host=host, done=True))
-            return h
-
-        hosts = dict(zip(planned, _parallel(make, planned)))
         net = plan_network(bp, app, vnis)
         sites = {
-            name: HostSite(name, h.address, h.device, h.run_root, str(self.paths.app_data(app) / name),
+            name: HostSite(name, h.address, h.device, h.run_root,
+                           h.extra.get("data_dir") or str(self.paths.app_data(app) / name),
                            types[name].accel)  # type: ignore[arg-type]
             for name, h in hosts.items()
         }
         docs = desired_states(bp, app, plan.placement, net, sites, running)
-        for site in sites.values():
-            Path(site.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._move_vms(app, provider, hosts, docs)
+        for name, site in sites.items():
+            if not hosts[name].extra.get("data_dir"):  # a host's own data_dir lives on that host
+                Path(site.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._move_vms(app, provider, hosts, docs, deadline)
 
         def apply(host: str) -> dict[str, Any]:
-            report = self._runtime(provider, hosts[host]).apply(docs[host])
+            report = self._runtime(provider, hosts[host], deadline).apply(docs[host])
             rec = next(r for r in self.state.hosts(app) if r.name == host)
             self.state.update_host(app, host, extra={**rec.extra, "desired": docs[host]})
             n = len(report.get("actions", []))
@@ -160,11 +234,13 @@ class Lab:
         reports = _parallel(apply, planned)
         changed = sum(len(r.get("actions", [])) for r in reports)
         changed += self._retire_hosts(app, provider, set(planned))
+        exposed = exposure.expose(self.state, app, provider, hosts, bp, plan.placement, net, self.emit)
         for vm in bp.vms:
             host = plan.placement.vm_host[vm.name]
             nics = net.of_vm(vm.name)
             site = sites[host]
             self.state.put_vm(app, vm.name, host, "running" if (running or {}).get(vm.name, True) else "stopped", {
+                "services": exposed.get(vm.name, []),
                 "ips": [str(n.ip) if n.ip else None for n in nics],
                 "macs": [n.mac for n in nics],
                 "networks": [n.network for n in nics],
@@ -178,8 +254,57 @@ class Lab:
                 self.state.delete_vm(app, rec.name)
         return PublishResult(app, plan, changed, self.status(app))
 
+    def _provision(self, app: str, plan: Plan, provider: Provider, deadline: float,
+                   options: Mapping[str, str | None]) -> dict[str, Host]:
+        """Make every host (each recorded in the state the moment it exists), then wait, bounded
+        by `deadline`, until each answers and has reported ready. Both stages are resumable."""
+        planned = [h.name for h in plan.placement.hosts]
+        ids = self.state.host_ids(app, planned)
+        types = {h.name: h for h in plan.placement.hosts}
+        extras = {r.name: dict(r.extra) for r in self.state.hosts(app)}
+        specs = []
+        for name in planned:
+            made = extras[name].get("provision") or {}
+            # recorded before the provider is asked, so a resumed publish sends the same token
+            # (ClientToken / request_id) and the cloud recognises a create it already did
+            prov = {"token": made.get("token") or uuid.uuid4().hex,
+                    "image": options.get("image") or made.get("image"),
+                    "ssh_from": options.get("ssh_from") or made.get("ssh_from"),
+                    "transport": options.get("transport") or made.get("transport")}
+            if prov != made:
+                extras[name]["provision"] = prov
+                self.state.update_host(app, name, extra=extras[name])
+            specs.append(HostSpec(app, name, ids[name], types[name].type.name, image=prov["image"],
+                                  ssh_from=prov["ssh_from"], token=prov["token"], deadline=deadline,
+                                  transport=prov["transport"] or ""))
+
+        def made_one(spec: HostSpec, h: Host) -> None:
+            extras[spec.name]["host"] = h.extra
+            self.state.update_host(app, spec.name, type=spec.type, ref=h.ref, address=h.address,
+                                   accel=types[spec.name].accel, status="provisioned", extra=extras[spec.name])
+            if h.extra.get("ready_file"):
+                self.emit(Event("hosts", f"{spec.name} created ({h.ref}, {h.address}); waiting for it to boot",
+                                host=spec.name))
+
+        hosts = make_hosts(provider, specs, made_one)
+
+        def ready_one(h: Host, report: dict[str, Any]) -> None:
+            if report:
+                extras[h.name]["ready"] = report
+            # the host answers over its transport (SSH retried while it boots, bounded by the
+            # deadline) and holds this exact runtime before it counts as up: every host does
+            # before anything is applied anywhere
+            self._runtime(provider, h, deadline)
+            self.state.update_host(app, h.name, status="up", extra=extras[h.name])
+            self.emit(Event("hosts", f"{h.name} ready ({h.ref}, {h.address})", host=h.name, done=True))
+
+        reports = reach_hosts(hosts, lambda h: self._transport(provider, h), deadline, ready_one)
+        # the underlay device is what the host itself reported (ens5, eth0...), where it did
+        return {name: replace(h, device=reports[name].get("underlay_device") or h.device)
+                for name, h in hosts.items()}
+
     def _move_vms(self, app: str, provider: Provider, hosts: Mapping[str, Host],
-                  docs: Mapping[str, dict[str, Any]]) -> None:
+                  docs: Mapping[str, dict[str, Any]], deadline: float | None = None) -> None:
         """VMs the new plan puts on another host: stop them where they ran, then carry their
         disks over, so the old host's clean-up finds nothing of theirs to delete and the new
         host boots them on the disks they had."""
@@ -194,10 +319,11 @@ class Lab:
             names = {vm["name"] for vm in moving}
             stopped = {**old, "vms": [{**vm, "running": False} if vm["name"] in names else vm for vm in old["vms"]]}
             if rec.name in hosts:
-                self._runtime(provider, hosts[rec.name]).apply(stopped)
+                self._runtime(provider, hosts[rec.name], deadline).apply(stopped)
             elif rec.ref:
-                host = Host(app, rec.name, rec.ref, rec.address or "", old["underlay"]["device"], old["run_dir"])
-                self._runtime(provider, host).apply(stopped)
+                host = Host(app, rec.name, rec.ref, rec.address or "", old["underlay"]["device"], old["run_dir"],
+                            rec.extra.get("host") or {})
+                self._runtime(provider, host, deadline).apply(stopped)
             for vm in moving:
                 target = new_home[vm["name"]][1]
                 for src, dst in zip(vm["disks"], target["disks"]):
@@ -208,42 +334,55 @@ class Lab:
     def _retire_hosts(self, app: str, provider: Provider, keep: set[str]) -> int:
         gone = [r for r in self.state.hosts(app) if r.name not in keep]
         for r in gone:
-            self._destroy_host(app, provider, r.name, r.host_id, r.extra.get("desired"), r.ref, r.address)
+            self._destroy_host(app, provider, r.name, r.host_id, r.extra.get("desired"), r.ref, r.address,
+                               r.extra.get("host"))
             self.state.delete_host(app, r.name)
             self.emit(Event("hosts", f"{r.name} removed (no longer in the plan)", host=r.name, done=True))
         return len(gone)
 
     def _destroy_host(self, app: str, provider: Provider, name: str, host_id: int,
-                      desired: dict[str, Any] | None, ref: str | None, address: str | None) -> None:
+                      desired: dict[str, Any] | None, ref: str | None, address: str | None,
+                      extra: dict[str, Any] | None = None) -> None:
         if desired is not None and ref:
             # the runtime stops QEMU through QMP and removes its files; the provider's delete
             # below removes whatever the runtime could not reach
             try:
-                host = Host(app, name, ref, address or "", desired["underlay"]["device"], desired["run_dir"])
-                self._runtime(provider, host).destroy(desired)
+                host = Host(app, name, ref, address or "", desired["underlay"]["device"], desired["run_dir"],
+                            extra or {})
+                self._runtime(provider, host, reach_s=DESTROY_REACH_S).destroy(desired)
             except RavelError:
                 pass
+        self._runtimes.pop((app, name), None)
+        t = self._transports.pop((app, name), None)
+        if t is not None:
+            t.close()
         provider.delete_host(app, name, host_id)
 
     # -- readiness ---------------------------------------------------------------------------
     def wait_ready(self, app: str, timeout: float) -> float:
-        """Wait until every running VM's console shows a ready line; bounded by `timeout`."""
+        """Wait until every running VM's console shows a ready line; bounded by `timeout`.
+        Console logs are read here on hosts that share this machine's files, else through the
+        host's transport."""
         start = time.monotonic()
-        pending = {v.name: v.log for v in self.status(app) if v.state == "running"}
         deadline = start + max(timeout, 1.0)
+        remote = {name: self._transport(provider, host)
+                  for name, (host, _, provider) in self._remote_hosts(app).items()}
+        pending: dict[str, dict[str, str]] = {}  # host -> VM -> console log
+        for v in self.status(app):
+            if v.state == "running":
+                pending.setdefault(v.host, {})[v.name] = v.log
         while pending and time.monotonic() < deadline:
-            for vm, log in list(pending.items()):
-                try:
-                    with open(log, "rb") as fh:
-                        text = fh.read().decode(errors="replace")
-                except FileNotFoundError:
-                    continue
-                if any(m in text for m in READY_MARKERS):
-                    del pending[vm]
+            for host, logs in list(pending.items()):
+                for vm in _ready_vms(remote.get(host), logs, deadline):
+                    del logs[vm]
                     self.emit(Event("wait", f"{vm} ready", vm=vm, done=True))
-            time.sleep(0.1)
+                if not logs:
+                    del pending[host]
+            if pending:
+                time.sleep(0.5 if remote else 0.1)
         if pending:
-            raise StateError(f"VMs not ready after {timeout:.0f} s: {', '.join(sorted(pending))}",
+            late = sorted(vm for logs in pending.values() for vm in logs)
+            raise StateError(f"VMs not ready after {timeout:.0f} s: {', '.join(late)}",
                              hint=f"see `ravel logs {app} VM` for their consoles")
         return time.monotonic() - start
 
@@ -267,16 +406,51 @@ class Lab:
 
     # -- status ------------------------------------------------------------------------------
     def status(self, app: str) -> list[VmStatus]:
+        """Each VM as it is: pid files where the host shares this machine's files, else what the
+        host runtime observes through the host's transport ("unreachable" if it does not answer)."""
         self.state.require_app(app)
+        hosts = self._remote_hosts(app)
+
+        def observe(name: str) -> dict[str, Any] | None:
+            host, desired, provider = hosts[name]
+            try:
+                return self._runtime(provider, host, reach_s=STATUS_S).observe(desired, timeout=STATUS_S)["vms"]
+            except (RavelError, KeyError, TypeError):
+                return None
+
+        observed = dict(zip(hosts, _parallel(observe, list(hosts))))
         out = []
         for v in self.state.vms(app):
             d = v.detail
-            pid = _live_pid(d["console"].rsplit(".", 1)[0] + ".pid")
             state = v.state
+            if v.host in observed:
+                seen = observed[v.host]
+                vm = (seen or {}).get(v.name) or {}
+                pid = vm.get("pid") if vm.get("running") else None
+                if seen is None and state == "running":
+                    state = "unreachable"
+            else:
+                pid = _live_pid(d["console"].rsplit(".", 1)[0] + ".pid")
             if state == "running" and pid is None:
                 state = "missing"
             out.append(VmStatus(v.name, v.host or "", state, d.get("accel", ""), [ip for ip in d["ips"] if ip],
-                                d["macs"], d["console"], d["log"], pid))
+                                d["macs"], d["console"], d["log"], pid, exposure.labels(d)))
+        return out
+
+    def _remote_hosts(self, app: str) -> dict[str, tuple[Host, dict[str, Any], Provider]]:
+        """The app's applied hosts that do not share this machine's files: name -> (host, its
+        desired document, provider)."""
+        out: dict[str, tuple[Host, dict[str, Any], Provider]] = {}
+        provider: Provider | None = None
+        for r in self.state.hosts(app):
+            desired = r.extra.get("desired")
+            if not r.ref or not desired:
+                continue
+            host = Host(app, r.name, r.ref, r.address or "", desired["underlay"]["device"], desired["run_dir"],
+                        r.extra.get("host") or {})
+            provider = provider or get_provider(self.state.require_app(app).provider, self.paths)
+            if not getattr(self._transport(provider, host), "local", False):
+                out[r.name] = (host, desired, provider)
         return out
 
     # -- destroy -----------------------------------------------------------------------------
@@ -293,14 +467,17 @@ class Lab:
             def remove(name: str) -> None:
                 r = hosts.get(name)
                 if r is not None:
-                    self._destroy_host(app, provider, name, r.host_id, r.extra.get("desired"), r.ref, r.address)
+                    self._destroy_host(app, provider, name, r.host_id, r.extra.get("desired"), r.ref, r.address,
+                                       r.extra.get("host"))
                 else:
                     provider.delete_host(app, name, 0)
                 self.emit(Event("destroy", f"{name} removed", host=name, done=True))
 
+            exposure.unexpose(self.state, app, provider)  # before the hosts their relays lead into
             _parallel(remove, list(hosts) + leftovers)
             shutil.rmtree(self.paths.app_run(app), ignore_errors=True)
             shutil.rmtree(self.paths.app_data(app), ignore_errors=True)
+            shutil.rmtree(keys.directory(self.paths.state) / "hostkeys" / app, ignore_errors=True)
             self.state.delete_app(app)
             provider.cleanup()
         try:
@@ -316,6 +493,30 @@ def open_state(paths: Paths) -> State:
     except (OSError, sqlite3.Error) as exc:
         raise StateError(f"cannot open the state in {paths.state}: {exc}",
                          hint="set RAVEL_HOME to a directory you can write") from None
+
+
+def _ready_vms(t: Transport | None, logs: Mapping[str, str], deadline: float) -> list[str]:
+    """VMs whose console log shows a ready marker: read here (t None), or on the host."""
+    if t is None:
+        found = []
+        for vm, log in logs.items():
+            try:
+                with open(log, "rb") as fh:
+                    text = fh.read().decode(errors="replace")
+            except FileNotFoundError:
+                continue
+            if any(m in text for m in READY_MARKERS):
+                found.append(vm)
+        return found
+    patterns = [arg for m in READY_MARKERS for arg in ("-e", m)]
+    try:
+        # -l: the names of the logs that match; a log not written yet is not an error here
+        result = t.run(["grep", "-l", "-F", *patterns, "--", *logs.values()],
+                       timeout=max(1.0, min(10.0, deadline - time.monotonic())), check=False)
+    except TransportError:
+        return []  # not answering right now: the overall deadline decides
+    matched = set(result.stdout.splitlines())
+    return [vm for vm, log in logs.items() if log in matched]
 
 
 def _live_pid(pidfile: str) -> int | None:

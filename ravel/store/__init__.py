@@ -1,0 +1,8 @@
+"""The image/snapshot store: blobs by key behind one Protocol (`base.Store`), on a local
+directory (`local`), S3 (`s3`) or GCS (`gcs`), chosen by URL (`registry.open_store`); and the
+content-addressed layers and snapshot manifests kept in it (`layers`)."""
+
+from .base import Store
+from .registry import open_store
+
+__all__ = ["Store", "open_store"]

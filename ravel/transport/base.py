@@ -19,11 +19,22 @@ class CommandResult:
 
 
 class Transport(Protocol):
+    """Failures to reach the host raise TransportError (naming the host); a command that runs
+    and exits non-zero raises CommandFailed when `check` is set."""
+
     host: str  # the name used in messages
+    local: bool  # True when the host sees this machine's files (paths mean the same on both)
 
     def run(self, argv: Sequence[str], input: bytes | None = None, timeout: float = 120,
-            check: bool = True) -> CommandResult: ...
+            check: bool = True) -> CommandResult:
+        """Run argv (never a shell string: arguments arrive exactly as given); `timeout` bounds
+        the whole call. Without `input` the command reads an empty stdin."""
 
-    def put(self, local: Path, remote: str, mode: int = 0o644) -> None: ...
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        """Copy a file onto the host atomically, making its directory; then chmod `mode`."""
 
-    def get(self, remote: str, local: Path) -> None: ...
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a file from the host, keeping its permission bits."""
+
+    def close(self) -> None:
+        """Let go of any connection; the transport reconnects if used again."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
+import posixpath
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..errors import CommandFailed, TransportError
 from .base import Transport
 
 RUNTIME_TIMEOUT_S = 300
+REMOTE_PYTHON = "python3"  # the host's own interpreter; the runtime needs the standard library only
 
 
 def bundle(cache_dir: Path) -> Path:
@@ -42,15 +44,38 @@ def bundle(cache_dir: Path) -> Path:
     return dest
 
 
+def install(transport: Transport, pyz: Path, directory: str, timeout: float) -> str:
+    """Make sure the host holds this exact runtime (its content hash is in the file name),
+    sending it only when missing; returns its path on the host. Bounded by `timeout`, which
+    includes waiting for the host to answer at all."""
+    remote = posixpath.join(directory, pyz.name)
+    if transport.run(["test", "-f", remote], timeout=timeout, check=False).rc != 0:
+        transport.put(pyz, remote, 0o755)
+    return remote
+
+
 class HostRuntime:
-    def __init__(self, transport: Transport, pyz: str, python: str | None = None) -> None:
+    def __init__(self, transport: Transport, pyz: str, python: str = REMOTE_PYTHON,
+                 deadline: float | None = None) -> None:
+        """`deadline` (time.monotonic()): no call may run past it (`ravel publish --timeout`)."""
         self.t = transport
         self.pyz = pyz
-        self.python = python or sys.executable
+        self.python = python
+        self.deadline = deadline
+
+    def _bounded(self, command: str, timeout: float) -> float:
+        if self.deadline is None:
+            return timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TransportError(f"{self.t.host}: out of time before `ravel-host {command}`",
+                                 hint="raise --timeout; re-running continues where this stopped")
+        return min(timeout, left)
 
     def _call(self, command: str, doc: dict[str, Any] | None = None, timeout: float = RUNTIME_TIMEOUT_S) -> dict[str, Any]:
         data = json.dumps(doc).encode() if doc is not None else None
-        result = self.t.run([self.python, self.pyz, command], input=data, timeout=timeout, check=False)
+        result = self.t.run([self.python, self.pyz, command], input=data,
+                            timeout=self._bounded(command, timeout), check=False)
         try:
             report = json.loads(result.stdout) if result.stdout.strip() else {}
         except json.JSONDecodeError:
@@ -69,8 +94,8 @@ class HostRuntime:
     def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
         return self._call("apply", doc)
 
-    def observe(self, doc: dict[str, Any]) -> dict[str, Any]:
-        return self._call("observe", doc, timeout=60)
+    def observe(self, doc: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        return self._call("observe", doc, timeout=timeout)
 
     def destroy(self, doc: dict[str, Any]) -> dict[str, Any]:
         return self._call("destroy", doc)

@@ -96,7 +96,7 @@ def test_defaults_and_anchors_apply():
         ("name: a\nvms:\n  x: {count: 0}\n", "vms.x.count: must be positive"),
         ("name: Bad_Name\nvms:\n  x: {}\n", "bp.yaml:1:7: name: 'Bad_Name' is not a valid name"),
         ("name: a\nvms:\n  x: {firmware: efi}\n", "vms.x.firmware: must be one of bios, uefi; got a string ('efi') (did you mean 'uefi'?)"),
-        ("name: a\nvms:\n  x: {disks: [{bus: scsi, size: 1}]}\n", "vms.x.disks[0].bus: must be one of virtio, pvscsi, lsilogic, sata, ide"),
+        ("name: a\nvms:\n  x: {disks: [{bus: scsi, size: 1}]}\n", "vms.x.disks[0].bus: must be one of virtio, pvscsi, lsilogic, lsisas, sata, ide"),
         ("name: a\nvms:\n  x: {disks: [{}]}\n", "vms.x.disks[0]: a disk needs exactly one of `image`"),
         ("name: a\nvms:\n  x: {disks: [{image: disk.bin}]}\n", "cannot tell the format of 'disk.bin'"),
         ("name: a\nnetworks:\n  n: {subnet: 10.0.0.0/33}\nvms:\n  x: {}\n", "bp.yaml:3:15: networks.n.subnet: '10.0.0.0/33' is not an IPv4 CIDR"),

@@ -1,0 +1,126 @@
+"""A resolved `Blueprint` back to blueprint YAML text (pure).
+
+Used where ravel writes a blueprint itself: a snapshot keeps the app as it ran (every `count`
+expanded, paths absolute, MACs pinned) and `ravel import` emits the VMs it read. The output
+loads back to an equal Blueprint (tests check the round trip).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import yaml
+
+from .blueprint import VM, Blueprint, Disk
+
+
+def disk_dict(d: Disk) -> dict[str, Any]:
+    if d.image:
+        return {"image": d.image, "format": d.format, "bus": d.bus}
+    return {"size": d.size_mib, "bus": d.bus}
+
+
+def vm_dict(vm: VM, macs: Mapping[int, str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"cpus": vm.cpus, "memory": vm.memory_mib}
+    if vm.description:
+        out["description"] = vm.description
+    if vm.nested:
+        out["nested"] = True
+    if vm.firmware != "bios":
+        out["firmware"] = vm.firmware
+    if vm.disks:
+        out["disks"] = [disk_dict(d) for d in vm.disks]
+    if vm.nics:
+        nics = []
+        for i, n in enumerate(vm.nics):
+            nic: dict[str, Any] = {"network": n.network, "model": n.model}
+            if n.ip is not None:
+                nic["ip"] = str(n.ip)
+            mac = n.mac or (macs or {}).get(i)
+            if mac:
+                nic["mac"] = mac
+            nics.append(nic)
+        out["nics"] = nics
+    if vm.boot is not None:
+        boot: dict[str, Any] = {"kernel": vm.boot.kernel}
+        if vm.boot.initrd:
+            boot["initrd"] = vm.boot.initrd
+        if vm.boot.cmdline:
+            boot["cmdline"] = vm.boot.cmdline
+        out["boot"] = boot
+    if vm.services:
+        out["services"] = [_service(s) for s in vm.services]
+    return out
+
+
+def _service(s: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"port": s.port, "protocol": s.protocol}
+    if getattr(s, "host_port", None) is not None:
+        out["host_port"] = s.host_port
+    allow = [str(a) for a in getattr(s, "allow", ())]
+    if allow and allow != ["0.0.0.0/0"]:
+        out["allow"] = allow
+    return out
+
+
+def blueprint_dict(bp: Blueprint, name: str | None = None, disks: Mapping[str, list[Disk]] | None = None,
+                   macs: Mapping[str, Mapping[int, str]] | None = None) -> dict[str, Any]:
+    """`disks[vm]` replaces a VM's disks (a snapshot's restored images); `macs[vm][i]` pins the
+    MAC of NIC i where the blueprint left it to the planner."""
+    out: dict[str, Any] = {"name": name or bp.name}
+    if bp.description:
+        out["description"] = bp.description
+    if bp.networks:
+        nets: dict[str, Any] = {}
+        for n in bp.networks:
+            net: dict[str, Any] = {"subnet": str(n.subnet)}
+            if n.gateway is not None:
+                net["gateway"] = str(n.gateway)
+            if n.dhcp:
+                net["dhcp"] = True
+            if n.dns:
+                net["dns"] = True
+            if n.mtu != 1500:
+                net["mtu"] = n.mtu
+            if getattr(n, "nat", False):
+                net["nat"] = True
+            nets[n.name] = net
+        out["networks"] = nets
+    vms = {}
+    for vm in bp.vms:
+        if disks and vm.name in disks:
+            vm = VM(**{**vm.__dict__, "disks": tuple(disks[vm.name])})
+        vms[vm.name] = vm_dict(vm, (macs or {}).get(vm.name))
+    out["vms"] = vms
+    p = bp.placement
+    placement: dict[str, Any] = {"optimize": p.optimize}
+    if p.optimize == "cost":
+        placement["cpu_overcommit"] = p.cpu_overcommit
+    if p.host_types:
+        placement["host_types"] = list(p.host_types)
+    if p.anti_affinity:
+        placement["anti_affinity"] = [list(s) for s in p.anti_affinity]
+    if p.max_hosts is not None:
+        placement["max_hosts"] = p.max_hosts
+    out["placement"] = placement
+    deny = getattr(bp, "routing_deny", ())
+    if deny:
+        out["routing"] = {"deny": [list(pair) for pair in deny]}
+    rules = getattr(bp, "firewall", ())
+    if rules:
+        out["firewall"] = {"allow": [_rule(r) for r in rules]}
+    return out
+
+
+def _rule(r: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"from": r.src, "to": r.dst, "protocol": r.protocol}
+    if r.ports:
+        out["ports"] = [a if a == b else f"{a}-{b}" for a, b in r.ports]
+    return out
+
+
+def to_yaml(doc: Mapping[str, Any], header: str = "") -> str:
+    text = yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=None, width=4096)
+    if header:
+        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
+    return text

@@ -1,0 +1,255 @@
+"""One contract for every Transport: a namespace host (`ip netns exec`) and an SSH host (a real
+sshd inside a real namespace, reached over the local provider's underlay link), both made by
+the local provider exactly as `ravel publish` makes them. Then what only SSH has: pinned host
+keys, bounded retries while a host boots, one kept connection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ravel import keys
+from ravel.errors import CommandFailed, HostKeyMismatch, TransportError
+from ravel.paths import paths
+from ravel.providers import local_sshd
+from ravel.providers.base import HostSpec
+from ravel.providers.local import LocalProvider, namespaces
+from ravel.transport.netns import NamespaceTransport
+from ravel.transport.ssh import SSHTransport
+
+APP = f"ct{os.getpid()}"
+KINDS = ["netns", "ssh"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """Two hosts of one provider, one per transport; torn down with a check for leftovers."""
+    if os.geteuid() != 0:
+        pytest.fail("transport contract tests need root (network namespaces); run `make test` as root")
+    provider = LocalProvider(paths({"RAVEL_HOME": str(tmp_path_factory.mktemp("home"))}))
+    made = {}
+    try:
+        for i, kind in enumerate(KINDS, start=1):
+            host = provider.ensure_host(HostSpec(APP, f"host-{i}", i, "local-small", transport=kind))
+            made[kind] = (host, provider.transport(host))
+        yield provider, made
+    finally:
+        for i, kind in enumerate(KINDS, start=1):
+            if kind in made:
+                made[kind][1].close()
+            provider.delete_host(APP, f"host-{i}", i)
+        provider.cleanup()
+        left = [ns for ns in namespaces() if ns.startswith(f"rv-{APP}-") or ns == provider.underlay]
+        left += [provider.root_link] if _link_exists(provider.root_link) else []
+        left += [str(d) for d in (provider.paths.app_run(APP), provider.paths.run) if d.exists()]
+        assert not left, f"left behind: {left}"
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
+
+
+@pytest.fixture(params=KINDS)
+def t(request, lab):
+    return lab[1][request.param][1]
+
+
+@pytest.fixture
+def ssh(lab):
+    return lab[1]["ssh"][1]
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def test_stdout_stderr_and_exit_status(t):
+    r = t.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (r.rc, r.stdout, r.stderr, r.ok) == (3, "out\n", "err\n", False)
+    assert t.run(["true"]).ok
+
+
+def test_a_failing_command_raises_command_failed(t):
+    with pytest.raises(CommandFailed) as info:
+        t.run(["sh", "-c", "echo boom >&2; exit 4"])
+    assert info.value.rc == 4 and info.value.host == t.host
+    assert "boom" in info.value.message and t.host in info.value.message
+
+
+def test_a_missing_program_is_a_failed_command(t):
+    assert t.run(["ravel-no-such-program"], check=False).rc not in (0, None)
+    with pytest.raises(CommandFailed):
+        t.run(["ravel-no-such-program"])
+
+
+AWKWARD = ["a b", "it's", '"double"', "$HOME", "${PATH}", "`id`", "$(id)", "x\ny", "*", "", "--",
+           "ü €", "back\\slash", ";", "&&", "|", "'", "\t", "-n", "~", "#not a comment", "!x"]
+
+
+def test_arguments_arrive_exactly_as_given(t):
+    out = t.run(["printf", "%s\\0", *AWKWARD]).stdout
+    assert out.split("\0")[:-1] == AWKWARD
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"), max_size=12),
+                min_size=1, max_size=4))
+def test_any_arguments_survive(t, args):
+    assert t.run(["printf", "%s\\0", *args]).stdout.split("\0")[:-1] == args
+
+
+def test_stdin_is_given_or_empty(t):
+    assert t.run(["cat"], input=b"hello\nworld\n").stdout == "hello\nworld\n"
+    assert t.run(["cat"], timeout=10).stdout == ""  # no input: end of file at once, never a hang
+
+
+def test_large_input_and_output_do_not_deadlock(t):
+    data = (b"0123456789abcdef" * 65536) * 4  # 4 MiB through `cat`: more than any window or pipe
+    r = t.run(["cat"], input=data, timeout=60)
+    assert len(r.stdout) == len(data) and r.stdout[-16:] == "0123456789abcdef"
+
+
+def test_a_slow_command_times_out(t):
+    started = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        t.run(["sleep", "30"], timeout=1)
+    assert time.monotonic() - started < 6
+    assert t.host in info.value.message and "did not finish within 1 s" in info.value.message
+    assert t.run(["echo", "still usable"]).stdout == "still usable\n"
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+def test_put_and_get_round_trip_with_modes(t, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    remote = str(tmp_path / f"on-host-{t.host}" / "deep" / "file.bin")
+    t.put(src, remote, 0o600)
+    assert t.run(["stat", "-c", "%a %s", remote]).stdout.split() == ["600", "300000"]
+    back = tmp_path / "back.bin"
+    t.get(remote, back)
+    assert back.read_bytes() == src.read_bytes()
+    assert back.stat().st_mode & 0o777 == 0o600
+    # a second put replaces the file whole, with its new mode, and leaves no temporary file
+    src.write_bytes(b"#!/bin/sh\necho replaced\n")
+    t.put(src, remote, 0o755)
+    assert t.run([remote]).stdout == "replaced\n"
+    assert sorted(os.listdir(os.path.dirname(remote))) == ["file.bin"]
+
+
+def test_file_errors_are_transport_errors(t, tmp_path):
+    with pytest.raises(TransportError, match=f"{t.host}: cannot read .*nope"):
+        t.get(str(tmp_path / "nope"), tmp_path / "x")
+    src = tmp_path / "src"
+    src.write_text("x")
+    with pytest.raises(TransportError, match=f"{t.host}: cannot write /proc/ravel-nope/x"):
+        t.put(src, "/proc/ravel-nope/x")
+
+
+def test_an_unreachable_host_is_a_transport_error(lab, t):
+    if isinstance(t, NamespaceTransport):
+        gone = NamespaceTransport("ghost", f"rv-{APP}-nowhere")
+    else:  # the host is there, but nothing listens on this port: refused, retried, then given up
+        gone = SSHTransport("ghost", t.address, host_key=_pin(t), key_file=t.key_file, port=2222, device=t.device)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="^ghost: ") as info:
+        gone.run(["true"], timeout=2)
+    assert time.monotonic() - started < 5
+    if isinstance(t, SSHTransport):
+        assert "connection refused" in info.value.message and "attempts" in info.value.message
+
+
+# -- SSH only --------------------------------------------------------------------------------------
+
+def _pin(t: SSHTransport) -> str:
+    return f"{t._pinned.get_name()} {t._pinned.get_base64()}"
+
+
+def test_ssh_host_key_mismatch_is_refused_at_once_and_nothing_runs(ssh, tmp_path):
+    marker = tmp_path / "should-not-exist"
+    wrong = SSHTransport(ssh.host, ssh.address, host_key=keys.generate().public_line, key_file=ssh.key_file,
+                         device=ssh.device)
+    started = time.monotonic()
+    with pytest.raises(HostKeyMismatch) as info:
+        wrong.run(["touch", str(marker)], timeout=30)
+    assert time.monotonic() - started < 3  # not retried, although 30 s were allowed
+    msg = info.value.message
+    assert msg.startswith(f"{ssh.host}: HOST KEY MISMATCH at root@{ssh.address}:22") and "not retried" in msg
+    assert "SHA256:" in msg and not marker.exists()
+
+
+def test_ssh_login_only_with_ravels_key(ssh, tmp_path):
+    stranger = tmp_path / "stranger"
+    keys.write_private(stranger, keys.generate())
+    t = SSHTransport(ssh.host, ssh.address, host_key=_pin(ssh), key_file=stranger, device=ssh.device)
+    with pytest.raises(TransportError, match="login key was not accepted"):
+        t.run(["true"], timeout=2)
+
+
+def test_ssh_keeps_one_connection_and_reconnects_when_it_drops(ssh):
+    first = ssh.run(["sh", "-c", "echo $SSH_CLIENT"]).stdout.split()[1]
+    assert ssh.run(["sh", "-c", "echo $SSH_CLIENT"]).stdout.split()[1] == first  # same source port
+    # end the sshd process serving our connection (one we caused): the next command reconnects
+    session = int(ssh.run(["sh", "-c", "echo $PPID"]).stdout)
+    os.kill(session, signal.SIGTERM)
+    time.sleep(0.3)
+    assert ssh.run(["echo", "again"]).stdout == "again\n"
+    assert ssh.run(["sh", "-c", "echo $SSH_CLIENT"]).stdout.split()[1] != first
+
+
+def test_ssh_waits_for_a_booting_host(lab, ssh):
+    provider, made = lab
+    host = made["ssh"][0]
+    files = local_sshd.files_for(provider.paths.app_run(APP), host.name)
+    ssh.close()
+    local_sshd.stop(files)  # the "host" has no sshd yet...
+    late = threading.Timer(1.5, local_sshd.start, (files, host.ref, host.name))
+    late.start()  # ...until 1.5 s from now
+    try:
+        started = time.monotonic()
+        assert ssh.run(["echo", "booted"], timeout=20).stdout == "booted\n"
+        assert 1.4 < time.monotonic() - started < 10
+    finally:
+        late.join()
+
+
+def test_ssh_gives_up_naming_the_host_and_the_reason(lab, ssh):
+    provider, made = lab
+    host = made["ssh"][0]
+    files = local_sshd.files_for(provider.paths.app_run(APP), host.name)
+    ssh.close()
+    local_sshd.stop(files)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransportError) as info:
+            ssh.run(["true"], timeout=2.5)
+        assert 2 < time.monotonic() - started < 6
+        assert info.value.message.startswith(f"{ssh.host}: no SSH connection to root@{ssh.address}:22: "
+                                             "connection refused (")
+        assert "ravel destroy" in (info.value.hint or "")
+    finally:
+        local_sshd.start(files, host.ref, host.name)
+
+
+def test_ssh_reaches_its_own_underlay_when_another_setup_uses_the_same_address(lab, ssh, tmp_path):
+    # a second ravel set-up with an SSH host at the very same underlay address: each
+    # transport is bound to its own set-up's link, so each reaches its own host
+    other = LocalProvider(paths({"RAVEL_HOME": str(tmp_path / "other")}))
+    twin, app = None, f"{APP}x"
+    try:
+        h = other.ensure_host(HostSpec(app, "host-2", 2, "local-small", transport="ssh"))
+        twin = other.transport(h)
+        assert twin.address == ssh.address and twin.device != ssh.device
+        assert twin.run(["ip", "netns", "identify"]).stdout.strip() == h.ref
+        assert ssh.run(["ip", "netns", "identify"]).stdout.strip() == lab[1]["ssh"][0].ref != h.ref
+    finally:
+        if twin is not None:
+            twin.close()
+        other.delete_host(app, "host-2", 2)
+        other.cleanup()
+    assert not _link_exists(other.root_link) and other.underlay not in namespaces()
