@@ -61,6 +61,9 @@ def handled(fn: Callable[..., T]) -> Callable[..., T]:
             raise typer.Exit(ExitStatus.INTERRUPTED) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except typer.BadParameter as exc:  # an argument checked inside a command body
+            err_console.print(f"error: {exc.format_message()}", markup=False)
+            raise typer.Exit(ExitStatus.BAD_INPUT) from None
         except BrokenPipeError:
             # `ravel plan --json | head` must not print a traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

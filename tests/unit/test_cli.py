@@ -126,3 +126,9 @@ def test_status_of_unknown_app(tmp_path):
     assert p.returncode == 7
     p = ravel("list", home=tmp_path)
     assert p.returncode == 0
+
+
+def test_bad_app_name_is_a_usage_error(tmp_path):
+    p = ravel("publish", "blueprints/demo.yaml", "--name", "BAD_NAME", home=tmp_path)
+    assert p.returncode == 2 and "'BAD_NAME' is not a valid app name" in p.stderr
+    no_traceback(p)
