@@ -4,6 +4,8 @@ user key ravel logs in with. Private keys are written 0600 and never stored in t
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +27,44 @@ def generate(comment: str = "ravel") -> KeyPair:
     return KeyPair(private, f"{public} {comment}")
 
 
-def write_private(path: Path, pair: KeyPair) -> None:
-    """Write a private key 0600 from the first byte (no window where others could read it)."""
+def write_private(path: Path, pair: KeyPair) -> bool:
+    """Create a key pair file 0600 from the first byte, atomically and only once.
+
+    The public half is written first and the private key appears last by a hard link, which
+    fails if another process got there first: concurrent callers (threads, or two ravel
+    processes on one RAVEL_HOME) then all use the one key that won. Returns True if ours won.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, pair.private_openssh.encode())
     finally:
         os.close(fd)
-    os.chmod(path, 0o600)
-    path.with_suffix(".pub").write_text(pair.public_line + "\n")
+    try:
+        if path.exists():
+            return False
+        pub_tmp = tmp.with_suffix(".pub")
+        pub_tmp.write_text(pair.public_line + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pub_tmp.unlink()
+            return False
+        os.replace(pub_tmp, path.with_suffix(".pub"))
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _wait_public(path: Path) -> str:
+    # the winner links the private key, then renames the public half into place
+    for _ in range(200):
+        pub = path.with_suffix(".pub")
+        if pub.exists():
+            return pub.read_text().strip()
+        time.sleep(0.01)
+    raise FileNotFoundError(f"{path.with_suffix('.pub')} did not appear")
 
 
 def user_key(directory: Path) -> tuple[Path, str]:
@@ -44,7 +74,7 @@ def user_key(directory: Path) -> tuple[Path, str]:
         write_private(path, generate("ravel-user"))
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)
-    return path, path.with_suffix(".pub").read_text().strip()
+    return path, _wait_public(path)
 
 
 def host_key(directory: Path, app: str, host: str) -> KeyPair:
@@ -52,7 +82,7 @@ def host_key(directory: Path, app: str, host: str) -> KeyPair:
     path = directory / "hostkeys" / app / f"{host}_ed25519"
     if not path.exists():
         write_private(path, generate(f"ravel-{app}-{host}"))
-    return KeyPair(path.read_text(), path.with_suffix(".pub").read_text().strip())
+    return KeyPair(path.read_text(), _wait_public(path))
 
 
 def directory(state: Path) -> Path:
