@@ -13,7 +13,7 @@ GUEST    := $(CACHE)/guest
 APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod \
             dnsmasq-base nftables openssh-server cloud-init
 
-.PHONY: setup system venv guest demo test test-unit bench clean distclean
+.PHONY: setup system venv guest demo test test-unit bench cloud-smoke clean distclean
 
 setup: system venv guest
 
@@ -36,7 +36,7 @@ $(VENV)/.stamp: pyproject.toml
 	@touch $@
 
 guest: $(GUEST)/.stamp
-$(GUEST)/.stamp: guest/build.sh guest/init guest/udhcpc.script guest/kvmtest.c $(CACHE)/system.stamp
+$(GUEST)/.stamp: guest/build.sh guest/init guest/udhcpc.script guest/kvmtest.c guest/udpsend.c $(CACHE)/system.stamp
 	bash guest/build.sh $(GUEST)
 	@touch $@
 
@@ -56,6 +56,14 @@ bench: setup
 	$(BIN)/python bench/publish_bench.py
 	$(BIN)/python bench/snapshot_bench.py
 	$(BIN)/python bench/transport_bench.py
+	$(BIN)/python bench/provision_bench.py
+
+# Opt-in, against a REAL account with your usual credentials (AWS profile/environment, GCP
+# application default credentials). It makes one small, billed instance for a few minutes and
+# removes it; never part of `make test` or CI. make cloud-smoke PROVIDER=aws|gcp
+cloud-smoke: venv
+	@case "$(PROVIDER)" in aws|gcp) ;; *) echo "usage: make cloud-smoke PROVIDER=aws|gcp"; exit 2;; esac
+	RAVEL_CLOUD_SMOKE=1 $(BIN)/python tests/smoke/cloud_smoke.py --provider $(PROVIDER)
 
 clean:
 	rm -rf .pytest_cache .hypothesis build *.egg-info

@@ -20,8 +20,8 @@ import argparse
 import json
 import os
 import select
-import statistics
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ravel.paths import paths as make_paths  # noqa: E402
-from ravel.providers.base import HostSpec  # noqa: E402
-from ravel.run.provision import make_hosts  # noqa: E402
+from ravel.paths import paths as make_paths
+from ravel.providers.base import HostSpec
+from ravel.run.provision import make_hosts
 
 TARGET = 1.5
 REPEAT = 5  # each figure is the median of five runs, each for a fresh app (and state)

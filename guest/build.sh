@@ -70,7 +70,8 @@ KPKG="linux-image-$KVER"
 STAMP="$(
   {
     echo "kernel=$KVER modules=${MODULES[*]}"
-    sha256sum "$HERE/build.sh" "$HERE/init" "$HERE/udhcpc.script" "$HERE/kvmtest.c" "$BUSYBOX" | cut -d' ' -f1
+    sha256sum "$HERE/build.sh" "$HERE/init" "$HERE/udhcpc.script" "$HERE/kvmtest.c" "$HERE/udpsend.c" \
+      "$BUSYBOX" | cut -d' ' -f1
     gcc --version | head -n1
   } | sha256sum | cut -d' ' -f1
 )"
@@ -118,6 +119,8 @@ install -m 0755 "$HERE/init" "$ROOT/init"
 install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc.script"
 gcc -static -O2 -Wall -o "$ROOT/usr/bin/kvmtest" "$HERE/kvmtest.c"
 strip "$ROOT/usr/bin/kvmtest" 2>/dev/null || true
+gcc -static -O2 -Wall -o "$ROOT/usr/bin/udpsend" "$HERE/udpsend.c"
+strip "$ROOT/usr/bin/udpsend" 2>/dev/null || true
 
 # Modules: the closure of MODULES over modules.dep, in load order (dependencies first).
 MDIR="$ROOT/lib/modules/$KVER"

@@ -36,6 +36,9 @@ class Underlay:
     device: str
     address: str
     mtu: Optional[int] = None
+    # underlay addresses (networks) that guests' forwarded traffic must never reach: other
+    # hosts, this machine's own end of a local underlay... (docs/networking.md, "Fences")
+    deny: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,13 +226,27 @@ def parse_desired(doc: Any) -> Desired:
     underlay = None
     raw_u = c.get(doc, "underlay", "", dict, required=False)
     if raw_u is not None:
-        c.known(raw_u, "underlay", "device address mtu")
+        c.known(raw_u, "underlay", "device address mtu deny")
         dev = c.get(raw_u, "device", "underlay", str)
         c.ifname(dev, "underlay.device")
         addr = c.ip(c.get(raw_u, "address", "underlay", str), "underlay.address")
         umtu = c.get(raw_u, "mtu", "underlay", int, required=False)
         c.mtu(umtu, "underlay.mtu")
-        underlay = Underlay(device=dev or "", address=addr or "", mtu=umtu)
+        deny: List[str] = []
+        for j, net in enumerate(c.get(raw_u, "deny", "underlay", list, required=False, default=[])):
+            q = f"underlay.deny[{j}]"
+            try:
+                parsed = ipaddress.ip_network(net) if isinstance(net, str) else None
+            except ValueError:
+                parsed = None
+            if parsed is None:
+                c.bad(q, f"{net!r} is not an address or network (198.18.0.0/16, 10.0.0.5)")
+            elif addr and parsed.version != ipaddress.ip_address(addr).version:
+                c.bad(q, f"{net} is not IPv{ipaddress.ip_address(addr).version} like the "
+                         f"underlay address {addr}")
+            elif str(parsed) not in deny:
+                deny.append(str(parsed))
+        underlay = Underlay(device=dev or "", address=addr or "", mtu=umtu, deny=tuple(deny))
 
     networks: List[Network] = []
     raw_nets = c.get(doc, "networks", "", list, required=False, default=[])

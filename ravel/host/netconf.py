@@ -1,7 +1,8 @@
 """PURE: the text of this host's network services, from the desired document's ``router``.
 
-- ``nft_ruleset``  one nftables transaction replacing the app's two tables (``inet`` for
-  routing, NAT and the firewall; ``bridge`` for what must not cross the tunnels)
+- ``nft_ruleset``  one nftables transaction replacing the app's tables (``inet``, on every host
+  with networks: the fence around the tunnels and the underlay, and with a router routing, NAT
+  and the firewall; ``bridge``, with a router: what must not cross the tunnels)
 - ``dnsmasq_argv`` the DHCP and DNS server's command line (all its configuration is on it,
   so /proc/<pid>/cmdline says exactly what a running one serves)
 - ``wanted_sysctls``
@@ -26,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .desired import Desired, Router, RouterInterface
 
 VXLAN_PORT = 4789
+TABLE_FAMILIES = ("inet", "bridge")  # the app's nft tables, in the order they are written
 DHCP_LEASE_TIME = "12h"
 BR_NF_CALL_IPTABLES = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -73,25 +75,42 @@ def _peers(desired: Desired) -> List[str]:
     return seen
 
 
+def wanted_tables(desired: Desired) -> Dict[str, List[str]]:
+    """family -> the body of the app's table of that family this host needs.
+
+    ``inet`` on every host that carries a network, router or not: the tunnels' fence (VXLAN
+    only from this app's own hosts, only through the underlay device) and what guests reach on
+    the host; with a router, also routing, the firewall and NAT (whose traffic never reaches
+    the underlay's fenced addresses). ``bridge`` with a router only.
+    """
+    out: Dict[str, List[str]] = {}
+    if desired.underlay is not None and (desired.networks or desired.router is not None):
+        out["inet"] = _inet_table(desired, desired.router)
+    if desired.router is not None:
+        out["bridge"] = _bridge_table(desired, desired.router)
+    return out
+
+
 def nft_ruleset(desired: Desired) -> str:
-    """The whole ruleset, as one atomic ``nft -f`` transaction that replaces both tables.
+    """One atomic ``nft -f`` transaction that leaves exactly the wanted tables: each wanted one
+    replaced, any other of the app's families deleted.
 
     Each table carries ``comment "ravel <sha>"``, a hash of its own text, which is how facts
     tell a current ruleset from a stale one.
     """
-    router = desired.router
-    assert router is not None
     name = table_name(desired.app)
-    inet = _inet_table(desired, router)
-    bridge = _bridge_table(desired, router)
+    wanted = wanted_tables(desired)
     out = []
-    for family, body in (("inet", inet), ("bridge", bridge)):
+    for family, body in wanted.items():
         # `table X {}` then `delete table X` makes the delete valid whether or not X exists
         out += [f"table {family} {name} {{}}", f"delete table {family} {name}"]
         out.append(f"table {family} {name} {{")
         out.append(f'\tcomment "ravel {ruleset_digest(body)}"')
         out += body
         out.append("}")
+    for family in TABLE_FAMILIES:
+        if family not in wanted:
+            out += [f"table {family} {name} {{}}", f"delete table {family} {name}"]
     return "\n".join(out) + "\n"
 
 
@@ -100,26 +119,51 @@ def ruleset_digest(lines: Sequence[str]) -> str:
 
 
 def table_digests(desired: Desired) -> Dict[str, str]:
-    """family -> the digest its table's comment must carry."""
-    router = desired.router
-    assert router is not None
-    return {"inet": ruleset_digest(_inet_table(desired, router)),
-            "bridge": ruleset_digest(_bridge_table(desired, router))}
+    """family -> the digest its table's comment must carry, for the tables this host needs."""
+    return {family: ruleset_digest(body) for family, body in wanted_tables(desired).items()}
 
 
-def _inet_table(desired: Desired, router: Router) -> List[str]:
+def fence(desired: Desired) -> List[str]:
+    """What guests' forwarded traffic never reaches: the app's other hosts and the underlay's
+    denied addresses (``underlay.deny``), as the fewest networks that cover them."""
+    u = desired.underlay
+    if u is None:
+        return []
+    nets = [ipaddress.ip_network(p) for p in _peers(desired)] + [ipaddress.ip_network(d) for d in u.deny]
+    out = []
+    for version in (4, 6):
+        same = [n for n in nets if n.version == version]
+        out += [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+                for n in ipaddress.collapse_addresses(same)]  # type: ignore[type-var]
+    return out
+
+
+def _set(name: str, addr_type: str, elements: Sequence[str], interval: bool = False) -> List[str]:
+    lines = [f"\tset {name} {{", f"\t\ttype {addr_type}"]
+    if interval:
+        lines.append("\t\tflags interval")
+    if elements:
+        lines.append("\t\telements = { " + ", ".join(elements) + " }")
+    lines.append("\t}")
+    return lines
+
+
+def _inet_table(desired: Desired, router: Optional[Router]) -> List[str]:
     uplink = desired.underlay.device if desired.underlay else ""
     v6 = bool(desired.underlay and ":" in desired.underlay.address)
     ipf, addr_type = ("ip6", "ipv6_addr") if v6 else ("ip", "ipv4_addr")
-    peers = _peers(desired)
-    by_net = {i.network: i for i in router.interfaces}
-    lines: List[str] = ["\tset peers {", f"\t\ttype {addr_type}"]
-    if peers:
-        lines.append("\t\telements = { " + ", ".join(peers) + " }")
-    lines.append("\t}")
+    by_net = {i.network: i for i in router.interfaces} if router else {}
+    lines: List[str] = _set("peers", addr_type, _peers(desired))
+    lines += _set("fence", addr_type, fence(desired), interval=True)
 
-    # traffic from guests to this host itself: only the services it offers them
+    # Tunnels come from this app's own hosts, through the underlay device: nobody else (a NAT'd
+    # guest of another app, a guest handing its own host a packet with a peer's source address)
+    # can put a frame onto this app's networks. Counted, so a drop can be seen.
     input_rules = []
+    if uplink:
+        input_rules.append(f"iifname != {_q(uplink)} udp dport {VXLAN_PORT} counter drop")
+    input_rules.append(f"udp dport {VXLAN_PORT} {ipf} saddr != @peers counter drop")
+    # traffic from guests to this host itself: only the services it offers them
     guest_chains: List[str] = []
     for net in desired.networks:
         ri = by_net.get(net.name)
@@ -135,12 +179,14 @@ def _inet_table(desired: Desired, router: Router) -> List[str]:
             rules += ["udp dport 53 accept", "tcp dport 53 accept"]
         rules.append("drop")
         guest_chains += _chain(chain, rules)
-    # tunnels are accepted only from this app's own hosts
-    input_rules.append(f"udp dport {VXLAN_PORT} {ipf} saddr != @peers drop")
     lines += _chain("input", input_rules, "type filter hook input priority filter; policy accept;")
     lines += guest_chains
+    if router is None:
+        return lines  # nothing is forwarded here: no chain that could drop bridged frames
 
-    fwd = ["ct state established,related accept"]
+    # first, before anything is accepted: nothing forwarded reaches a fenced address
+    fwd = [f"oifname {_q(uplink)} {ipf} daddr @fence counter drop"] if uplink else []
+    fwd.append("ct state established,related accept")
     # br_netfilter shows bridged packets here with iif = oif = the bridge: one network's own
     # traffic, always allowed
     fwd += [f"iifname {_q(n.bridge)} oifname {_q(n.bridge)} accept" for n in desired.networks]
@@ -161,9 +207,7 @@ def _inet_table(desired: Desired, router: Router) -> List[str]:
         if not ri.nat or not uplink:
             continue
         subnet = ipaddress.ip_interface(ri.address).network
-        # never into the app's own tunnels (a guest must not forge frames onto other networks)
-        fence = "" if v6 else " ip daddr != @peers"
-        fwd.append(f"iifname {_q(ri.bridge)} oifname {_q(uplink)} ip saddr {subnet}{fence} accept")
+        fwd.append(f"iifname {_q(ri.bridge)} oifname {_q(uplink)} ip saddr {subnet} accept")
         post.append(f"oifname {_q(uplink)} ip saddr {subnet} masquerade")
     lines += _chain("forward", fwd, "type filter hook forward priority filter; policy drop;")
     lines += allow_chains

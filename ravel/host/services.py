@@ -21,11 +21,11 @@ from typing import Any, Collection, Dict, List, Optional, Tuple
 from . import proc
 from .desired import Desired
 from .netconf import (
-    BR_NF_CALL_IPTABLES, dnsmasq_argv, dnsmasq_paths, nft_ruleset, table_digests, table_name,
-    wanted_sysctls,
+    BR_NF_CALL_IPTABLES, TABLE_FAMILIES, dnsmasq_argv, dnsmasq_paths, nft_ruleset, table_digests,
+    table_name, wanted_sysctls,
 )
 
-FAMILIES = ("inet", "bridge")
+FAMILIES = TABLE_FAMILIES
 DNSMASQ_START_TIMEOUT = 10.0
 STOP_WAIT = 3.0
 _COMMENT = re.compile(r'comment "ravel ([0-9a-f]+)"')
@@ -132,12 +132,13 @@ def gather_router(desired: Desired) -> RouterFacts:
 # -- pure planning ---------------------------------------------------------------------------------
 
 def router_problems(desired: Desired, facts: Optional[RouterFacts]) -> List[str]:
-    if desired.router is None or facts is None:
+    if facts is None:
         return []
     found = []
-    if not facts.tools.get("nft"):
-        found.append("nft is not installed on this host (apt-get install nftables); the app's "
-                     "routing, NAT and firewall need it")
+    if table_digests(desired) and not facts.tools.get("nft"):
+        found.append("nft is not installed on this host (apt-get install nftables); the fence "
+                     "around the app's tunnels" + (" and its routing, NAT and firewall"
+                                                   if desired.router else "") + " need it")
     if dnsmasq_argv(desired) is not None and not facts.tools.get("dnsmasq"):
         found.append("dnsmasq is not installed on this host (apt-get install dnsmasq-base); "
                      "the app's DHCP and DNS need it")
@@ -180,16 +181,18 @@ def router_actions(desired: Desired, facts: Optional[RouterFacts],
         if cmds:
             steps.append(Step("router.address", net.bridge, "; ".join(why), tuple(cmds)))
 
-    if router is not None:
-        digests = table_digests(desired)
-        stale = [f for f in FAMILIES if facts.tables.get(f) != digests[f]]
+    digests = table_digests(desired)
+    if digests:
+        # one transaction replaces what is stale and drops a family no longer wanted
+        stale = [f for f in FAMILIES if facts.tables.get(f) != digests.get(f)]
         if stale:
-            why = "; ".join(f"{f} table " + ("missing" if f not in facts.tables else "out of date")
+            why = "; ".join(f"{f} table " + ("no longer desired" if f not in digests
+                                             else "missing" if f not in facts.tables else "out of date")
                             for f in stale)
             steps.append(Step("router.nft", table_name(desired.app), why,
                               params={"ruleset": nft_ruleset(desired)}))
     elif facts.tables:
-        steps.append(_nft_delete(desired.app, facts, "no network services desired"))
+        steps.append(_nft_delete(desired.app, facts, "no networks on this host"))
 
     argv = dnsmasq_argv(desired)
     d = facts.dnsmasq

@@ -26,16 +26,25 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import EnvironmentProblem, ProviderError
 from ..paths import Paths
 from ..plan.catalogue import load_catalogue
 from ..render.cloud_init import user_data
 from .base import Host, HostSpec
-from .cloud import (boot_data, cloud_host, poll, remaining, resource_name, ssh_from,
-                    ssh_transport, user_public_key)
+from .cloud import (
+    boot_data,
+    cloud_host,
+    poll,
+    remaining,
+    resource_name,
+    ssh_from,
+    ssh_transport,
+    user_public_key,
+)
 
 TAG_APP, TAG_HOST, TAG_STATE, TAG_VPC = "ravel:app", "ravel:host", "ravel:state", "ravel:vpc"
 DEBIAN_12_SSM = "/aws/service/debian/release/12/latest/amd64"
@@ -65,6 +74,7 @@ class _AppInfra:
 
 class AwsProvider:
     name = "aws"
+    transports = ("ssh",)  # cloud hosts are reached over SSH with their pinned host key
 
     def __init__(self, paths: Paths, session: Any = None) -> None:
         self.paths = paths
@@ -198,8 +208,8 @@ class AwsProvider:
                 ec2.create_route(RouteTableId=tables[0]["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=gw)
             subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
             if not subnets:
-                zone = sorted(z["ZoneName"] for z in ec2.describe_availability_zones(
-                    Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"])[0]
+                zone = min(z["ZoneName"] for z in ec2.describe_availability_zones(
+                    Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"])
                 subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=CREATED_SUBNET_CIDR, AvailabilityZone=zone,
                                            TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}])["Subnet"]
                 ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
@@ -340,7 +350,7 @@ class AwsProvider:
         image = self._image(spec)  # before anything is made: a bad image id makes nothing
         infra = self._ensure_infra(spec.app, cidr, deadline)
         with self._lock:
-            found = sorted(infra.listed.pop(spec.name, []), key=lambda i: i["LaunchTime"])
+            found = sorted(infra.listed.get(spec.name, []), key=lambda i: i["LaunchTime"])
         if len(found) > 1:  # made behind ravel's back, or by a tool that lost track: keep the oldest
             self._terminate([i["InstanceId"] for i in found[1:]], deadline)
         if found:
@@ -353,13 +363,17 @@ class AwsProvider:
         else:
             instance = self._run(spec, image, infra, deadline)
         iid = instance["InstanceId"]
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             self.ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=_waiter(deadline))
-        except Exception as exc:  # WaiterError, ClientError: say which host, and that it is recorded
+        except (BotoCoreError, ClientError) as exc:  # WaiterError too: say which host, and that it is recorded
             raise ProviderError(f"{spec.name}: instance {iid} did not reach 'running' in time: {_reason(exc)}",
                                 hint=f"it is recorded: `ravel destroy {spec.app}` removes it, a re-run resumes") from None
         with _aws(f"describing {iid}"):
             instance = self.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        with self._lock:
+            infra.listed[spec.name] = [instance]
         itype = instance.get("InstanceType", spec.type)
         facts = self._type_facts(itype)
         return cloud_host(spec.app, spec.name, iid, instance.get("PrivateIpAddress", ""),
@@ -393,7 +407,13 @@ class AwsProvider:
         if self._nested(spec.type):
             params["CpuOptions"] = {"NestedVirtualization": "enabled"}
         with _aws(f"starting {spec.name} ({spec.type})", host=spec.name):
-            return self.ec2.run_instances(**params)["Instances"][0]
+            instance = self.ec2.run_instances(**params)["Instances"][0]
+            if instance["State"]["Name"] in ("shutting-down", "terminated"):
+                # the recorded token named an earlier instance of this host, removed since
+                # (outside ravel): that one is gone for good, so a new token cannot duplicate it
+                params["ClientToken"] = uuid.uuid4().hex
+                instance = self.ec2.run_instances(**params)["Instances"][0]
+            return instance
 
     def transport(self, host: Host) -> Any:
         return ssh_transport(host)
@@ -408,6 +428,9 @@ class AwsProvider:
     def delete_host(self, app: str, name: str, host_id: int) -> None:
         deadline = time.monotonic() + remaining(None)
         ids = [i["InstanceId"] for i in self._instances(self._filters(app, name), NOT_GONE)]
+        with self._lock:
+            if app in self._infra:
+                self._infra[app].listed.pop(name, None)
         self._terminate(ids, deadline)
         self._release_if_unused(app, deadline)
 
@@ -433,7 +456,7 @@ class AwsProvider:
         for group in groups:
             gid = group["GroupId"]
 
-            def gone() -> bool | None:
+            def gone(gid: str = gid) -> bool | None:
                 try:
                     self.ec2.delete_security_group(GroupId=gid)
                     return True
@@ -569,8 +592,14 @@ def _reason(exc: Exception) -> str:
 @contextlib.contextmanager
 def _aws(what: str, host: str | None = None) -> Iterator[None]:
     """boto3's many exception types -> one ProviderError line saying what ravel was doing."""
-    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
-                                     NoCredentialsError, NoRegionError, PartialCredentialsError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
     from botocore.parsers import ResponseParserError
 
     try:

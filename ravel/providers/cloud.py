@@ -11,9 +11,10 @@ import ipaddress
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .. import keys
 from ..errors import ProviderError
@@ -31,6 +32,9 @@ SSH_PORT = 22
 # RAVEL_SSH_FROM (e.g. 203.0.113.7/32) to close port 22 to everyone else.
 DEFAULT_SSH_FROM = "0.0.0.0/0"
 HOST_ROOT = "/var/lib/ravel"  # on a cloud host: run/<app> (sockets, pids) and data/<app> (disks)
+# what guests' NAT'd traffic never reaches besides the app's own hosts: the instance metadata
+# service (the host's identity, and credentials if it ever has a role); docs/networking.md
+GUEST_DENY = ("169.254.169.254/32",)
 DEFAULT_DEADLINE_S = 600.0
 
 
@@ -116,6 +120,7 @@ def cloud_host(app: str, name: str, ref: str, private_ip: str, public_ip: str | 
         "ssh": how.to_dict(),
         "ready_file": READY_FILE,
         "data_dir": f"{HOST_ROOT}/data/{app}/{name}",
+        "guest_deny": list(GUEST_DENY),
     })
 
 

@@ -22,12 +22,14 @@ even a publish killed mid-call and re-run sends the same one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..errors import EnvironmentProblem, ProviderError
 from ..paths import Paths
@@ -44,9 +46,14 @@ SCOPES = ["https://www.googleapis.com/auth/compute"]
 RETRIES = 4  # a lost answer (5xx, reset connection) is asked again with the same request_id
 ENDPOINT_ENV = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"
 
+# urllib3 logs connection retries itself; without a handler Python would print them on the
+# user's terminal. ravel reports failures as one line instead.
+logging.getLogger("urllib3").addHandler(logging.NullHandler())
+
 
 class GcpProvider:
     name = "gcp"
+    transports = ("ssh",)  # cloud hosts are reached over SSH with their pinned host key
 
     def __init__(self, paths: Paths, credentials: Any = None, project: str | None = None,
                  zone: str | None = None, api_endpoint: str | None = None, poll_interval: float = 1.0) -> None:
@@ -100,7 +107,9 @@ class GcpProvider:
                 from google.cloud import compute_v1
 
                 options = {"api_endpoint": self.api_endpoint} if self.api_endpoint else None
-                self._clients[kind] = getattr(compute_v1, kind)(credentials=credentials, client_options=options)
+                client = getattr(compute_v1, kind)(credentials=credentials, client_options=options)
+                _widen_pool(client)
+                self._clients[kind] = client
             return self._clients[kind]
 
     @property
@@ -156,9 +165,15 @@ class GcpProvider:
     def preflight(self) -> None:
         """Credentials and project resolve, the token is accepted and the zone exists: one call
         before anything is made."""
+        from google.api_core import exceptions as gexc
+
         self._auth()
-        with _gcp("checking the credentials"):
-            self._client("ZonesClient").get(project=self.project, zone=self.zone)
+        try:
+            with _gcp("checking the credentials", passthrough=(gexc.NotFound,)):
+                self._client("ZonesClient").get(project=self.project, zone=self.zone)
+        except gexc.NotFound:
+            raise ProviderError(f"GCP zone {self.zone} does not exist in project {self.project}",
+                                hint="set RAVEL_GCP_ZONE (e.g. us-central1-a) and RAVEL_GCP_PROJECT") from None
 
     # -- per-app infrastructure ------------------------------------------------------------------
     def _labels(self, app: str | None = None, host: str | None = None) -> dict[str, str]:
@@ -259,7 +274,7 @@ class GcpProvider:
         instances = self._client("InstancesClient")
         with self._lock:
             listed = self._listed.get(spec.app)
-            instance = listed.pop(name, None) if listed is not None else None
+            instance = listed.get(name) if listed is not None else None
         if instance is None and listed is None:
             instance = self._get(name)
         if instance is None:
@@ -286,6 +301,9 @@ class GcpProvider:
         if instance is None or instance.status != "RUNNING":
             instance = poll(running, deadline, f"{spec.name}: instance {name} reaching RUNNING",
                             first=self.poll_interval, ceiling=10.0)
+        with self._lock:
+            if spec.app in self._listed:
+                self._listed[spec.app][name] = instance
         nic = instance.network_interfaces[0] if instance.network_interfaces else None
         public = nic.access_configs[0].nat_i_p if nic and nic.access_configs and nic.access_configs[0].nat_i_p else None
         itype = instance.machine_type.rsplit("/", 1)[-1] or spec.type
@@ -370,6 +388,8 @@ class GcpProvider:
 
     def delete_host(self, app: str, name: str, host_id: int) -> None:
         deadline = time.monotonic() + remaining(None)
+        with self._lock:
+            self._listed.get(app, {}).pop(self._instance_name(app, name), None)
         self._delete_instance(self._instance_name(app, name), deadline)
         self._release_if_unused(app, deadline)
 
@@ -460,6 +480,18 @@ class GcpProvider:
             self._delete_firewall(f.name, deadline)
         self.cleanup()
         return removed
+
+
+def _widen_pool(client: Any) -> None:
+    """Every host of a lab is asked for at once: let the client's HTTP session keep as many
+    connections (requests keeps 10 and, past that, opens and drops one per call)."""
+    session = getattr(getattr(client, "_transport", None), "_session", None)
+    if session is None:  # a client library that keeps its session elsewhere: the default is fine
+        return
+    from requests.adapters import HTTPAdapter
+
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=64))
 
 
 def _described(description: str) -> tuple[str, str] | None:

@@ -12,6 +12,7 @@ address, no default route), which goes away with the underlay namespace.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -41,6 +42,12 @@ KILL_WAIT_S = 5.0
 # host gets (host ids stop one short of it)
 ROOT_ADDRESS = "198.19.255.254"
 ROOT_PEER = "rvroot"  # its other end, a port of the underlay bridge
+# Every host of this machine takes its address from HOST_RANGE (host ids 1..65535, unique
+# across the apps of a RAVEL_HOME); the rest of 198.19.0.0/16 is left to namespaces that play
+# the outside world (the e2e tests' "internet" at 198.19.254.1). Guests' NAT'd traffic never
+# reaches GUEST_DENY: no other app's host (its sshd, its VXLAN port) and not this machine.
+HOST_RANGE = "198.18.0.0/16"
+GUEST_DENY = (HOST_RANGE, f"{ROOT_ADDRESS}/32")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -118,6 +125,10 @@ class LocalProvider:
         if mode not in self.transports:
             raise ProviderError(f"the local provider reaches hosts by {' or '.join(self.transports)}, not {mode!r}")
         address = str(underlay_address(spec.host_id))
+        if ipaddress.ip_address(address) not in ipaddress.ip_network(HOST_RANGE):
+            raise ProviderError(f"{spec.name}: host id {spec.host_id} is past the local underlay's "
+                                f"{HOST_RANGE} (more than 65535 hosts in one RAVEL_HOME)",
+                                hint="destroy apps you no longer need, or use another RAVEL_HOME")
         if mode == "ssh":
             local_sshd.check_installed()  # before anything is made
             if address == ROOT_ADDRESS:
@@ -139,7 +150,7 @@ class LocalProvider:
             _ip("-n", ns, "addr", "replace", f"{address}/{UNDERLAY_PREFIX}", "dev", HOST_DEVICE)
         _ip("-n", ns, "link", "set", HOST_DEVICE, "up")
         run_root = str(self.paths.app_run(spec.app) / spec.name)
-        extra: dict[str, object] = {"namespace": ns}
+        extra: dict[str, object] = {"namespace": ns, "guest_deny": list(GUEST_DENY)}
         if mode == "ssh":
             extra["ssh"] = self._ensure_sshd(spec, ns, address)
         return Host(spec.app, spec.name, ns, address, HOST_DEVICE, run_root, extra)

@@ -27,6 +27,9 @@ class HostSite:
     run_dir: str  # runtime files of this app on this host (short path)
     data_dir: str  # disks of this app on this host
     accel: Literal["kvm", "tcg"]
+    # underlay addresses (networks) guests' forwarded traffic must never reach, besides the
+    # app's own hosts: the provider's other hosts and its own addresses there (docs/networking.md)
+    deny: tuple[str, ...] = ()
 
 
 def bridge_name(vni: int) -> str:
@@ -100,7 +103,8 @@ def desired_states(
             "app": app,
             "host": host.name,
             "run_dir": site.run_dir,
-            "underlay": {"device": site.device, "address": site.address, "mtu": UNDERLAY_MTU},
+            "underlay": {"device": site.device, "address": site.address, "mtu": UNDERLAY_MTU,
+                         **({"deny": list(site.deny)} if site.deny else {})},
             "networks": networks,
             "taps": taps,
             "vms": vms,

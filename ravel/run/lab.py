@@ -30,6 +30,7 @@ from ..render.host_state import HostSite, desired_states
 from ..state import State
 from ..transport.base import Transport
 from ..transport.hostctl import HostRuntime, bundle, install
+from .accel import choose_accel, probe_is_current
 from .blueprints import read_blueprint
 from . import exposure
 from .events import Emit, Event, quiet
@@ -208,12 +209,14 @@ class Lab:
         planned = [h.name for h in plan.placement.hosts]
         hosts = self._provision(app, plan, provider, deadline or time.monotonic() + DEFAULT_PROVISION_S,
                                 options or {})
-        types = {h.name: h for h in plan.placement.hosts}
         net = plan_network(bp, app, vnis)
+        # the accelerator each host's probe settled (_provision), not the plan's guess
+        accels = {r.name: r.accel for r in self.state.hosts(app)}
         sites = {
             name: HostSite(name, h.address, h.device, h.run_root,
                            h.extra.get("data_dir") or str(self.paths.app_data(app) / name),
-                           types[name].accel)  # type: ignore[arg-type]
+                           accels.get(name) or "tcg",  # type: ignore[arg-type]
+                           tuple(h.extra.get("guest_deny") or ()))
             for name, h in hosts.items()
         }
         docs = desired_states(bp, app, plan.placement, net, sites, running)
@@ -281,7 +284,7 @@ class Lab:
         def made_one(spec: HostSpec, h: Host) -> None:
             extras[spec.name]["host"] = h.extra
             self.state.update_host(app, spec.name, type=spec.type, ref=h.ref, address=h.address,
-                                   accel=types[spec.name].accel, status="provisioned", extra=extras[spec.name])
+                                   status="provisioned", extra=extras[spec.name])
             if h.extra.get("ready_file"):
                 self.emit(Event("hosts", f"{spec.name} created ({h.ref}, {h.address}); waiting for it to boot",
                                 host=spec.name))
@@ -294,8 +297,14 @@ class Lab:
             # the host answers over its transport (SSH retried while it boots, bounded by the
             # deadline) and holds this exact runtime before it counts as up: every host does
             # before anything is applied anywhere
-            self._runtime(provider, h, deadline)
-            self.state.update_host(app, h.name, status="up", extra=extras[h.name])
+            rt = self._runtime(provider, h, deadline)
+            probed = not probe_is_current(extras[h.name].get("facts"), h.ref)
+            if probed:  # once per host: a re-publish asks nothing
+                extras[h.name]["facts"] = {**rt.facts(), "ref": h.ref}
+            choice = choose_accel(types[h.name].accel, extras[h.name]["facts"])
+            if probed and choice.note:
+                self.emit(Event("hosts", f"{h.name}: {choice.note}", host=h.name))
+            self.state.update_host(app, h.name, status="up", accel=choice.accel, extra=extras[h.name])
             self.emit(Event("hosts", f"{h.name} ready ({h.ref}, {h.address})", host=h.name, done=True))
 
         reports = reach_hosts(hosts, lambda h: self._transport(provider, h), deadline, ready_one)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..errors import HostKeyMismatch, ProviderError, RavelError, TransportError
 from ..providers.base import Host, HostSpec, Provider

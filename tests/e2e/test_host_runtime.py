@@ -312,7 +312,7 @@ def test_overlay_between_two_hosts(lab):
     # a network removed from the desired state loses its devices; the other keeps working
     report = lab.apply(hosts[1], overlay_doc(lab, 1, networks=("lan",)))
     assert sorted((a["kind"], a["target"]) for a in report["actions"]) == [
-        ("bridge.delete", "rb1002"), ("vxlan.delete", "rx1002")]
+        ("bridge.delete", "rb1002"), ("router.nft", "ravel-demo"), ("vxlan.delete", "rx1002")]
     assert "rb1002" not in lab.links(hosts[1]) and "rx1002" not in lab.links(hosts[1])
     assert ping(guests[1], "10.199.0.2")
 
@@ -324,6 +324,8 @@ def test_overlay_between_two_hosts(lab):
     assert rc == 0 and report["converged"], (report, err)
     for i in (1, 2):
         assert set(lab.links(hosts[i])) == {"lo", "eth0", "gv"}  # gv: the test's fake guest
+        # the app's nft table (the fence around its tunnels) went with it
+        assert sh("ip", "netns", "exec", hosts[i], "nft", "list", "tables").stdout.strip() == ""
         assert not os.path.exists(lab.run_dir(f"h{i}"))
         rc, report, _ = lab.runtime(hosts[i], "destroy", {"app": "demo",
                                                            "run_dir": lab.run_dir(f"h{i}")})
@@ -443,7 +445,8 @@ def test_qemu_lifecycle(lab):
     rc, report, err = lab.runtime(h, "destroy", {"app": "demo", "run_dir": str(run)})
     assert rc == 0 and report["converged"], (report, err)
     assert [a["kind"] for a in report["actions"]] == [
-        "vm.stop", "vm.remove", "link.delete", "link.delete", "link.delete", "run_dir.delete"]
+        "router.nft.delete", "vm.stop", "vm.remove", "link.delete", "link.delete", "link.delete",
+        "run_dir.delete"]
     assert gone(pid4) and not run.exists()
     assert set(lab.links(h)) == {"lo", "eth0", "eth0p"}
     assert lab.our_processes() == []

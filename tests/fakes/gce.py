@@ -65,7 +65,7 @@ class GceFake:
         self.server: ThreadingHTTPServer | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
-    def start(self) -> "GceFake":
+    def start(self) -> GceFake:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,7 +90,10 @@ class GceFake:
 
             do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _serve
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 makes a 20-host burst wait for SYN retries
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True, name="gce-fake").start()
         return self

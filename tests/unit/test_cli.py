@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["validate", "plan", "schema", "publish", "status", "list", "console", "logs", "stop", "start", "destroy"]
+COMMANDS = ["validate", "plan", "schema", "publish", "status", "list", "console", "logs", "stop", "start", "destroy",
+            "gc"]
 
 
 def ravel(*args: str, home: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -131,4 +132,10 @@ def test_status_of_unknown_app(tmp_path):
 def test_bad_app_name_is_a_usage_error(tmp_path):
     p = ravel("publish", "blueprints/demo.yaml", "--name", "BAD_NAME", home=tmp_path)
     assert p.returncode == 2 and "'BAD_NAME' is not a valid app name" in p.stderr
+    no_traceback(p)
+
+
+def test_gc_is_for_clouds_only():
+    p = ravel("gc", "--provider", "local")
+    assert p.returncode == 2 and "'local' is not a cloud provider" in p.stderr
     no_traceback(p)

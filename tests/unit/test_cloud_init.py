@@ -10,8 +10,16 @@ import pytest
 import yaml
 
 from ravel.keys import generate
-from ravel.render.cloud_init import (GCE_HOST_KEY, PACKAGES, READY_FILE, READY_SCRIPT, BootData,
-                                     ready_script, startup_script, user_data)
+from ravel.render.cloud_init import (
+    GCE_HOST_KEY,
+    PACKAGES,
+    READY_FILE,
+    READY_SCRIPT,
+    BootData,
+    ready_script,
+    startup_script,
+    user_data,
+)
 
 HOST_KEY = generate("ravel-lab-host-1")
 USER_KEY = generate("ravel-user")

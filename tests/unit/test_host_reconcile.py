@@ -14,7 +14,9 @@ from ravel.host.facts import (
     Facts, Link, Owned, OwnedVM, VMFact, VMRecord, argv_sha256, fdb_wanted, parse_addresses,
     parse_fdb, parse_links,
 )
+from ravel.host.netconf import table_digests
 from ravel.host.reconcile import KINDS, phase, problems, reconcile, teardown
+from ravel.host.services import RouterFacts
 
 RUN = "/var/lib/ravel/demo"
 
@@ -75,8 +77,10 @@ def converged(desired, running=True, **overrides) -> Facts:
     owned = Owned(links=desired.link_kinds(), vms={
         vm.name: OwnedVM(vm.pidfile, vm.qmp, tuple(d.path for d in vm.disks))
         for vm in desired.vms})
+    # every host with networks has the app's inet table (the fence around its tunnels)
+    router = RouterFacts(app=desired.app, tools={"nft": True, "dnsmasq": True}, tables=table_digests(desired))
     facts = dict(run_dir=desired.run_dir, run_dir_exists=True, run_dir_mode=0o700, links=links,
-                 fdb=fdb, owned=owned, vms=vms, paths=paths)
+                 fdb=fdb, owned=owned, vms=vms, paths=paths, router=router)
     facts.update(overrides)
     return Facts(**facts)
 
@@ -108,6 +112,7 @@ def test_empty_host_gets_everything_in_order():
         ("fdb.add", "rx1001 52:54:00:12:34:56 -> 198.18.0.12"),
         ("fdb.add", "rx1002 00:00:00:00:00:00 -> 198.18.0.12"),
         ("tap.create", "rt1a0"),
+        ("router.nft", "ravel-demo"),
         ("disk.create", f"{RUN}/web-1-disk0.qcow2"), ("disk.create", f"{RUN}/web-1-disk1.qcow2"),
         ("vm.start", "web-1"),
     ]
@@ -183,8 +188,10 @@ def test_removed_network_deletes_its_owned_devices():
     del new_doc["networks"][1]
     new = parse_desired(new_doc)
     actions = reconcile(new, converged(old))
-    assert kinds(actions) == [("bridge.delete", "rb1002"), ("vxlan.delete", "rx1002")]
-    assert all(a.reason == "no longer desired" for a in actions)
+    # the app's table drops the bridge's input rule with it
+    assert kinds(actions) == [("bridge.delete", "rb1002"), ("vxlan.delete", "rx1002"),
+                              ("router.nft", "ravel-demo")]
+    assert all(a.reason == "no longer desired" for a in actions[:2])
     assert actions[0].argv == (("ip", "link", "del", "dev", "rb1002"),)
 
 
@@ -192,7 +199,7 @@ def test_devices_not_in_owned_json_are_never_deleted():
     old = parse_desired(DOC)
     new = parse_desired(doc(networks=[DOC["networks"][0]]))
     facts = converged(old, owned=Owned(links={"rb1001": "bridge", "rx1001": "vxlan",
-                                              "rt1a0": "tap"}))
+                                              "rt1a0": "tap"}), router=converged(new).router)
     assert reconcile(new, facts) == []
 
 
@@ -251,6 +258,7 @@ def test_fdb_stale_entries_removed_before_new_ones_added():
         ("fdb.delete", "rx1001 52:54:00:12:34:56 -> 198.18.0.12"),
         ("fdb.add", "rx1001 00:00:00:00:00:00 -> 198.18.0.14"),
         ("fdb.add", "rx1001 52:54:00:12:34:56 -> 198.18.0.14"),
+        ("router.nft", "ravel-demo"),  # VXLAN is accepted from the new peer, no longer the old
     ]
     assert actions[0].argv == (("bridge", "fdb", "del", "00:00:00:00:00:00", "dev", "rx1001",
                                 "dst", "198.18.0.13"),)
@@ -340,6 +348,7 @@ def test_teardown_removes_everything_then_nothing():
     facts = converged(d)
     actions = teardown(facts)
     assert kinds(actions) == [
+        ("router.nft.delete", "ravel-demo"),
         ("vm.stop", "web-1"), ("vm.remove", "web-1"),
         ("link.delete", "rt1a0"), ("link.delete", "rx1001"), ("link.delete", "rx1002"),
         ("link.delete", "rb1001"), ("link.delete", "rb1002"),

@@ -337,9 +337,12 @@ def test_nft_ruleset_routes_filters_and_nats():
     assert "meta l4proto tcp th dport { 8080, 9000-9010 } accept" in lines
     assert not any('"rb1000" oifname "rb1002"' in line for line in lines)  # front <-> lan denied
     assert 'iifname "rb1001" oifname "rb1002" accept' in lines  # back -> lan
-    assert 'iifname "rb1000" oifname "ul0" ip saddr 10.61.0.0/24 ip daddr != @peers accept' in lines
+    assert 'iifname "rb1000" oifname "ul0" ip saddr 10.61.0.0/24 accept' in lines
     assert 'oifname "ul0" ip saddr 10.61.0.0/24 masquerade' in lines
-    assert "udp dport 4789 ip saddr != @peers drop" in lines
+    # nothing forwarded reaches the fence (the app's other hosts among it), whatever else says
+    forward = lines.index("type filter hook forward priority filter; policy drop;")
+    assert lines[forward + 1] == 'oifname "ul0" ip daddr @fence counter drop'
+    assert "udp dport 4789 ip saddr != @peers counter drop" in lines
     # the gateway's ARP and DHCP stay off the tunnels; the shared MAC never leaves through one
     assert 'oifname "rx1000" arp operation request arp daddr ip 10.61.0.1 drop' in lines
     assert 'oifname "rx1000" ether type ip udp dport 67 drop' in lines
@@ -445,9 +448,13 @@ def test_services_removed_from_the_blueprint_are_taken_down():
                         bridges={"rb1000": BridgeFact("02:72:76:00:00:01", ("10.61.0.1/24",))},
                         tables={"inet": "x", "bridge": "y"},
                         dnsmasq=DnsmasqFact(pid=42, running=True, argv=("dnsmasq",), starttime=1))
-    kinds = [(s.kind, s.target) for s in router_actions(d, facts)]
-    assert kinds == [("router.address", "rb1000"), ("router.nft.delete", "ravel-lab"),
+    steps = router_actions(d, facts)
+    kinds = [(s.kind, s.target) for s in steps]
+    # the inet table stays (the tunnels' fence), the bridge table goes, in one transaction
+    assert kinds == [("router.address", "rb1000"), ("router.nft", "ravel-lab"),
                      ("router.dnsmasq.stop", "dnsmasq")]
+    assert "bridge table no longer desired" in steps[1].reason
+    assert steps[1].params["ruleset"].endswith("table bridge ravel-lab {}\ndelete table bridge ravel-lab\n")
 
 
 def test_missing_tools_are_reported_before_any_change():
