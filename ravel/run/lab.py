@@ -35,6 +35,7 @@ from .blueprints import read_blueprint
 from . import exposure
 from .events import Emit, Event, quiet
 from .preflight import check_files
+from .ship import ship
 from .provision import make_hosts, reach_hosts
 
 T = TypeVar("T")
@@ -226,7 +227,14 @@ class Lab:
         self._move_vms(app, provider, hosts, docs, deadline)
 
         def apply(host: str) -> dict[str, Any]:
-            report = self._runtime(provider, hosts[host], deadline).apply(docs[host])
+            runtime = self._runtime(provider, hosts[host], deadline)
+            t = self._transport(provider, hosts[host])
+            if not getattr(t, "local", False):
+                # the host cannot read this machine's files: send kernels and images first
+                images = posixpath.join(posixpath.dirname(hosts[host].run_root.rstrip("/")), "images")
+                docs[host] = ship(t, docs[host], images,
+                                  lambda msg: self.emit(Event("vms", f"{host}: {msg}", host=host)))
+            report = runtime.apply(docs[host])
             rec = next(r for r in self.state.hosts(app) if r.name == host)
             self.state.update_host(app, host, extra={**rec.extra, "desired": docs[host]})
             n = len(report.get("actions", []))

@@ -82,6 +82,9 @@ def ravel(tmp_path_factory):
     try:
         p = r("publish", "blueprints/demo.yaml", "--name", APP, "--transport", "ssh", "--wait", "--timeout", "240")
         assert "all VMs ready" in p.stdout
+        # an SSH host does not read this machine's files: the boot files were sent, by content
+        assert "sending vmlinuz" in p.stderr and "sending initrd.img" in p.stderr, p.stderr
+        r.first_publish = p
         yield r
     finally:
         for app in (APP, SILENT):
@@ -239,3 +242,19 @@ def test_a_host_that_never_answers_ends_the_publish_and_destroy_removes_it(ravel
 def test_logs_and_list(ravel):
     local_lab.test_logs_and_list(ravel)
     assert json.loads(ravel("list", "--json").stdout)[0]["provider"] == "local"
+
+
+def test_boot_files_are_sent_once_and_guests_boot_from_the_host_copy(ravel):
+    from ravel.state import State
+
+    st = State(ravel.home / "state")
+    try:
+        for rec in st.hosts(APP):
+            for vm in rec.extra["desired"]["vms"]:
+                kernel = vm["argv"][vm["argv"].index("-kernel") + 1]
+                assert "/images/" in kernel and kernel.endswith("-vmlinuz"), kernel
+                assert os.path.getsize(kernel) == os.path.getsize(local_lab.ROOT / ".cache/guest/vmlinuz")
+    finally:
+        st.close()
+    again = ravel("publish", "blueprints/demo.yaml", "--name", APP)
+    assert "sending" not in again.stderr and "nothing to do" in again.stdout

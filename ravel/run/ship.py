@@ -1,0 +1,78 @@
+"""Files a host needs from this machine (kernels, initrds, base images), for hosts that do not
+share this machine's filesystem (SSH and cloud hosts): each sent once, by content, and the
+host's desired document rewritten to name the host's copy."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import posixpath
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import StoreError
+from ..transport.base import Transport
+
+_FILE_FLAGS = ("-kernel", "-initrd")
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def referenced_files(doc: Mapping[str, Any]) -> list[str]:
+    """Paths on this machine that the document's VMs read: boot files and base images."""
+    found: list[str] = []
+    for vm in doc.get("vms", []):
+        argv = vm["argv"]
+        for flag, value in zip(argv, argv[1:]):
+            if flag in _FILE_FLAGS:
+                found.append(value)
+        found += [d["base"] for d in vm.get("disks", []) if d.get("base")]
+    return sorted(set(found))
+
+
+def remote_path(images_dir: str, path: str, digest: str) -> str:
+    return posixpath.join(images_dir, f"{digest[:16]}-{os.path.basename(path)}")
+
+
+def rewrite(doc: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """Pure: the same document with every local file path replaced by the host's copy."""
+    out = copy.deepcopy(dict(doc))
+    for vm in out.get("vms", []):
+        vm["argv"] = [mapping.get(a, a) if prev in _FILE_FLAGS else a
+                      for prev, a in zip([""] + vm["argv"][:-1], vm["argv"])]
+        for d in vm.get("disks", []):
+            if d.get("base"):
+                d["base"] = mapping.get(d["base"], d["base"])
+    return out
+
+
+def digest(path: str) -> str:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def ship(t: Transport, doc: Mapping[str, Any], images_dir: str,
+         note: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    files = referenced_files(doc)
+    if not files:
+        return dict(doc)
+    listing = t.run(["ls", "-1", images_dir], check=False)
+    present = set(listing.stdout.split()) if listing.rc == 0 else set()
+    mapping = {}
+    for path in files:
+        try:
+            remote = remote_path(images_dir, path, digest(path))
+        except OSError as exc:
+            raise StoreError(f"{t.host}: cannot read {path}: {exc.strerror}") from None
+        if posixpath.basename(remote) not in present:
+            note(f"sending {os.path.basename(path)} ({os.path.getsize(path) // (1 << 20)} MiB)")
+            t.put(Path(path), remote, 0o644)
+        mapping[path] = remote
+    return rewrite(doc, mapping)
