@@ -184,14 +184,19 @@ class Console:
         answers (it may still be starting), bounded by ``timeout``.
         """
         deadline = time.monotonic() + timeout
+        attempt = 0
         while True:
+            attempt += 1
             tag = uuid.uuid4().hex[:12]
             # ^C / ^U abandon any half-typed line; the quotes keep the echoed command
             # (if echo is still on) from matching the marker.
             self.send(b"\x03\x15\n")
             self.send(f"stty cols 4000 rows 1000 -echo; echo RV''SYNC_{tag}\n")
             try:
-                self.wait_for(rf"RVSYNC_{tag}\n", timeout=min(3.0, max(0.1, deadline - time.monotonic())))
+                # a loaded 2-core machine can take seconds per line under TCG: wait longer
+                # each time rather than piling up new lines behind a slow shell
+                self.wait_for(rf"RVSYNC_{tag}\n",
+                              timeout=min(3.0 * attempt, max(0.1, deadline - time.monotonic())))
                 break
             except ConsoleTimeout:
                 if time.monotonic() >= deadline:
@@ -208,7 +213,7 @@ class Console:
         the shell gets back to its prompt for the next command.
         """
         if not self._prepared:
-            self.prepare(timeout=min(timeout, 20.0))
+            self.prepare(timeout=max(timeout, 45.0))
         tag = uuid.uuid4().hex[:12]
         self.drain()
         # Output goes between two markers; quotes in the command text keep the
