@@ -123,10 +123,14 @@ def list_apps(as_json: bool = typer.Option(False, "--json", help="Print as JSON.
 @exits.handled
 def console(app_name: str = typer.Argument(..., metavar="APP"), vm: str = typer.Argument(..., metavar="VM")) -> None:
     """Attach to a VM's serial console. Detach with Ctrl-] (the key is not sent to the VM)."""
-    target = _vm(app_name, vm)
+    _vm(app_name, vm)
     if sys.stdin.isatty():
         err.print(f"connected to {vm}; detach with Ctrl-]", markup=False)
-    attach(target.console, vm)
+    lab = open_lab(False)
+    try:
+        lab.console(app_name, vm)
+    finally:
+        lab.close()
 
 
 @app.command()
@@ -137,10 +141,13 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output."),
 ) -> None:
     """A VM's serial console output so far (like `docker logs`)."""
-    target = _vm(app_name, vm)
-    for chunk in read_log(target.log, vm, follow=follow):
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
+    lab = open_lab(False)
+    try:
+        for chunk in lab.console_output(app_name, vm, follow=follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    finally:
+        lab.close()
 
 
 @app.command()

@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
     sub.add_parser("version", help="runtime and desired-document versions")
     sub.add_parser("snapshot", help="freeze this host's VM disks in one pause (line protocol on stdin)")
+    c = sub.add_parser("console", help="relay stdin/stdout to a VM's serial console socket")
+    c.add_argument("socket", help="the VM's serial socket path")
     return p
 
 
@@ -116,6 +118,10 @@ def _run(args: argparse.Namespace) -> int:
         from . import snapshot
 
         return snapshot.main()
+    if args.cmd == "console":
+        from . import console
+
+        return console.relay(args.socket)
 
     doc = _read_input(args.input)
     try:

@@ -9,7 +9,7 @@ import sys
 import termios
 import time
 import tty
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from ..errors import StateError
 
@@ -20,13 +20,20 @@ FOLLOW_POLL_S = 0.2
 def attach(socket_path: str, vm: str, stdin: int | None = None, stdout: BinaryIO | None = None,
            idle_timeout: float | None = None) -> None:
     """Relay the terminal to the VM's serial socket until Ctrl-] (or end of input)."""
-    stdin = sys.stdin.fileno() if stdin is None else stdin
-    out = stdout or sys.stdout.buffer
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(socket_path)
     except (FileNotFoundError, ConnectionRefusedError):
         raise StateError(f"the console of {vm} is not available (is the VM running?)") from None
+    relay(s, stdin, stdout, idle_timeout)
+
+
+def relay(s: Any, stdin: int | None = None, stdout: BinaryIO | None = None,
+          idle_timeout: float | None = None) -> None:
+    """Relay the terminal to a connection (a UNIX socket, or an SSH channel running the host
+    runtime's console relay) until Ctrl-] or the end of either side."""
+    stdin = sys.stdin.fileno() if stdin is None else stdin
+    out = stdout or sys.stdout.buffer
     saved = None
     if os.isatty(stdin):
         saved = termios.tcgetattr(stdin)

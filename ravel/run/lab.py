@@ -13,7 +13,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Iterator, Any, Callable, Iterable, Mapping, TypeVar
 
 from .. import keys
 from ..errors import BlueprintError, ProviderError, RavelError, StateError, TransportError
@@ -34,6 +34,7 @@ from .accel import choose_accel, probe_is_current
 from .blueprints import read_blueprint
 from . import exposure
 from .events import Emit, Event, quiet
+from .console import attach, read_log, relay
 from .preflight import check_files
 from .ship import ship
 from .provision import make_hosts, reach_hosts
@@ -469,6 +470,57 @@ class Lab:
             if not getattr(self._transport(provider, host), "local", False):
                 out[r.name] = (host, desired, provider)
         return out
+
+    # -- console ---------------------------------------------------------------------------
+    def console(self, app: str, vm: str) -> None:
+        """Attach the terminal to a VM's serial console, directly or through the host's
+        transport when the host does not share this machine's files."""
+        target = next((v for v in self.status(app) if v.name == vm), None)
+        if target is None:
+            raise StateError(f"app {app!r} has no VM {vm!r}")
+        remote = self._remote_hosts(app).get(target.host)
+        if remote is None:
+            attach(target.console, vm)
+            return
+        host, _, provider = remote
+        runtime = self._runtime(provider, host)
+        t = self._transport(provider, host)
+        stream = getattr(t, "stream", None)
+        if stream is None:
+            raise StateError(f"the console of {vm} cannot be reached over this host's transport")
+        chan = stream([runtime.python, runtime.pyz, "console", target.console])
+        try:
+            relay(chan)
+        finally:
+            chan.close()
+
+    # -- console output --------------------------------------------------------------------
+    def console_output(self, app: str, vm: str, follow: bool = False,
+                       poll_s: float = 0.5, max_s: float | None = None) -> Iterator[bytes]:
+        """A VM's console log so far, then (with `follow`) what arrives; read through the
+        host's transport when the host does not share this machine's files."""
+        target = next((v for v in self.status(app) if v.name == vm), None)
+        if target is None:
+            raise StateError(f"app {app!r} has no VM {vm!r}")
+        remote = self._remote_hosts(app).get(target.host)
+        if remote is None:
+            yield from read_log(target.log, vm, follow=follow, max_s=max_s)
+            return
+        host, _, provider = remote
+        t = self._transport(provider, host)
+        offset = 0
+        deadline = None if max_s is None else time.monotonic() + max_s
+        while True:
+            r = t.run(["tail", "-c", f"+{offset + 1}", target.log], check=False, timeout=60)
+            if r.rc != 0 and offset == 0:
+                raise StateError(f"{vm} has no console output yet")
+            chunk = r.stdout.encode()
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+            if not follow or (deadline is not None and time.monotonic() > deadline):
+                return
+            time.sleep(poll_s)
 
     # -- destroy -----------------------------------------------------------------------------
     def destroy(self, app: str, provider_name: str | None = None) -> int:

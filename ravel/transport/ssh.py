@@ -258,6 +258,13 @@ class SSHTransport:
                     raise TransportError(f"{self.host}: cannot open an SSH session on {self.where}: {exc}") from None
         raise AssertionError("unreachable")
 
+    def stream(self, argv: Sequence[str], timeout: float = 60) -> paramiko.Channel:
+        """An interactive channel running `argv` on the host (for `ravel console`): it has
+        recv/sendall/fileno like a socket, so the same relay loop serves both."""
+        chan = self._session(time.monotonic() + timeout)
+        chan.exec_command(command_line(argv))
+        return chan
+
     def _collect(self, chan: paramiko.Channel, input: bytes | None, deadline: float,
                  argv: Sequence[str], timeout: float) -> CommandResult:
         writer = None

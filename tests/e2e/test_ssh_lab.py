@@ -258,3 +258,7 @@ def test_boot_files_are_sent_once_and_guests_boot_from_the_host_copy(ravel):
         st.close()
     again = ravel("publish", "blueprints/demo.yaml", "--name", APP)
     assert "sending" not in again.stderr and "nothing to do" in again.stdout
+
+
+# the console through the host's SSH transport (the runtime relays the serial socket)
+test_interactive_console_and_detach_key = local_lab.test_interactive_console_and_detach_key
