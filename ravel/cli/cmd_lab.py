@@ -12,10 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import StateError
 from ..model.spec import NAME_RE
-from ..run.console import attach, read_log
-from ..run.lab import Lab, VmStatus
 from . import exits
 from .common import app, err, out, provider_option
 from .common import lab as open_lab
@@ -123,12 +120,13 @@ def list_apps(as_json: bool = typer.Option(False, "--json", help="Print as JSON.
 @exits.handled
 def console(app_name: str = typer.Argument(..., metavar="APP"), vm: str = typer.Argument(..., metavar="VM")) -> None:
     """Attach to a VM's serial console. Detach with Ctrl-] (the key is not sent to the VM)."""
-    _vm(app_name, vm)
-    if sys.stdin.isatty():
-        err.print(f"connected to {vm}; detach with Ctrl-]", markup=False)
+    def attached() -> None:
+        if sys.stdin.isatty():
+            err.print(f"connected to {vm}; detach with Ctrl-]", markup=False)
+
     lab = open_lab(False)
     try:
-        lab.console(app_name, vm)
+        lab.console(app_name, vm, on_attached=attached)
     finally:
         lab.close()
 
@@ -190,18 +188,6 @@ def destroy(
     finally:
         lab.close()
     out.print(f"{app_name}: destroyed ({n} host{'s' if n != 1 else ''} removed)")
-
-
-def _vm(app_name: str, vm: str) -> VmStatus:
-    lab = open_lab(False)
-    try:
-        vms = lab.status(app_name)
-    finally:
-        lab.close()
-    for v in vms:
-        if v.name == vm:
-            return v
-    raise StateError(f"app {app_name!r} has no VM {vm!r} (VMs: {', '.join(v.name for v in vms)})")
 
 
 def _check_app_name(name: str) -> None:

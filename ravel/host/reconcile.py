@@ -250,13 +250,24 @@ def _bridge_action(net: Network, link: Optional[Link], owned: bool) -> Optional[
     if link.mcast_snooping not in (0, None):
         diffs.append("multicast snooping on")
         cmds.append(_ip("link", "set", "dev", name, "type", "bridge", "mcast_snooping", 0))
-    if link.mtu != net.mtu:
-        diffs.append(f"mtu {link.mtu}, want {net.mtu}")
-        cmds.append(_ip("link", "set", "dev", name, "mtu", net.mtu))
+    _link_updates(name, link, net.mtu, None, False, diffs, cmds)
+    return Action("bridge.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
+
+
+def _link_updates(name: str, link: Link, mtu: int, master: Optional[str], master_fresh: bool,
+                  diffs: List[str], cmds: List[Argv]) -> None:
+    """The in-place fixes every kind of link shares: MTU, bridge membership (a bridge that
+    was just recreated has lost its ports, so they are re-attached), and up."""
+    if link.mtu != mtu:
+        diffs.append(f"mtu {link.mtu}, want {mtu}")
+        cmds.append(_ip("link", "set", "dev", name, "mtu", mtu))
+    if master is not None and (link.master != master or master_fresh):
+        diffs.append(f"master {link.master or 'none'}, want {master}"
+                     if not master_fresh else f"bridge {master} was (re)created")
+        cmds.append(_ip("link", "set", "dev", name, "master", master))
     if not link.up:
         diffs.append("down")
         cmds.append(_ip("link", "set", "dev", name, "up"))
-    return Action("bridge.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
 
 
 def _vxlan_action(net: Network, link: Optional[Link], local: str, owned: bool,
@@ -293,16 +304,7 @@ def _vxlan_action(net: Network, link: Optional[Link], local: str, owned: bool,
         return Action("vxlan.recreate", name, "; ".join(diffs),
                       (_ip("link", "del", "dev", name),) + create)
     cmds: List[Argv] = []
-    if link.mtu != net.mtu:
-        diffs.append(f"mtu {link.mtu}, want {net.mtu}")
-        cmds.append(_ip("link", "set", "dev", name, "mtu", net.mtu))
-    if link.master != net.bridge or bridge_fresh:
-        diffs.append(f"master {link.master or 'none'}, want {net.bridge}"
-                     if not bridge_fresh else f"bridge {net.bridge} was (re)created")
-        cmds.append(_ip("link", "set", "dev", name, "master", net.bridge))
-    if not link.up:
-        diffs.append("down")
-        cmds.append(_ip("link", "set", "dev", name, "up"))
+    _link_updates(name, link, net.mtu, net.bridge, bridge_fresh, diffs, cmds)
     return Action("vxlan.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
 
 
@@ -343,16 +345,7 @@ def _tap_action(tap: Tap, link: Optional[Link], owned: bool, bridge_fresh: bool
                       (_ip("link", "del", "dev", name),) + create)
     diffs: List[str] = []
     cmds: List[Argv] = []
-    if link.mtu != tap.mtu:
-        diffs.append(f"mtu {link.mtu}, want {tap.mtu}")
-        cmds.append(_ip("link", "set", "dev", name, "mtu", tap.mtu))
-    if link.master != tap.bridge or bridge_fresh:
-        diffs.append(f"master {link.master or 'none'}, want {tap.bridge}"
-                     if not bridge_fresh else f"bridge {tap.bridge} was (re)created")
-        cmds.append(_ip("link", "set", "dev", name, "master", tap.bridge))
-    if not link.up:
-        diffs.append("down")
-        cmds.append(_ip("link", "set", "dev", name, "up"))
+    _link_updates(name, link, tap.mtu, tap.bridge, bridge_fresh, diffs, cmds)
     return Action("tap.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
 
 

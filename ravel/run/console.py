@@ -9,7 +9,7 @@ import sys
 import termios
 import time
 import tty
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..errors import StateError
 
@@ -18,13 +18,14 @@ FOLLOW_POLL_S = 0.2
 
 
 def attach(socket_path: str, vm: str, stdin: int | None = None, stdout: BinaryIO | None = None,
-           idle_timeout: float | None = None) -> None:
+           idle_timeout: float | None = None, on_attached: Callable[[], None] = lambda: None) -> None:
     """Relay the terminal to the VM's serial socket until Ctrl-] (or end of input)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(socket_path)
     except (FileNotFoundError, ConnectionRefusedError):
         raise StateError(f"the console of {vm} is not available (is the VM running?)") from None
+    on_attached()
     relay(s, stdin, stdout, idle_timeout)
 
 

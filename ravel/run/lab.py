@@ -27,7 +27,7 @@ from ..plan.plan import Plan, make_plan
 from ..providers import get_provider
 from ..providers.base import Host, HostSpec, Provider
 from ..render.host_state import HostSite, desired_states
-from ..state import State
+from ..state import State, VmRecord
 from ..transport.base import Transport
 from ..transport.hostctl import HostRuntime, bundle, install
 from .accel import choose_accel, probe_is_current
@@ -472,15 +472,23 @@ class Lab:
         return out
 
     # -- console ---------------------------------------------------------------------------
-    def console(self, app: str, vm: str) -> None:
+    def _vm_record(self, app: str, vm: str) -> VmRecord:
+        """Where a VM lives, from the state alone: reaching its console or log needs no
+        observation of every host."""
+        self.state.require_app(app)
+        vms = self.state.vms(app)
+        for v in vms:
+            if v.name == vm:
+                return v
+        raise StateError(f"app {app!r} has no VM {vm!r} (VMs: {', '.join(v.name for v in vms)})")
+
+    def console(self, app: str, vm: str, on_attached: Callable[[], None] = lambda: None) -> None:
         """Attach the terminal to a VM's serial console, directly or through the host's
         transport when the host does not share this machine's files."""
-        target = next((v for v in self.status(app) if v.name == vm), None)
-        if target is None:
-            raise StateError(f"app {app!r} has no VM {vm!r}")
-        remote = self._remote_hosts(app).get(target.host)
+        target = self._vm_record(app, vm)
+        remote = self._remote_hosts(app).get(target.host or "")
         if remote is None:
-            attach(target.console, vm)
+            attach(target.detail["console"], vm, on_attached=on_attached)
             return
         host, _, provider = remote
         runtime = self._runtime(provider, host)
@@ -488,7 +496,8 @@ class Lab:
         stream = getattr(t, "stream", None)
         if stream is None:
             raise StateError(f"the console of {vm} cannot be reached over this host's transport")
-        chan = stream([runtime.python, runtime.pyz, "console", target.console])
+        chan = stream([runtime.python, runtime.pyz, "console", target.detail["console"]])
+        on_attached()
         try:
             relay(chan)
         finally:
@@ -499,19 +508,18 @@ class Lab:
                        poll_s: float = 0.5, max_s: float | None = None) -> Iterator[bytes]:
         """A VM's console log so far, then (with `follow`) what arrives; read through the
         host's transport when the host does not share this machine's files."""
-        target = next((v for v in self.status(app) if v.name == vm), None)
-        if target is None:
-            raise StateError(f"app {app!r} has no VM {vm!r}")
-        remote = self._remote_hosts(app).get(target.host)
+        target = self._vm_record(app, vm)
+        log = target.detail["log"]
+        remote = self._remote_hosts(app).get(target.host or "")
         if remote is None:
-            yield from read_log(target.log, vm, follow=follow, max_s=max_s)
+            yield from read_log(log, vm, follow=follow, max_s=max_s)
             return
         host, _, provider = remote
         t = self._transport(provider, host)
         offset = 0
         deadline = None if max_s is None else time.monotonic() + max_s
         while True:
-            r = t.run(["tail", "-c", f"+{offset + 1}", target.log], check=False, timeout=60)
+            r = t.run(["tail", "-c", f"+{offset + 1}", log], check=False, timeout=60)
             if r.rc != 0 and offset == 0:
                 raise StateError(f"{vm} has no console output yet")
             chunk = r.stdout.encode()

@@ -17,7 +17,6 @@ Needs root, qemu-system-x86_64, qemu-img, ip, and what guest/build.sh needs.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
