@@ -13,10 +13,18 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HostKeyMismatch, ProviderError, RavelError, TransportError
+from ..plan.plan import Plan
 from ..providers.base import Host, HostSpec, Provider
+from .accel import choose_accel, probe_is_current
+from .events import Event
+
+if TYPE_CHECKING:
+    from .lab import Lab
 
 # Cloud APIs are mostly waiting: every host of a lab is asked for at once (AWS and GCP throttle
 # politely, and boto3/google-api-core retry a throttled call with backoff).
@@ -130,3 +138,59 @@ def _all(fn: Callable[[Any], Any], items: Sequence[Any], key: Callable[[Any], st
         if exc is not None:
             raise exc
     return {key(item): results[key(item)] for item in items}
+
+
+def provision(lab: Lab, app: str, plan: Plan, provider: Provider, deadline: float,
+              options: Mapping[str, str | None]) -> dict[str, Host]:
+    """Make every host (each recorded in the state the moment it exists), then wait, bounded
+    by `deadline`, until each answers and has reported ready. Both stages are resumable."""
+    planned = [h.name for h in plan.placement.hosts]
+    ids = lab.state.host_ids(app, planned)
+    types = {h.name: h for h in plan.placement.hosts}
+    extras = {r.name: dict(r.extra) for r in lab.state.hosts(app)}
+    specs = []
+    for name in planned:
+        made = extras[name].get("provision") or {}
+        # recorded before the provider is asked, so a resumed publish sends the same token
+        # (ClientToken / request_id) and the cloud recognises a create it already did
+        prov = {"token": made.get("token") or uuid.uuid4().hex,
+                "image": options.get("image") or made.get("image"),
+                "ssh_from": options.get("ssh_from") or made.get("ssh_from"),
+                "transport": options.get("transport") or made.get("transport")}
+        if prov != made:
+            extras[name]["provision"] = prov
+            lab.state.update_host(app, name, extra=extras[name])
+        specs.append(HostSpec(app, name, ids[name], types[name].type.name, image=prov["image"],
+                              ssh_from=prov["ssh_from"], token=prov["token"], deadline=deadline,
+                              transport=prov["transport"] or ""))
+
+    def made_one(spec: HostSpec, h: Host) -> None:
+        extras[spec.name]["host"] = h.extra
+        lab.state.update_host(app, spec.name, type=spec.type, ref=h.ref, address=h.address,
+                               status="provisioned", extra=extras[spec.name])
+        if h.extra.get("ready_file"):
+            lab.emit(Event("hosts", f"{spec.name} created ({h.ref}, {h.address}); waiting for it to boot",
+                            host=spec.name))
+
+    hosts = make_hosts(provider, specs, made_one)
+
+    def ready_one(h: Host, report: dict[str, Any]) -> None:
+        if report:
+            extras[h.name]["ready"] = report
+        # the host answers over its transport (SSH retried while it boots, bounded by the
+        # deadline) and holds this exact runtime before it counts as up: every host does
+        # before anything is applied anywhere
+        rt = lab._runtime(provider, h, deadline)
+        probed = not probe_is_current(extras[h.name].get("facts"), h.ref)
+        if probed:  # once per host: a re-publish asks nothing
+            extras[h.name]["facts"] = {**rt.facts(), "ref": h.ref}
+        choice = choose_accel(types[h.name].accel, extras[h.name]["facts"])
+        if probed and choice.note:
+            lab.emit(Event("hosts", f"{h.name}: {choice.note}", host=h.name))
+        lab.state.update_host(app, h.name, status="up", accel=choice.accel, extra=extras[h.name])
+        lab.emit(Event("hosts", f"{h.name} ready ({h.ref}, {h.address})", host=h.name, done=True))
+
+    reports = reach_hosts(hosts, lambda h: lab._transport(provider, h), deadline, ready_one)
+    # the underlay device is what the host itself reported (ens5, eth0...), where it did
+    return {name: replace(h, device=reports[name].get("underlay_device") or h.device)
+            for name, h in hosts.items()}
