@@ -88,6 +88,10 @@ class HostKeyMismatch(TransportError):
     once and never retried (a retry could only reach the same impostor)."""
 
 
+class MissingFile(TransportError):
+    """A file asked of a host is not there (the host itself answered)."""
+
+
 class CommandFailed(RavelError):
     """A command on a host exited non-zero."""
 

@@ -42,8 +42,9 @@ def publish(
         help="aws/gcp: the hosts' image instead of Debian 12 (also RAVEL_AWS_AMI / RAVEL_GCP_IMAGE)."),
     ssh_from: Optional[str] = typer.Option(
         None, "--ssh-from", metavar="CIDR",
-        help="aws/gcp: the only address range allowed to SSH to the hosts (also RAVEL_SSH_FROM; "
-             "default 0.0.0.0/0: ravel cannot learn your public address offline)."),
+        help="aws/gcp: the only address range allowed to SSH to the hosts and to exposed services "
+             "without an `allow` (also RAVEL_SSH_FROM; default: this machine's public address as a /32, "
+             "learned from RAVEL_CHECKIP_URL, default https://checkip.amazonaws.com/)."),
     transport: Optional[TransportKind] = typer.Option(
         None, "--transport",
         help="How ravel reaches the hosts: netns (local only: `ip netns exec`) or ssh (local: an sshd "
@@ -55,6 +56,7 @@ def publish(
         _check_app_name(name)
     if provider == "local" and (host_image or ssh_from):
         raise typer.BadParameter("--host-image and --ssh-from apply to the aws and gcp providers only")
+    _warn_if_open_to_everyone(provider, ssh_from)
     if (file is None) == (from_snapshot is None):
         err.print("error: give a blueprint FILE or --from SNAPSHOT (one of them)", markup=False)
         raise typer.Exit(exits.ExitStatus.BAD_INPUT)
@@ -76,6 +78,22 @@ def publish(
     if result.ready_s is not None:
         out.print(f"all VMs ready after {result.ready_s:.1f} s")
     out.print(f"console: ravel console {result.app} VM   (detach with Ctrl-])   logs: ravel logs {result.app} VM")
+
+
+def _warn_if_open_to_everyone(provider: str, ssh_from: Optional[str]) -> None:
+    import ipaddress
+    import os
+
+    raw = ssh_from or os.environ.get("RAVEL_SSH_FROM")
+    if provider == "local" or not raw:
+        return
+    try:
+        everyone = ipaddress.ip_network(raw.strip(), strict=False).prefixlen == 0
+    except ValueError:
+        return  # the provider names the bad value
+    if everyone:
+        err.print(f"warning: --ssh-from {raw.strip()} opens SSH (and exposed services without an `allow`) "
+                  "to the whole internet", markup=False)
 
 
 @app.command()

@@ -55,7 +55,8 @@ def snapshot(
         sys.stdout.write(json.dumps({
             "name": r.name, "store": r.store, "pause_s": r.pause_s, "vms": r.vms, "layers": r.layers,
             "bytes_total": r.bytes_total, "bytes_uploaded": r.bytes_uploaded, "manifest_bytes": r.manifest_bytes,
-            "bytes_stored": r.bytes_stored, "host_pause_s": r.per_host_pause}, indent=2) + "\n")
+            "bytes_stored": r.bytes_stored, "host_pause_s": r.per_host_pause,
+            "bytes_fetched": r.bytes_fetched, "layers_fetched": r.layers_fetched}, indent=2) + "\n")
         return
     out.print(f"snapshot {r.name}: {r.vms} VMs paused for {r.pause_s * 1000:.0f} ms; "
               f"{r.layers} layers ({_mib(r.bytes_total)}), {_mib(r.bytes_stored)} new in {r.store}")

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import proc, services, snapshot
+from . import proc, resume, services, snapshot
 from .desired import Desired
 from .facts import (
     OWNED_FILE, Facts, Owned, OwnedVM, argv_sha256, gather, owned_document,
@@ -25,7 +25,7 @@ from .reconcile import Action, problems, reconcile, teardown
 LOCK_TIMEOUT = 60.0
 DISK_TIMEOUT = 300.0
 # a failure in any of these aborts the rest of the plan; VM actions are independent
-VM_KINDS = ("vm.stop", "vm.remove", "disk.delete", "vm.start")
+VM_KINDS = ("vm.stop", "vm.remove", "disk.delete", "vm.start", "vm.cont")
 
 
 class ActionFailed(Exception):
@@ -199,6 +199,8 @@ def _execute(action: Action) -> str:
         return ""
     if kind == "vm.start":
         return _start_vm(p)
+    if kind == "vm.cont":
+        return _resumed(lambda: resume.finish(p["record"], p["record_doc"], p["name"], p["qmp"]))
     if kind == "run_dir.delete":
         return _remove_run_dir(p["path"])
     raise ActionFailed(f"unknown action kind {kind!r}")
@@ -207,12 +209,14 @@ def _execute(action: Action) -> str:
 def _start_vm(p: Dict[str, Any]) -> str:
     argv, pidfile, qmp = p["argv"], p["pidfile"], p["qmp"]
     old = proc.read_pidfile(pidfile)
-    if old and proc.is_ours(old, argv):
+    if old and (proc.is_ours(old, argv) or proc.is_ours(old, resume.resume_argv(argv))):
         return f"already running as pid {old}"
     for path in (pidfile, qmp):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         proc.unlink_quiet(path)  # stale: QEMU is not running with this argv
     snapshot.settle(snapshot.drive_files(argv))  # after a snapshot, if QEMU ended on its own
+    if p.get("incoming"):
+        return _resumed(lambda: resume.start(p))
     # the record is written first: it is the identity the next run checks /proc against
     _write_json_atomic(p["record"], {"sha256": p["sha256"], "argv": argv, "pidfile": pidfile,
                                      "qmp": qmp})
@@ -224,6 +228,13 @@ def _start_vm(p: Dict[str, Any]) -> str:
                 proc.unlink_quiet(path)
         raise
     return f"pid {pid}"
+
+
+def _resumed(step: Any) -> str:
+    try:
+        return step()
+    except resume.ResumeFailed as exc:
+        raise ActionFailed(str(exc)) from None
 
 
 def _remove_run_dir(path: str) -> str:

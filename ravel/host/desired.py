@@ -81,6 +81,8 @@ class VM:
     pidfile: str
     qmp: str
     disks: Tuple[Disk, ...] = ()
+    # a saved memory state to resume from instead of booting, the first time only (resume.py)
+    incoming: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,20 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Expose:
+    """An exposed service: `protocol`/`port` on the underlay address, DNAT'd to to:to_port."""
+    vm: str
+    protocol: str  # tcp | udp
+    port: int
+    to: str
+    to_port: int
+
+
+# the host's own uplink ports: an exposed port there would take SSH or the tunnels away
+RESERVED_PORTS = ((22, "tcp"), (VXLAN_PORT, "udp"))
+
+
+@dataclass(frozen=True)
 class Router:
     domain: str
     interfaces: Tuple[RouterInterface, ...] = ()
@@ -123,6 +139,7 @@ class Router:
     allow: Tuple[Allow, ...] = ()
     leases: Tuple[Lease, ...] = ()
     names: Tuple[Tuple[str, str], ...] = ()  # (name, ip)
+    expose: Tuple[Expose, ...] = ()
 
     def interface(self, network: str) -> Optional[RouterInterface]:
         return next((i for i in self.interfaces if i.network == network), None)
@@ -318,7 +335,7 @@ def parse_desired(doc: Any) -> Desired:
         if not isinstance(raw, dict):
             c.bad(p, "must be an object")
             continue
-        c.known(raw, p, "name running argv pidfile qmp disks")
+        c.known(raw, p, "name running argv pidfile qmp disks incoming")
         name = c.get(raw, "name", p, str, default="")
         if name and not _VMNAME.match(name):
             c.bad(f"{p}.name", f"{name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -364,8 +381,13 @@ def parse_desired(doc: Any) -> Desired:
                 c.bad(f"{q}.size_mib", "must be positive")
             disks.append(Disk(path=path, base=base, base_format=fmt if base else None,
                               size_mib=size))
+        incoming = c.get(raw, "incoming", p, str, required=False)
+        c.abspath(incoming, f"{p}.incoming")
+        if isinstance(argv, list) and "-incoming" in argv:
+            c.bad(f"{p}.argv", "must not include -incoming (give the state file as incoming)")
         vms.append(VM(name=name, running=bool(running), pidfile=pidfile, qmp=qmp,
-                      argv=tuple(argv) if isinstance(argv, list) else (), disks=tuple(disks)))
+                      argv=tuple(argv) if isinstance(argv, list) else (), disks=tuple(disks),
+                      incoming=incoming))
 
     _check_unique(c, networks, taps, vms, underlay)
     router = None
@@ -438,7 +460,7 @@ def parse_router(c: _Checker, raw: Any, networks: List[Network],
     if not isinstance(raw, dict):
         c.bad("router", "must be an object")
         return None
-    c.known(raw, "router", "domain interfaces routes allow leases names")
+    c.known(raw, "router", "domain interfaces routes allow leases names expose")
     domain = c.get(raw, "domain", "router", str, default="")
     if domain and not _DOMAIN.match(domain):
         c.bad("router.domain", f"{domain!r} is not a DNS domain")
@@ -573,8 +595,51 @@ def parse_router(c: _Checker, raw: Any, networks: List[Network],
             names.append((name, ip))
     if names and not domain:
         c.bad("router.domain", "is required when names are given")
+    expose = _parse_expose(c, raw, subnets, underlay)
     return Router(domain=domain, interfaces=tuple(interfaces), routes=tuple(sorted(set(routes))),
-                  allow=tuple(allow), leases=tuple(leases), names=tuple(names))
+                  allow=tuple(allow), leases=tuple(leases), names=tuple(names), expose=expose)
+
+
+def _port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _parse_expose(c: _Checker, raw: Dict[str, Any], subnets: Dict[str, Any],
+                  underlay: Optional[Underlay]) -> Tuple[Expose, ...]:
+    """``router.expose``: each target inside one of this host's interfaces' subnets (so the
+    host can reach it), each uplink port once and never one the host itself needs."""
+    out: List[Expose] = []
+    seen: Dict[Tuple[int, str], int] = {}
+    items = c.get(raw, "expose", "router", list, required=False, default=[])
+    if items and (underlay is None or ":" in underlay.address):
+        c.bad("router.expose", "needs an IPv4 underlay (the exposed ports are on its address)")
+    for i, e in enumerate(items):
+        p = f"router.expose[{i}]"
+        if not isinstance(e, dict):
+            c.bad(p, "must be an object")
+            continue
+        c.known(e, p, "vm protocol port to to_port")
+        vm = c.get(e, "vm", p, str, default="")
+        if vm and not _VMNAME.match(vm):
+            c.bad(f"{p}.vm", f"{vm!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+        proto = c.get(e, "protocol", p, str, default="")
+        if proto and proto not in ("tcp", "udp"):
+            c.bad(f"{p}.protocol", f"{proto!r} is not tcp or udp")
+        port = c.get(e, "port", p, int, default=0)
+        to_port = c.get(e, "to_port", p, int, default=0)
+        for key, value in (("port", port), ("to_port", to_port)):
+            if value and not _port(value):
+                c.bad(f"{p}.{key}", f"{value} is outside 1..65535")
+        if (port, proto) in RESERVED_PORTS:
+            c.bad(f"{p}.port", f"{port}/{proto} is the host's own (SSH or VXLAN)")
+        elif (port, proto) in seen:
+            c.bad(f"{p}.port", f"{port}/{proto} is already exposed by router.expose[{seen[(port, proto)]}]")
+        seen.setdefault((port, proto), i)
+        to = c.ip(c.get(e, "to", p, str), f"{p}.to")
+        if to and not any(ipaddress.ip_address(to) in net for net in subnets.values()):
+            c.bad(f"{p}.to", f"{to} is in no subnet of this host's interfaces")
+        out.append(Expose(vm, proto, port, to or "", to_port))
+    return tuple(out)
 
 
 def parse_target(doc: Any) -> Tuple[str, str, Tuple[str, ...], Optional[Desired]]:

@@ -7,7 +7,8 @@ Files the runtime keeps in run_dir:
 
 - ``owned.json``   {"version": 1, "app", "links": {name: kind}, "vms": {name: {pidfile, qmp,
                    disks}}}: the only source for "which devices/VMs are ours"
-- ``<vm>.argv``    {"sha256", "argv", "pidfile", "qmp"}: the argv the VM was last started with
+- ``<vm>.argv``    {"sha256", "argv", "pidfile", "qmp", "resume"?, "incoming"?}: the argv the VM
+                   was last started with (and how far a resume from memory got: resume.py)
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class VMRecord:
     argv: Tuple[str, ...]
     pidfile: str = ""
     qmp: str = ""
+    resume: str = ""  # "" (booted), or a resume from a memory state: pending | loaded | done
+    incoming: str = ""  # that state file
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,8 @@ def parse_record(text: str) -> Optional[VMRecord]:
         doc = json.loads(text)
         argv = tuple(str(a) for a in doc["argv"])
         return VMRecord(sha256=str(doc["sha256"]), argv=argv, pidfile=str(doc.get("pidfile", "")),
-                        qmp=str(doc.get("qmp", "")))
+                        qmp=str(doc.get("qmp", "")), resume=str(doc.get("resume") or ""),
+                        incoming=str(doc.get("incoming") or ""))
     except (ValueError, KeyError, TypeError):
         return None
 

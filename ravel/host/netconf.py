@@ -187,6 +187,10 @@ def _inet_table(desired: Desired, router: Optional[Router]) -> List[str]:
     # first, before anything is accepted: nothing forwarded reaches a fenced address
     fwd = [f"oifname {_q(uplink)} {ipf} daddr @fence counter drop"] if uplink else []
     fwd.append("ct state established,related accept")
+    # exposed services: only what this host DNATs from its uplink, to exactly that guest port
+    pre, snat = _expose_rules(desired, router, uplink)
+    fwd += [f"iifname {_q(uplink)} ip daddr {e.to} {e.protocol} dport {e.to_port} ct status dnat accept"
+            for e in router.expose] if uplink else []
     # br_netfilter shows bridged packets here with iif = oif = the bridge: one network's own
     # traffic, always allowed
     fwd += [f"iifname {_q(n.bridge)} oifname {_q(n.bridge)} accept" for n in desired.networks]
@@ -202,7 +206,7 @@ def _inet_table(desired: Desired, router: Optional[Router]) -> List[str]:
             chain = f"allow_{src}_to_{dst}"
             fwd.append(f"iifname {_q(s.bridge)} oifname {_q(d.bridge)} jump {chain}")
             allow_chains += _chain(chain, rules)
-    post: List[str] = []
+    post: List[str] = list(snat)
     for ri in router.interfaces:
         if not ri.nat or not uplink:
             continue
@@ -211,9 +215,31 @@ def _inet_table(desired: Desired, router: Optional[Router]) -> List[str]:
         post.append(f"oifname {_q(uplink)} ip saddr {subnet} masquerade")
     lines += _chain("forward", fwd, "type filter hook forward priority filter; policy drop;")
     lines += allow_chains
+    if pre:
+        lines += _chain("prerouting", pre, "type nat hook prerouting priority dstnat; policy accept;")
     if post:
         lines += _chain("postrouting", post, "type nat hook postrouting priority srcnat; policy accept;")
     return lines
+
+
+def _expose_rules(desired: Desired, router: Router, uplink: str) -> Tuple[List[str], List[str]]:
+    """(prerouting DNAT, postrouting SNAT) for ``router.expose``. A port is taken only on the
+    underlay address, only from the uplink. A guest on a network without a gateway has no route
+    back to the outside client: its connection is SNAT'd to the host's address on that network,
+    the one the guest can answer."""
+    u = desired.underlay
+    if not uplink or u is None or not router.expose:
+        return [], []
+    pre, snat = [], []
+    for e in router.expose:
+        pre.append(f"iifname {_q(uplink)} ip daddr {u.address} {e.protocol} dport {e.port} "
+                   f"dnat ip to {e.to}:{e.to_port}")
+        ri = next((i for i in router.interfaces
+                   if ipaddress.ip_address(e.to) in ipaddress.ip_interface(i.address).network), None)
+        if ri is not None and not ri.gateway:
+            snat.append(f"ip daddr {e.to} {e.protocol} dport {e.to_port} ct status dnat "
+                        f"snat ip to {ipaddress.ip_interface(ri.address).ip}")
+    return pre, snat
 
 
 def _bridge_table(desired: Desired, router: Router) -> List[str]:

@@ -29,7 +29,7 @@ KINDS = (
     *services.KINDS,  # gateway addresses, sysctls, nft tables, dnsmasq
     "disk.create",
     "vm.stop", "vm.remove", "disk.delete",
-    "vm.start",
+    "vm.start", "vm.cont",
     "link.delete", "run_dir.delete",  # destroy only
 )
 
@@ -43,6 +43,8 @@ def phase(kind: str) -> int:
         return PHASES.index("vm.stop")
     if kind in ("link.delete", "run_dir.delete"):
         return PHASES.index("destroy")
+    if kind == "vm.cont":
+        return PHASES.index("vm.start")
     if kind in PHASES:
         return PHASES.index(kind)
     return PHASES.index(kind.split(".")[0])
@@ -190,7 +192,10 @@ def reconcile(desired: Desired, facts: Facts) -> List[Action]:
         if not vm.running:
             actions.append(_stop(f, "running=false"))
             continue
-        if f.record is not None and f.record.sha256 != argv_sha256(vm.argv):
+        if f.record is not None and f.record.resume == "pending":
+            # the guest never ran: its disks are as the snapshot left them, try again
+            restart[vm.name] = "its resume from a memory state did not finish"
+        elif f.record is not None and f.record.sha256 != argv_sha256(vm.argv):
             restart[vm.name] = "configuration changed"
         else:
             used = sorted(_vm_taps(vm.argv) & fresh_taps)
@@ -219,15 +224,34 @@ def reconcile(desired: Desired, facts: Facts) -> List[Action]:
         if not vm.running:
             continue
         f = facts.vms.get(vm.name)
+        record = f.record if f else None
         if f and f.running and vm.name not in restart:
+            if record is not None and record.resume == "loaded":
+                actions.append(Action("vm.cont", vm.name, "its memory state was loaded but it was "
+                                      "never continued", params={
+                                          "name": vm.name, "qmp": f.qmp, "record_doc": _record_doc(record),
+                                          "record": os.path.join(desired.run_dir, vm.name + ARGV_SUFFIX)}))
             continue
         reason = restart.get(vm.name) or ("not running" + (f"; {f.note}" if f and f.note else ""))
-        actions.append(Action("vm.start", vm.name, reason, params={
-            "argv": list(vm.argv), "pidfile": vm.pidfile, "qmp": vm.qmp,
+        params = {
+            "name": vm.name, "argv": list(vm.argv), "pidfile": vm.pidfile, "qmp": vm.qmp,
             "sha256": argv_sha256(vm.argv),
             "record": os.path.join(desired.run_dir, vm.name + ARGV_SUFFIX),
-        }))
+        }
+        if vm.incoming:
+            # at most once: a guest that ran on has changed its disks since the state was saved
+            if record is None or record.resume == "pending":
+                params["incoming"] = vm.incoming
+                reason += "; resumes from its memory state"
+            else:
+                reason += "; boots from its disks (it already ran on from its memory state)"
+        actions.append(Action("vm.start", vm.name, reason, params=params))
     return actions
+
+
+def _record_doc(record: Any) -> Dict[str, Any]:
+    return {"sha256": record.sha256, "argv": list(record.argv), "pidfile": record.pidfile,
+            "qmp": record.qmp, "resume": record.resume, "incoming": record.incoming}
 
 
 def _bridge_action(net: Network, link: Optional[Link], owned: bool) -> Optional[Action]:

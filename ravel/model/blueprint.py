@@ -48,8 +48,9 @@ class Boot:
 class Service:
     port: int
     protocol: Literal["tcp", "udp"] = "tcp"
-    host_port: int | None = None  # fixed port on 127.0.0.1 (local provider); chosen when None
-    allow: tuple[IPv4Network, ...] = (IPv4Network("0.0.0.0/0"),)  # cloud source ranges
+    host_port: int | None = None  # fixed: 127.0.0.1 locally, the host's public address on clouds
+    # clouds' source ranges; () = the user's own address (--ssh-from), never the world by default
+    allow: tuple[IPv4Network, ...] = ()
 
 
 @dataclass(frozen=True)

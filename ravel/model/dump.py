@@ -58,7 +58,7 @@ def _service(s: Any) -> dict[str, Any]:
     if getattr(s, "host_port", None) is not None:
         out["host_port"] = s.host_port
     allow = [str(a) for a in getattr(s, "allow", ())]
-    if allow and allow != ["0.0.0.0/0"]:
+    if allow:
         out["allow"] = allow
     return out
 

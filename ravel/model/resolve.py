@@ -646,7 +646,11 @@ def _services(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networks: 
             if s.host_port is None:
                 continue
             key = (s.host_port, s.protocol)
-            if key in used:
+            if key in {(22, "tcp"), (4789, "udp")}:  # plan.network.RESERVED_HOST_PORTS
+                ctx.add(loc + ("services", i, "host_port"),
+                        f"host port {s.host_port}/{s.protocol} is the hosts' own "
+                        f"({'SSH' if s.protocol == 'tcp' else 'VXLAN tunnels'}); choose another")
+            elif key in used:
                 ctx.add(loc + ("services", i, "host_port"),
                         f"host port {s.host_port}/{s.protocol} is already used by {used[key]}")
             else:

@@ -81,11 +81,13 @@ class ServiceSpec(_Spec):
     protocol: Literal["tcp", "udp"] = "tcp"
     host_port: int | None = Field(
         None, ge=1, le=65535,
-        description="local provider: the port on 127.0.0.1 of this machine; chosen when omitted",
+        description="the port users connect to: on 127.0.0.1 of this machine (local provider), on the "
+        "host's public address (clouds); chosen when omitted",
     )
     allow: list[str] = Field(
-        default_factory=lambda: ["0.0.0.0/0"],
-        description="clouds: source CIDRs the host's public port admits (the security-group rule)",
+        default_factory=list,
+        description="clouds: source CIDRs the host's public port admits (the security-group/firewall "
+        "rule); default: only the user's address (--ssh-from); 0.0.0.0/0 only when written here",
     )
 
 

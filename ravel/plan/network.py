@@ -201,6 +201,39 @@ def service_forwards(bp: Blueprint, placement: Placement, net: NetworkPlan) -> t
     return tuple(out)
 
 
+# What a host's own uplink already serves: never a DNAT'd exposed port (SSH to the host, the
+# tunnels). resolve.py rejects a fixed host_port among them.
+RESERVED_HOST_PORTS = frozenset({(22, "tcp"), (4789, "udp")})
+HOST_PORT_FIRST, HOST_PORT_SPAN = 20000, 20000  # where a port is chosen when the guest's is taken
+
+
+def host_side_ports(forwards: tuple[ServiceForward, ...] | list[ServiceForward]) -> dict[tuple[str, int, str], int]:
+    """(vm, port, protocol) -> the port on its host's uplink (the host's public address on
+    clouds) that leads to it: the fixed `host_port`, else the guest's own port when no other
+    service of that host holds it, else a port from 20000-39999 derived from the names, probing
+    upwards. Only names decide, so re-planning gives the same ports and a service added later
+    moves nobody who already has one (except a guest port a fixed host_port now claims)."""
+    taken: dict[str, set[tuple[int, str]]] = {}
+    out: dict[tuple[str, int, str], int] = {}
+    for fw in forwards:
+        if fw.host_port is not None:
+            taken.setdefault(fw.host, set(RESERVED_HOST_PORTS)).add((fw.host_port, fw.protocol))
+            out[(fw.vm, fw.port, fw.protocol)] = fw.host_port
+    for fw in forwards:
+        key = (fw.vm, fw.port, fw.protocol)
+        if key in out:
+            continue
+        used = taken.setdefault(fw.host, set(RESERVED_HOST_PORTS))
+        port = fw.port
+        if (port, fw.protocol) in used:
+            seed = int.from_bytes(hashlib.sha256(f"{fw.vm}/{fw.port}/{fw.protocol}".encode()).digest()[:4], "big")
+            port = next(HOST_PORT_FIRST + (seed + i) % HOST_PORT_SPAN for i in range(HOST_PORT_SPAN)
+                        if (HOST_PORT_FIRST + (seed + i) % HOST_PORT_SPAN, fw.protocol) not in used)
+        used.add((port, fw.protocol))
+        out[key] = port
+    return out
+
+
 def underlay_address(host_id: int) -> IPv4Address:
     """Host `n` of a local underlay: 198.18.0.0/15 (the benchmarking range) plus n."""
     if not 1 <= host_id < (1 << 17) - 1:

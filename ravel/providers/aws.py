@@ -4,7 +4,8 @@ Credentials, region and endpoint come from boto3's standard chain (environment, 
 instance role; `AWS_ENDPOINT_URL` for a test endpoint such as moto's server), nothing bespoke.
 
 Per app, ravel makes one security group (UDP 4789 only from members of the group, TCP 22 only
-from `--ssh-from`), one imported key pair (ravel's user key) and one instance per host, in the
+from `--ssh-from`, and each exposed service's port from its `allow` or the SSH source, see
+`expose`), one imported key pair (ravel's user key) and one instance per host, in the
 default VPC (or a VPC ravel makes once per state when the account has none). Everything carries
 the tags `ravel:state`, `ravel:app` and (instances, volumes, interfaces) `ravel:host`, so destroy
 and `ravel gc` find exactly what this state made.
@@ -28,16 +29,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from ..errors import EnvironmentProblem, ProviderError
 from ..paths import Paths
 from ..plan.catalogue import load_catalogue
+from ..plan.network import ServiceForward
 from ..render.cloud_init import user_data
-from .base import Host, HostSpec
+from .base import Exposure, Host, HostSpec
 from .cloud import (
     boot_data,
     cloud_host,
+    exposures_for,
     poll,
     remaining,
     resource_name,
@@ -60,6 +63,9 @@ AUTH_CODES = {"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "U
               "MissingAuthenticationToken"}
 DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
 SG_DELETE_WAIT_S = 180.0  # an SG stays "in use" until the interfaces of terminated instances go
+# the description of every ingress range ravel opens for an exposed service: how they are told
+# apart from the group's own two rules, which the exposer never touches (and the other way round)
+SERVICE_RULE = "ravel: exposed service"
 
 
 @dataclass
@@ -240,15 +246,11 @@ class AwsProvider:
         return gid
 
     def _reconcile_ingress(self, app: str, gid: str, current: list[dict[str, Any]], cidr: str) -> None:
-        """Exactly two rules: UDP 4789 from the group itself, TCP 22 from `cidr`."""
+        """Exactly two rules: UDP 4789 from the group itself, TCP 22 from `cidr` (exposed
+        services' rules are the exposer's: see `expose`)."""
         v6 = ":" in cidr
         want = {("udp", 4789, "group", gid), ("tcp", 22, "cidr6" if v6 else "cidr", cidr)}
-        have: set[tuple[str, int, str, str]] = set()
-        for perm in current:
-            proto, port = perm.get("IpProtocol", ""), perm.get("FromPort", -1)
-            have |= {(proto, port, "group", p["GroupId"]) for p in perm.get("UserIdGroupPairs", [])}
-            have |= {(proto, port, "cidr", r["CidrIp"]) for r in perm.get("IpRanges", [])}
-            have |= {(proto, port, "cidr6", r["CidrIpv6"]) for r in perm.get("Ipv6Ranges", [])}
+        have = _rules(current, services=False)
         extra, missing = have - want, want - have
         if extra:
             self.ec2.revoke_security_group_ingress(GroupId=gid, IpPermissions=[_permission(r) for r in sorted(extra)])
@@ -256,6 +258,44 @@ class AwsProvider:
             self.ec2.authorize_security_group_ingress(
                 GroupId=gid, IpPermissions=[_permission(r) for r in sorted(missing)],
                 TagSpecifications=[{"ResourceType": "security-group-rule", "Tags": self._tags(app)}])
+
+    # -- exposed services (ServiceExposer) ------------------------------------------------------
+    def expose(self, app: str, hosts: Mapping[str, Host], forwards: Sequence[ServiceForward],
+               current: Sequence[Exposure]) -> list[Exposure]:
+        """One ingress rule on the app's group per exposed port, protocol and source: the
+        service's `allow`, else the address SSH is allowed from (the user's). The host runtime
+        forwards the port on the host's uplink to the guest (its desired document's
+        router.expose). A converged app costs one DescribeSecurityGroups and changes nothing."""
+        exposed = exposures_for(hosts, forwards)
+        groups = {str(hosts[e.host].extra.get("security_group") or "") for e in exposed}
+        groups.discard("")
+        if not groups:
+            groups = {g["GroupId"] for g in self._groups(app)}
+        want = {(e.protocol, e.host_port, "cidr6" if ":" in src else "cidr", src)
+                for e in exposed for src in e.extra["sources"]}
+        for gid in sorted(groups):
+            self._reconcile_services(app, gid, want)
+        return exposed
+
+    def unexpose(self, app: str, current: Sequence[Exposure]) -> None:
+        for group in self._groups(app):
+            self._reconcile_services(app, group["GroupId"], set(), group.get("IpPermissions", []))
+
+    def _reconcile_services(self, app: str, gid: str, want: set[tuple[str, int, str, str]],
+                            perms: list[dict[str, Any]] | None = None) -> None:
+        with _aws(f"opening exposed services' ports on security group {gid}"):
+            if perms is None:
+                groups = self.ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"]
+                perms = groups[0].get("IpPermissions", []) if groups else []
+            have = _rules(perms, services=True)
+            extra, missing = have - want, want - have
+            if extra:
+                self.ec2.revoke_security_group_ingress(
+                    GroupId=gid, IpPermissions=[_permission(r, SERVICE_RULE) for r in sorted(extra)])
+            if missing:
+                self.ec2.authorize_security_group_ingress(
+                    GroupId=gid, IpPermissions=[_permission(r, SERVICE_RULE) for r in sorted(missing)],
+                    TagSpecifications=[{"ResourceType": "security-group-rule", "Tags": self._tags(app)}])
 
     def _key_pair(self, app: str) -> str:
         name = resource_name(self.tag, app)
@@ -383,6 +423,7 @@ class AwsProvider:
                               "instance_type": itype, "image": instance.get("ImageId", image),
                               "hypervisor": facts["hypervisor"], "bare_metal": facts["bare_metal"],
                               "nested_virt": self._nested(itype), "security_group": infra.group,
+                              "ssh_from": cidr,
                           })
 
     def _nested(self, itype: str) -> bool:
@@ -475,10 +516,6 @@ class AwsProvider:
             with _aws(f"deleting key pair {pair['KeyName']}"):
                 self.ec2.delete_key_pair(KeyName=pair["KeyName"])  # by name: moto ignores KeyPairId
 
-    def move_file(self, src_host: str, src: str, dst_host: str, dst: str) -> None:
-        raise ProviderError(f"moving a VM's disk between AWS hosts ({src_host} -> {dst_host}) is not supported yet",
-                            hint="keep the VM's placement (or destroy and publish again)")
-
     def leftover_hosts(self, app: str) -> list[str]:
         found = self._instances(self._filters(app), NOT_GONE)
         return sorted({_tag(i, TAG_HOST) for i in found if _tag(i, TAG_HOST)})
@@ -543,15 +580,29 @@ class AwsProvider:
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def _permission(rule: tuple[str, int, str, str]) -> dict[str, Any]:
+def _rules(perms: list[dict[str, Any]], services: bool) -> set[tuple[str, int, str, str]]:
+    """The group's ingress as (protocol, port, kind, source): exposed services' ranges (by their
+    description) when `services`, else everything else."""
+    out: set[tuple[str, int, str, str]] = set()
+    for perm in perms:
+        proto, port = perm.get("IpProtocol", ""), perm.get("FromPort", -1)
+        if not services:
+            out |= {(proto, port, "group", p["GroupId"]) for p in perm.get("UserIdGroupPairs", [])}
+        for key, kind, field in (("IpRanges", "cidr", "CidrIp"), ("Ipv6Ranges", "cidr6", "CidrIpv6")):
+            out |= {(proto, port, kind, r[field]) for r in perm.get(key, [])
+                    if (r.get("Description") == SERVICE_RULE) == services}
+    return out
+
+
+def _permission(rule: tuple[str, int, str, str], description: str = "ravel: SSH from the user") -> dict[str, Any]:
     proto, port, kind, source = rule
     perm: dict[str, Any] = {"IpProtocol": proto, "FromPort": port, "ToPort": port}
     if kind == "group":
         perm["UserIdGroupPairs"] = [{"GroupId": source}]
     elif kind == "cidr6":
-        perm["Ipv6Ranges"] = [{"CidrIpv6": source, "Description": "ravel: SSH from the user"}]
+        perm["Ipv6Ranges"] = [{"CidrIpv6": source, "Description": description}]
     else:
-        perm["IpRanges"] = [{"CidrIp": source, "Description": "ravel: SSH from the user"}]
+        perm["IpRanges"] = [{"CidrIp": source, "Description": description}]
     return perm
 
 

@@ -84,9 +84,6 @@ class Provider(Protocol):
     def delete_host(self, app: str, name: str, host_id: int) -> None:
         """Remove the host and everything on it; idempotent, fine if it never existed."""
 
-    def move_file(self, src_host: str, src: str, dst_host: str, dst: str) -> None:
-        """Carry a (stopped) VM's disk from one host to another; nothing if already there."""
-
     def leftover_hosts(self, app: str) -> list[str]:
         """Hosts of `app` that exist on the provider (by name), whatever the state says."""
 

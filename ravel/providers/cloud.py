@@ -14,23 +14,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from .. import keys
 from ..errors import ProviderError
 from ..paths import Paths
+from ..plan.network import ServiceForward, host_side_ports
 from ..render.cloud_init import READY_FILE, BootData
-from .base import Host
+from . import public_address
+from .base import Exposure, Host
 
 T = TypeVar("T")
 
 SSH_USER = "root"  # the host runtime needs root (bridges, taps, QEMU); login is by key only
 SSH_PORT = 22
-# Where TCP 22 is allowed from when neither --ssh-from nor RAVEL_SSH_FROM says: anywhere. ravel
-# never asks an outside "what is my IP" service, and a laptop behind NAT cannot know its public
-# address offline. Logins are by ravel's key only and host keys are pinned, but set
-# RAVEL_SSH_FROM (e.g. 203.0.113.7/32) to close port 22 to everyone else.
-DEFAULT_SSH_FROM = "0.0.0.0/0"
+# Where TCP 22 (and exposed services without an `allow`) may come from when neither --ssh-from
+# nor RAVEL_SSH_FROM says: this machine's public address, learned from a "what is my IP"
+# endpoint (public_address.py); if that fails, an error, never a silent 0.0.0.0/0.
 HOST_ROOT = "/var/lib/ravel"  # on a cloud host: run/<app> (sockets, pids) and data/<app> (disks)
 # what guests' NAT'd traffic never reaches besides the app's own hosts: the instance metadata
 # service (the host's identity, and credentials if it ever has a role); docs/networking.md
@@ -49,13 +49,20 @@ def resource_name(tag: str, app: str, host: str | None = None) -> str:
 
 
 def ssh_from(value: str | None) -> str:
-    """The CIDR TCP 22 is opened to: the given value, else RAVEL_SSH_FROM, else DEFAULT_SSH_FROM."""
-    raw = (value or os.environ.get("RAVEL_SSH_FROM") or DEFAULT_SSH_FROM).strip()
+    """The CIDR TCP 22 is opened to: the given value, else RAVEL_SSH_FROM, else this machine's
+    public address as a /32 (or /128). 0.0.0.0/0 only when the user gave it."""
+    raw = (value or os.environ.get("RAVEL_SSH_FROM") or "").strip()
+    if not raw:
+        return public_address.learn()
     try:
         return str(ipaddress.ip_network(raw, strict=False))
     except ValueError:
         raise ProviderError(f"--ssh-from / RAVEL_SSH_FROM {raw!r} is not an address or CIDR",
                             hint="give your public address, e.g. 203.0.113.7/32") from None
+
+
+def open_to_everyone(cidr: str) -> bool:
+    return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
 
 
 # Hosts are made in parallel threads, and keys.user_key/host_key create on first use: one at a
@@ -122,6 +129,22 @@ def cloud_host(app: str, name: str, ref: str, private_ip: str, public_ip: str | 
         "data_dir": f"{HOST_ROOT}/data/{app}/{name}",
         "guest_deny": list(GUEST_DENY),
     })
+
+
+def exposures_for(hosts: Mapping[str, Host], forwards: Sequence[ServiceForward]) -> list[Exposure]:
+    """What a cloud exposes for `forwards`: each service on its host's public address, at the
+    port the host runtime forwards (plan.network.host_side_ports, the same function its
+    desired document is rendered with), open to the service's `allow` or, without one, to
+    where SSH is allowed from (the user's address)."""
+    ports = host_side_ports(tuple(forwards))
+    out = []
+    for fw in forwards:
+        host = hosts[fw.host]
+        user = str(host.extra.get("ssh_from") or "") or ssh_from(None)
+        sources = sorted({str(ipaddress.ip_network(a, strict=False)) for a in fw.allow}) or [user]
+        out.append(Exposure(fw.vm, fw.port, fw.protocol, str(host.extra.get("public_ip") or host.address),
+                            ports[(fw.vm, fw.port, fw.protocol)], fw.target, fw.host, {"sources": sources}))
+    return out
 
 
 def ssh_transport(host: Host) -> Any:

@@ -9,7 +9,8 @@ CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE, when that is set (a test endpoint): not
 Hosts live on a VPC network ravel makes once per state with jumbo frames (MTU 8896; the
 default network's 1460 cannot carry a 1500-byte guest frame plus VXLAN's 50 bytes), unless
 RAVEL_GCP_NETWORK names one to use. Per app: two firewall rules by network tag (UDP 4789 only
-between the app's hosts, TCP 22 only from --ssh-from) and one instance per host, labelled
+between the app's hosts, TCP 22 only from --ssh-from), one more per source set of its exposed
+services (`-svc-<hash>`, see `expose`) and one instance per host, labelled
 `ravel-state`, `ravel-app`, `ravel-host` for clean-up. Debian's GCE images run startup-scripts
 and ignore user-data, so the host bootstrap goes in the `startup-script` metadata key.
 
@@ -22,6 +23,7 @@ even a publish killed mid-call and re-run sends the same one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -29,14 +31,24 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from ..errors import EnvironmentProblem, ProviderError
 from ..paths import Paths
 from ..plan.catalogue import load_catalogue
+from ..plan.network import ServiceForward
 from ..render.cloud_init import startup_script
-from .base import Host, HostSpec
-from .cloud import boot_data, cloud_host, poll, remaining, resource_name, ssh_from, ssh_transport
+from .base import Exposure, Host, HostSpec
+from .cloud import (
+    boot_data,
+    cloud_host,
+    exposures_for,
+    poll,
+    remaining,
+    resource_name,
+    ssh_from,
+    ssh_transport,
+)
 
 DEBIAN_12 = "projects/debian-cloud/global/images/family/debian-12"
 MTU = 8896  # the largest MTU a GCP VPC network allows
@@ -45,6 +57,7 @@ LABEL_APP, LABEL_HOST, LABEL_STATE = "ravel-app", "ravel-host", "ravel-state"
 SCOPES = ["https://www.googleapis.com/auth/compute"]
 RETRIES = 4  # a lost answer (5xx, reset connection) is asked again with the same request_id
 ENDPOINT_ENV = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"
+_UNKNOWN = object()  # a firewall rule not looked up yet
 
 # urllib3 logs connection retries itself; without a handler Python would print them on the
 # user's terminal. ravel reports failures as one line instead.
@@ -192,8 +205,8 @@ class GcpProvider:
                 return
             self._ensure_network(deadline)
             tag = resource_name(self.tag, app)
-            self._ensure_firewall(f"{tag}-vxlan", app, deadline, allowed=("udp", "4789"), source_tags=[tag])
-            self._ensure_firewall(f"{tag}-ssh", app, deadline, allowed=("tcp", "22"), source_ranges=[cidr])
+            self._ensure_firewall(f"{tag}-vxlan", app, deadline, allowed=[("udp", ["4789"])], source_tags=[tag])
+            self._ensure_firewall(f"{tag}-ssh", app, deadline, allowed=[("tcp", ["22"])], source_ranges=[cidr])
             listed = {i.name: i for i in self._list(self._labels(app))}
             with self._lock:
                 self._listed[app] = listed
@@ -219,8 +232,11 @@ class GcpProvider:
                               str(uuid.uuid4()), f"making network {self.network}", deadline)
             self._wait(op, deadline, f"making network {self.network}")
 
-    def _ensure_firewall(self, name: str, app: str, deadline: float, allowed: tuple[str, str],
-                         source_tags: list[str] | None = None, source_ranges: list[str] | None = None) -> None:
+    def _ensure_firewall(self, name: str, app: str, deadline: float, allowed: list[tuple[str, list[str]]],
+                         source_tags: list[str] | None = None, source_ranges: list[str] | None = None,
+                         current: Any = _UNKNOWN) -> None:
+        """Make or update the rule; `current` is the rule as already listed (None: not there),
+        else it is looked up."""
         from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
 
@@ -228,14 +244,15 @@ class GcpProvider:
         tag = resource_name(self.tag, app)
         body = compute_v1.Firewall(
             name=name, network=f"projects/{self.project}/global/networks/{self.network}", direction="INGRESS",
-            allowed=[compute_v1.Allowed(I_p_protocol=allowed[0], ports=[allowed[1]])],
+            allowed=[compute_v1.Allowed(I_p_protocol=proto, ports=ports) for proto, ports in allowed],
             target_tags=[tag], source_tags=source_tags or [], source_ranges=source_ranges or [],
             description=f"ravel app={app} state={self.tag}")
-        try:
-            with _gcp(f"looking up firewall rule {name}", passthrough=(gexc.NotFound,)):
-                current = firewalls.get(project=self.project, firewall=name)
-        except gexc.NotFound:
-            current = None
+        if current is _UNKNOWN:
+            try:
+                with _gcp(f"looking up firewall rule {name}", passthrough=(gexc.NotFound,)):
+                    current = firewalls.get(project=self.project, firewall=name)
+            except gexc.NotFound:
+                current = None
         if current is None:
             def insert(rid: str) -> Any:
                 try:
@@ -245,7 +262,8 @@ class GcpProvider:
             op = self._mutate(insert, str(uuid.uuid4()), f"making firewall rule {name}", deadline)
         elif (sorted(current.source_ranges) != sorted(body.source_ranges)
               or sorted(current.source_tags) != sorted(body.source_tags)
-              or sorted(current.target_tags) != sorted(body.target_tags)):
+              or sorted(current.target_tags) != sorted(body.target_tags)
+              or _allowed(current) != _allowed(body)):
             op = self._mutate(lambda rid: firewalls.patch(request={"project": self.project, "firewall": name,
                                                                    "firewall_resource": body, "request_id": rid}),
                               str(uuid.uuid4()), f"updating firewall rule {name}", deadline)
@@ -253,6 +271,42 @@ class GcpProvider:
             return
         if op is not None:
             self._wait(op, deadline, f"making firewall rule {name}")
+
+    # -- exposed services (ServiceExposer) ----------------------------------------------------
+    def expose(self, app: str, hosts: Mapping[str, Host], forwards: Sequence[ServiceForward],
+               current: Sequence[Exposure]) -> list[Exposure]:
+        """One firewall rule per distinct set of sources (`<app tag>-svc-<hash>`), by the app's
+        network tag, allowing exactly the exposed ports from the services' `allow`, else from
+        where SSH is allowed (the user's address); the host runtime forwards each port on the
+        service's host to its guest. A converged app costs one list call and changes nothing."""
+        exposed = exposures_for(hosts, forwards)
+        by_sources: dict[tuple[str, ...], dict[str, set[int]]] = {}
+        for e in exposed:
+            by_sources.setdefault(tuple(e.extra["sources"]), {}).setdefault(e.protocol, set()).add(e.host_port)
+        want = {self._service_rule(app, sources): (sources, ports) for sources, ports in by_sources.items()}
+        deadline = time.monotonic() + remaining(None)
+        have = {f.name: f for f in self._service_rules(app)}
+        for name, (sources, ports) in sorted(want.items()):
+            allowed = [(proto, [str(p) for p in sorted(ps)]) for proto, ps in sorted(ports.items())]
+            self._ensure_firewall(name, app, deadline, allowed=allowed, source_ranges=list(sources),
+                                  current=have.get(name))
+        for name in sorted(set(have) - set(want)):
+            self._delete_firewall(name, deadline)
+        return exposed
+
+    def unexpose(self, app: str, current: Sequence[Exposure]) -> None:
+        deadline = time.monotonic() + remaining(None)
+        for f in self._service_rules(app):
+            self._delete_firewall(f.name, deadline)
+
+    def _service_rule(self, app: str, sources: tuple[str, ...]) -> str:
+        digest = hashlib.sha256(",".join(sources).encode()).hexdigest()[:8]
+        return f"{resource_name(self.tag, app)}-svc-{digest}"
+
+    def _service_rules(self, app: str) -> list[Any]:
+        prefix = f"{resource_name(self.tag, app)}-svc-"
+        return [f for f in self._firewalls(False) if f.name.startswith(prefix)
+                and _described(f.description) == (app, self.tag)]
 
     # -- hosts ---------------------------------------------------------------------------------
     def _instance_name(self, app: str, host: str) -> str:
@@ -269,7 +323,8 @@ class GcpProvider:
 
     def ensure_host(self, spec: HostSpec) -> Host:
         deadline = time.monotonic() + remaining(spec.deadline)
-        self._ensure_infra(spec.app, ssh_from(spec.ssh_from), deadline)
+        cidr = ssh_from(spec.ssh_from)
+        self._ensure_infra(spec.app, cidr, deadline)
         name = self._instance_name(spec.app, spec.name)
         instances = self._client("InstancesClient")
         with self._lock:
@@ -311,7 +366,7 @@ class GcpProvider:
             "provider": "gcp", "project": self.project, "zone": self.zone, "instance_type": itype,
             "image": self._image(spec), "network": self.network,
             "hypervisor": "kvm",  # every Compute Engine VM runs on Google's KVM-based hypervisor
-            "nested_virt": itype in self.nested_types,
+            "nested_virt": itype in self.nested_types, "ssh_from": cidr,
         })
 
     def _image(self, spec: HostSpec) -> str:
@@ -399,7 +454,7 @@ class GcpProvider:
         if self._list(self._labels(app)):
             return
         tag = resource_name(self.tag, app)
-        for rule in (f"{tag}-vxlan", f"{tag}-ssh"):
+        for rule in [f"{tag}-vxlan", f"{tag}-ssh"] + [f.name for f in self._service_rules(app)]:
             self._delete_firewall(rule, deadline)
         with self._lock:
             self._ready_apps.discard(app)
@@ -419,10 +474,6 @@ class GcpProvider:
         op = self._mutate(delete, str(uuid.uuid4()), f"deleting firewall rule {name}", deadline)
         if op is not None:
             self._wait(op, deadline, f"deleting firewall rule {name}")
-
-    def move_file(self, src_host: str, src: str, dst_host: str, dst: str) -> None:
-        raise ProviderError(f"moving a VM's disk between GCP hosts ({src_host} -> {dst_host}) is not supported yet",
-                            hint="keep the VM's placement (or destroy and publish again)")
 
     def leftover_hosts(self, app: str) -> list[str]:
         return sorted({i.labels[LABEL_HOST] for i in self._list(self._labels(app)) if LABEL_HOST in i.labels})
@@ -492,6 +543,10 @@ def _widen_pool(client: Any) -> None:
 
     for prefix in ("https://", "http://"):
         session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=64))
+
+
+def _allowed(rule: Any) -> list[tuple[str, tuple[str, ...]]]:
+    return sorted((a.I_p_protocol, tuple(sorted(a.ports))) for a in rule.allowed)
 
 
 def _described(description: str) -> tuple[str, str] | None:

@@ -207,12 +207,6 @@ class LocalProvider:
         if pids():
             raise ProviderError(f"processes {pids()} in namespace {ns} did not exit")
 
-    def move_file(self, src_host: str, src: str, dst_host: str, dst: str) -> None:
-        # every local host sees this machine's filesystem: a rename is the whole transfer
-        if os.path.exists(src) and not os.path.exists(dst):
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.replace(src, dst)
-
     # -- exposed services (ServiceExposer): relays on 127.0.0.1, see local_expose -----------
     def expose(self, app: str, hosts: Mapping[str, Host], forwards: Sequence[ServiceForward],
                current: Sequence[Exposure]) -> list[Exposure]:

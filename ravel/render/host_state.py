@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from ..model.blueprint import Blueprint
-from ..plan.network import NetworkPlan, egress_mac, hosts_on_network
+from ..plan.network import (
+    NetworkPlan,
+    egress_mac,
+    host_side_ports,
+    hosts_on_network,
+    service_forwards,
+)
 from ..plan.placement import Placement
 from .qemu import VmFiles, qemu_argv, tap_name
 
@@ -51,12 +57,18 @@ def desired_states(
     net: NetworkPlan,
     sites: Mapping[str, HostSite],
     running: Mapping[str, bool] | None = None,
+    incoming: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Host name -> desired document. `running[vm]` False keeps a VM defined but stopped."""
+    """Host name -> desired document. `running[vm]` False keeps a VM defined but stopped.
+    `incoming[vm]` names a saved memory state the VM resumes from instead of booting, when the
+    host starts it for the first time (the argv stays the same: the host adds -incoming)."""
     running = running or {}
+    incoming = incoming or {}
     carriers = hosts_on_network(placement, net)
     ordinal = {vm.name: i for i, vm in enumerate(bp.vms)}
     gateways = {n.name: str(n.gateway) for n in bp.networks if n.gateway is not None}
+    forwards = service_forwards(bp, placement, net)
+    outside = host_side_ports(forwards)
     docs: dict[str, dict[str, Any]] = {}
     for host in placement.hosts:
         site = sites[host.name]
@@ -97,6 +109,7 @@ def desired_states(
                 "pidfile": files.path(name, "pid"),
                 "qmp": files.path(name, "qmp"),
                 "disks": disks,
+                **({"incoming": incoming[name]} if name in incoming else {}),
             })
         docs[host.name] = {
             "version": 1,
@@ -111,6 +124,13 @@ def desired_states(
         }
         router = router_section(bp, app, host.name, net, [n["name"] for n in networks])
         if router is not None:
+            # exposed services: a port on this host's uplink DNAT'd to its guest (docs/networking.md)
+            # (guests are IPv4: an IPv6 underlay cannot DNAT to them)
+            router["expose"] = [{"vm": f.vm, "protocol": f.protocol, "port": outside[(f.vm, f.port, f.protocol)],
+                                 "to": f.target, "to_port": f.port}
+                                for f in forwards if f.host == host.name and ":" not in site.address]
+            if not router["expose"]:
+                del router["expose"]
             docs[host.name]["router"] = router
     return docs
 

@@ -32,6 +32,8 @@ from ..transport.hostctl import HostRuntime, bundle, install
 from .blueprints import read_blueprint
 from . import exposure, moves, observe, teardown, vm_access
 from .events import Emit, Event, quiet
+from . import resume as resumes
+from .resume import Resume
 from .fanout import parallel
 from .observe import VmStatus
 from .preflight import check_files
@@ -117,9 +119,11 @@ class Lab:
     # -- publish -----------------------------------------------------------------------------
     def publish(self, blueprint_path: str, name: str | None = None, provider_name: str = "local",
                 wait: bool = False, timeout: float = 300.0, host_image: str | None = None,
-                ssh_from: str | None = None, transport: str | None = None) -> PublishResult:
+                ssh_from: str | None = None, transport: str | None = None,
+                resume: Mapping[str, Resume] | None = None) -> PublishResult:
         """`timeout` bounds the whole publish, waiting for hosts to answer included;
-        `transport` is how hosts are reached (provider's default, or what the app already uses)."""
+        `transport` is how hosts are reached (provider's default, or what the app already uses);
+        `resume` (VM -> saved memory state) is recorded when this publish creates the app."""
         started = time.monotonic()
         bp = read_blueprint(blueprint_path)
         app = name or bp.name
@@ -139,6 +143,8 @@ class Lab:
                 raise StateError(f"app {app!r} already runs on provider {existing.provider}",
                                  hint="destroy it first, or publish under another --name")
             how = self._transport_kind(app, provider, transport)
+            if resume and existing is None:  # a re-run keeps the VMs that have not started yet
+                resumes.record(self.paths, app, resume)
             self.state.put_app(app, provider_name, "publishing", os.path.abspath(blueprint_path), text, plan.to_dict())
             result = self._converge(app, bp, plan, provider, running=None, deadline=started + timeout,
                                     options={"image": host_image, "ssh_from": ssh_from, "transport": how})
@@ -170,12 +176,14 @@ class Lab:
         """Publish a snapshot as an app (by default named after it). Every layer is fetched and
         its sha256 checked before anything is created: a missing or corrupted layer is a
         StoreError and nothing starts."""
-        from .snapshot import restore
+        from .snapshot import restore_snapshot
 
         started = time.monotonic()
-        path = restore(self.paths, snapshot, store_url, emit=self.emit)
-        return self.publish(str(path), name=name or snapshot, provider_name=provider_name, wait=wait,
-                            timeout=timeout - (time.monotonic() - started), transport=transport)
+        got = restore_snapshot(self.paths, snapshot, store_url, emit=self.emit)
+        resume = {vm: Resume(str(state), got.machines.get(vm, ())) for vm, state in got.memory.items()}
+        return self.publish(str(got.blueprint), name=name or snapshot, provider_name=provider_name, wait=wait,
+                            timeout=timeout - (time.monotonic() - started), transport=transport,
+                            resume=resume)
 
     def _converge(self, app: str, bp: Blueprint, plan: Plan, provider: Provider,
                   running: Mapping[str, bool] | None, deadline: float | None = None,
@@ -194,7 +202,10 @@ class Lab:
                            tuple(h.extra.get("guest_deny") or ()))
             for name, h in hosts.items()
         }
-        docs = desired_states(bp, app, plan.placement, net, sites, running)
+        pending = resumes.pending(self.paths, app)  # VMs that resume from a memory state
+        docs = desired_states(bp, app, plan.placement, net, sites, running,
+                              {vm: r.state for vm, r in pending.items()})
+        resumes.check_machines(pending, docs)
         for name, site in sites.items():
             if not hosts[name].extra.get("data_dir"):  # a host's own data_dir lives on that host
                 Path(site.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -209,6 +220,8 @@ class Lab:
                 docs[host] = ship(t, docs[host], images,
                                   lambda msg: self.emit(Event("vms", f"{host}: {msg}", host=host)))
             report = runtime.apply(docs[host])
+            resumes.started(self.paths, app, [vm for vm, v in (report.get("vms") or {}).items()
+                                              if v.get("running")])
             rec = next(r for r in self.state.hosts(app) if r.name == host)
             self.state.update_host(app, host, extra={**rec.extra, "desired": docs[host]})
             n = len(report.get("actions", []))

@@ -1,10 +1,12 @@
-"""VMs that a new plan puts on another host: stopped where they ran, their disks carried over."""
+"""VMs that a new plan puts on another host: stopped where they ran, their disks carried over
+(diskmove.py: renamed where hosts share this machine's files, else sent over the transports)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..providers.base import Host, Provider
+from .diskmove import Moved, move_disk
 from .events import Event
 
 if TYPE_CHECKING:
@@ -27,14 +29,23 @@ def move_vms(lab: Lab, app: str, provider: Provider, hosts: Mapping[str, Host],
         names = {vm["name"] for vm in moving}
         stopped = {**old, "vms": [{**vm, "running": False} if vm["name"] in names else vm for vm in old["vms"]]}
         if rec.name in hosts:
-            lab._runtime(provider, hosts[rec.name], deadline).apply(stopped)
+            source = hosts[rec.name]
         elif rec.ref:
-            host = Host(app, rec.name, rec.ref, rec.address or "", old["underlay"]["device"], old["run_dir"],
-                        rec.extra.get("host") or {})
-            lab._runtime(provider, host, deadline).apply(stopped)
+            source = Host(app, rec.name, rec.ref, rec.address or "", old["underlay"]["device"], old["run_dir"],
+                          rec.extra.get("host") or {})
+        else:
+            continue  # never made: no disk of theirs exists anywhere
+        # stopped first: a disk is carried only once no QEMU writes it (diskmove checks the lock too)
+        lab._runtime(provider, source, deadline).apply(stopped)
+        from_t = lab._transport(provider, source)
         for vm in moving:
-            target = new_home[vm["name"]][1]
-            for src, dst in zip(vm["disks"], target["disks"]):
-                provider.move_file(rec.name, src["path"], new_home[vm["name"]][0], dst["path"])
-            lab.emit(Event("vms", f"{vm['name']} moves {rec.name} -> {new_home[vm['name']][0]}",
-                           vm=vm["name"], done=True))
+            name, (to, target) = vm["name"], new_home[vm["name"]]
+            to_t = lab._transport(provider, hosts[to])
+
+            def note(msg: str, name: str = name) -> None:
+                lab.emit(Event("vms", f"{name}: {msg}", vm=name))
+
+            done = [move_disk(from_t, src["path"], to_t, dst["path"], lab.paths.cache / "moving", deadline, note)
+                    for src, dst in zip(vm["disks"], target["disks"])]
+            lab.emit(Event("vms", f"{name} moves {rec.name} -> {to} ({Moved.total(done).describe()})",
+                           vm=name, done=True))

@@ -18,7 +18,7 @@ from .fanout import parallel
 if TYPE_CHECKING:
     from .lab import Lab
 
-READY_MARKERS = ("RAVEL-READY", "login:")
+READY_MARKERS = ("RAVEL-READY", "login:", "RAVEL-RESUMED")  # resumed: noted by the host runtime
 STATUS_S = 10.0  # status: how long to wait for a host's observation
 
 

@@ -13,13 +13,15 @@ from typing import Any, Callable, Mapping
 
 from ..errors import StoreError
 from ..transport.base import Transport
+from .chains import chain_plan, local_chain, rebase_argv
 
 _FILE_FLAGS = ("-kernel", "-initrd")
 _digests: dict[tuple[str, int, int], str] = {}
 
 
 def referenced_files(doc: Mapping[str, Any]) -> list[str]:
-    """Paths on this machine that the document's VMs read: boot files and base images."""
+    """Paths on this machine that the document's VMs read: boot files, base images, and the
+    memory state a VM resumes from."""
     found: list[str] = []
     for vm in doc.get("vms", []):
         argv = vm["argv"]
@@ -27,6 +29,8 @@ def referenced_files(doc: Mapping[str, Any]) -> list[str]:
             if flag in _FILE_FLAGS:
                 found.append(value)
         found += [d["base"] for d in vm.get("disks", []) if d.get("base")]
+        if vm.get("incoming"):
+            found.append(vm["incoming"])
     return sorted(set(found))
 
 
@@ -43,6 +47,8 @@ def rewrite(doc: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any
         for d in vm.get("disks", []):
             if d.get("base"):
                 d["base"] = mapping.get(d["base"], d["base"])
+        if vm.get("incoming"):
+            vm["incoming"] = mapping.get(vm["incoming"], vm["incoming"])
     return out
 
 
@@ -66,7 +72,12 @@ def ship(t: Transport, doc: Mapping[str, Any], images_dir: str,
     listing = t.run(["ls", "-1", images_dir], check=False)
     present = set(listing.stdout.split()) if listing.rc == 0 else set()
     mapping = {}
+    bases = {d["base"]: d.get("base_format") or "qcow2"
+             for vm in doc.get("vms", []) for d in vm.get("disks", []) if d.get("base")}
     for path in files:
+        if path in bases:  # a base image may be the top of a chain (a restored snapshot)
+            mapping[path] = ship_chain(t, path, bases[path], images_dir, present, note)
+            continue
         try:
             remote = remote_path(images_dir, path, digest(path))
         except OSError as exc:
@@ -76,3 +87,30 @@ def ship(t: Transport, doc: Mapping[str, Any], images_dir: str,
             t.put(Path(path), remote, 0o644)
         mapping[path] = remote
     return rewrite(doc, mapping)
+
+
+def ship_chain(t: Transport, path: str, fmt: str, images_dir: str, present: set[str],
+               note: Callable[[str], None] = lambda _: None) -> str:
+    """Send the image at `path` and every file below it that the host lacks, base first, each
+    copy naming its parent's host copy; returns the host path of the top. A copy appears under
+    its final name only once its header is right, so a name in the listing is a usable file."""
+    try:
+        plan = chain_plan([(p, f, digest(p)) for p, f in local_chain(path, fmt)], images_dir)
+    except OSError as exc:
+        raise StoreError(f"{t.host}: cannot read {exc.filename or path}: {exc.strerror}") from None
+    for i, s in enumerate(plan):
+        name = posixpath.basename(s.remote)
+        if name in present:
+            continue
+        size = os.path.getsize(s.local) // (1 << 20)
+        what = f" (layer {i + 1} of {len(plan)})" if len(plan) > 1 else ""
+        note(f"sending {os.path.basename(s.local)}{what} ({size} MiB)")
+        if s.backing is None:
+            t.put(Path(s.local), s.remote, 0o644)
+        else:
+            staging = posixpath.join(images_dir, f".{name}.staging")
+            t.put(Path(s.local), staging, 0o644)
+            t.run(rebase_argv(s, staging), timeout=120)
+            t.run(["mv", "-f", staging, s.remote], timeout=60)
+        present.add(name)
+    return plan[-1].remote

@@ -8,15 +8,14 @@ hosts. Frozen layers go to the store by content hash, in parallel, never twice; 
 
 restore: fetch each disk's layer chain into the local image directory, verify every sha256,
 rebase the chain onto the local copies, and write a blueprint whose disks are the restored
-tops, all before anything is created or started.
+tops, all before anything is created or started. With `--memory`, each VM's saved state is
+fetched and verified the same way, after a check that each VM is still the machine its state
+was saved from (ravel/render/resume.py); `Lab.publish_snapshot` then resumes the VMs from them.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import CommandFailed, StateError, StoreError, TransportError
+from ..errors import CommandFailed, StateError, StoreError
 from ..model.blueprint import Disk
 from ..model.dump import blueprint_dict, to_yaml
 from ..model.resolve import load_blueprint
@@ -34,9 +33,10 @@ from ..providers.base import Host
 from ..store import Store, open_store
 from ..store.layers import (DiskChain, Layer, Manifest, Pending, VmImage, check_name, fetch_chain,
                             clear_cache_tmp, list_manifests, manifest_key, read_manifest)
-from ..transport.hostctl import HostRuntime
-from ..transport.netns import NamespaceTransport
+from ..render.resume import accel_of, blueprint_signatures, machine_signature, signature_difference
 from .events import Event
+from .hoststream import HostRun as _HostRun
+from .layerfetch import brought_here
 
 READY_TIMEOUT_S = 120.0
 REPORT_TIMEOUT_S = 900.0  # hashing a large base image the first time is the slow part
@@ -54,6 +54,8 @@ class SnapshotResult:
     bytes_uploaded: int  # layer bytes that were new to the store
     manifest_bytes: int
     per_host_pause: dict[str, float] = field(default_factory=dict)
+    bytes_fetched: int = 0  # layer bytes brought from hosts that do not share this filesystem
+    layers_fetched: int = 0
 
     @property
     def bytes_stored(self) -> int:
@@ -66,73 +68,6 @@ def default_name(app: str) -> str:
 
 
 # -- taking a snapshot -------------------------------------------------------------------------
-
-class _HostRun:
-    """One host's `snapshot` process, driven line by line."""
-
-    def __init__(self, host: str, runtime: HostRuntime, request: dict[str, Any]) -> None:
-        self.host = host
-        t = runtime.t
-        argv = [runtime.python, runtime.pyz, "snapshot"]
-        if isinstance(t, NamespaceTransport):
-            full = ["ip", "netns", "exec", t.namespace, *argv]
-        else:
-            raise TransportError(f"{host}: snapshots need a transport that streams (local namespaces for now)")
-        self.proc = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        self.lines: list[dict[str, Any]] = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                doc = {"error": f"host runtime said: {line.strip()[:200]}"}
-            with self.cond:
-                self.lines.append(doc)
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append({"error": "exited", "_eof": True})
-            self.cond.notify_all()
-
-    def next(self, index: int, timeout: float) -> dict[str, Any]:
-        with self.cond:
-            if not self.cond.wait_for(lambda: len(self.lines) > index, timeout):
-                return {"error": f"no answer within {timeout:.0f} s"}
-            doc = self.lines[index]
-        if doc.get("_eof"):
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            tail = err.strip().splitlines()[-1] if err.strip() else "no output"
-            return {"error": f"host runtime exited: {tail}"}
-        return doc
-
-    def send(self, word: str) -> None:
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(word + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
-
-    def finish(self) -> None:
-        try:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
 
 def take_snapshot(lab: Any, app: str, name: str | None = None, memory: bool = False,
                   store_url: str | None = None) -> SnapshotResult:
@@ -148,6 +83,7 @@ def take_snapshot(lab: Any, app: str, name: str | None = None, memory: bool = Fa
         bp = lab._stored_blueprint(app)
         states = {v.name: v for v in lab.state.vms(app)}
         requests: dict[str, tuple[Host, dict[str, Any]]] = {}
+        machines: dict[str, tuple[str, ...]] = {}  # what a saved memory state fits
         for h in lab.state.hosts(app):
             doc = h.extra.get("desired")
             if not doc or not h.ref:
@@ -161,6 +97,7 @@ def take_snapshot(lab: Any, app: str, name: str | None = None, memory: bool = Fa
                                      hint=f"ravel start {app} {vm['name']}")
                 vms.append({"name": vm["name"], "qmp": vm["qmp"],
                             "disks": [{"path": d["path"], "drive": f"disk{i}"} for i, d in enumerate(vm["disks"])]})
+                machines[vm["name"]] = machine_signature(vm["argv"])
             if vms:
                 host = Host(app, h.name, h.ref, h.address or "", doc["underlay"]["device"], doc["run_dir"])
                 requests[h.name] = (host, {"tag": f"s{uuid.uuid4().hex[:10]}", "memory": memory,
@@ -170,14 +107,17 @@ def take_snapshot(lab: Any, app: str, name: str | None = None, memory: bool = Fa
         pending = Pending(store, name)  # before any pause: a running gc makes this fail first
         try:
             reports = _freeze(lab, provider, requests)
-            manifest, files = _manifest(name, app, rec, bp, states, reports)
+            manifest, files = _manifest(name, app, rec, bp, states, reports, machines)
             lab.emit(Event("snapshot", f"paused {len(manifest.vms)} VMs for {manifest.pause_s * 1000:.0f} ms", done=True))
 
             def progress(sha: str, size: int, sent: bool) -> None:
                 if sent:
                     lab.emit(Event("upload", f"layer {sha[:12]} ({size / 2**20:.1f} MiB)"))
 
-            uploaded = pending.upload(files, progress=progress)
+            # layers on hosts that do not share this filesystem come here first (new ones only)
+            transports = {host: lab._runtime(provider, h).t for host, (h, _) in requests.items()}
+            with brought_here(files, reports, transports, store, lab.paths.cache, lab.emit) as brought:
+                uploaded = pending.upload(brought.files, progress=progress)
             manifest_bytes = pending.commit(manifest)
         except BaseException:
             pending.abort()
@@ -185,7 +125,8 @@ def take_snapshot(lab: Any, app: str, name: str | None = None, memory: bool = Fa
     lab.emit(Event("upload", f"{uploaded / 2**20:.1f} MiB new in {store.url}", done=True))
     return SnapshotResult(name, store.url, manifest.pause_s or 0.0, len(manifest.vms), len(files),
                           manifest.total_bytes(), uploaded, manifest_bytes,
-                          {h: r["pause"]["seconds"] for h, r in reports.items()})
+                          {h: r["pause"]["seconds"] for h, r in reports.items()},
+                          brought.fetched_bytes, len(brought.fetched))
 
 
 def _freeze(lab: Any, provider: Any, requests: Mapping[str, tuple[Host, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -214,7 +155,8 @@ def _freeze(lab: Any, provider: Any, requests: Mapping[str, tuple[Host, dict[str
 
 
 def _manifest(name: str, app: str, rec: Any, bp: Any, states: Mapping[str, Any],
-              reports: Mapping[str, dict[str, Any]]) -> tuple[Manifest, dict[str, Path]]:
+              reports: Mapping[str, dict[str, Any]],
+              machines: Mapping[str, tuple[str, ...]] | None = None) -> tuple[Manifest, dict[str, Path]]:
     files: dict[str, Path] = {}
     images: dict[str, VmImage] = {}
     for host, report in reports.items():
@@ -236,7 +178,7 @@ def _manifest(name: str, app: str, rec: Any, bp: Any, states: Mapping[str, Any],
                 m = info["memory"]
                 mem = Layer(m["sha256"], m["size"], "qemu-state")
                 files[m["sha256"]] = Path(m["path"])
-            images[vm] = VmImage(vm, host, tuple(disks), mem)
+            images[vm] = VmImage(vm, host, tuple(disks), mem, tuple((machines or {}).get(vm, ())) if mem else ())
     starts = [r["pause"]["start"] for r in reports.values()]
     ends = [r["pause"]["end"] for r in reports.values()]
     macs = {vm: {i: mac for i, mac in enumerate(st.detail.get("macs", []))} for vm, st in states.items()}
@@ -260,20 +202,38 @@ def images_dir(paths: Paths) -> Path:
     return paths.data / "images"
 
 
+@dataclass(frozen=True)
+class Restoration:
+    blueprint: Path  # publishes the snapshot
+    memory: dict[str, Path] = field(default_factory=dict)  # VM -> its saved RAM and device state
+    machines: dict[str, tuple[str, ...]] = field(default_factory=dict)  # VM -> what that state fits
+
+
 def restore(paths: Paths, name: str, store_url: str | None = None, emit: Any = None) -> Path:
     """Fetch and verify every layer of snapshot `name`, then write the blueprint that publishes
     it; returns the blueprint's path. Raises StoreError before anything exists when a layer is
     missing or corrupted."""
+    return restore_snapshot(paths, name, store_url, emit).blueprint
+
+
+def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit: Any = None) -> Restoration:
+    """`restore`, and with a `--memory` snapshot each VM's saved state too, fetched and verified
+    like a disk layer, after a check that the restored VMs are the machines those states fit."""
     store = open_store(store_url, paths)
     manifest = read_manifest(store, name)
     cache = images_dir(paths)
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     clear_cache_tmp(cache)
     bp = load_blueprint(manifest.blueprint, f"{store.url}/{manifest_key(name)}")
+    _check_memory(name, manifest, bp)
     jobs = [(vm, d) for vm in manifest.vms for d in vm.disks]
+    jobs += [(vm, None) for vm in manifest.vms if vm.memory]
 
-    def one(job: tuple[VmImage, DiskChain]):
+    def one(job: tuple[VmImage, DiskChain | None]):
         vm, d = job
+        if d is None:
+            assert vm.memory is not None
+            return fetch_chain(store, [vm.memory], cache, f"snapshot {name}: VM {vm.name} memory state")
         return fetch_chain(store, d.layers, cache, f"snapshot {name}: VM {vm.name} disk {d.index}")
 
     started = time.monotonic()
@@ -281,8 +241,11 @@ def restore(paths: Paths, name: str, store_url: str | None = None, emit: Any = N
         restored = list(pool.map(one, jobs))
     took = time.monotonic() - started
     fetched = sum(r.fetched_bytes for r in restored)
+    memory = {vm.name: r.path for (vm, d), r in zip(jobs, restored) if d is None}
+    jobs, restored = [j for j in jobs if j[1] is not None], [r for j, r in zip(jobs, restored) if j[1] is not None]
     if emit:
-        emit(Event("restore", f"{len(jobs)} disks verified, {fetched / 2**20:.1f} MiB fetched in {took:.1f} s",
+        states = f" and {len(memory)} memory states" if memory else ""
+        emit(Event("restore", f"{len(jobs)} disks{states} verified, {fetched / 2**20:.1f} MiB fetched in {took:.1f} s",
                    done=True))
     disks: dict[str, list[Disk]] = {}
     for (vm, d), r in zip(jobs, restored):
@@ -299,4 +262,28 @@ def restore(paths: Paths, name: str, store_url: str | None = None, emit: Any = N
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, out)
-    return out
+    return Restoration(out, memory, {vm.name: vm.machine for vm in manifest.vms if vm.memory})
+
+
+def _check_memory(name: str, manifest: Manifest, bp: Any) -> None:
+    """Before anything is fetched: a snapshot with memory states resumes every VM or none, and
+    each VM must be the machine its state was saved from (an edited manifest is not)."""
+    saved = {vm.name: vm for vm in manifest.vms if vm.memory}
+    if not saved:
+        return
+    names = [vm.name for vm in bp.vms]
+    missing = [n for n in names if n not in saved]
+    extra = sorted(set(saved) - set(names))
+    if missing or extra:
+        what = (f"VM {missing[0]} has no saved memory state" if missing
+                else f"a memory state is saved for VM {extra[0]}, which its blueprint does not have")
+        raise StoreError(f"snapshot {name}: {what} ({len(saved)} states for {len(names)} VMs)",
+                         hint="the manifest no longer matches the snapshot taken; it cannot resume")
+    now = blueprint_signatures(bp, name, {n: accel_of(vm.machine) for n, vm in saved.items()})
+    for n in names:
+        if not saved[n].machine:
+            continue  # saved before signatures were recorded: QEMU itself is the check
+        diff = signature_difference(saved[n].machine, now[n])
+        if diff:
+            raise StoreError(f"snapshot {name}: VM {n} is not the machine its memory state was saved from: {diff}",
+                             hint="the blueprint in the manifest was changed; the state cannot be resumed")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..errors import StateError
+from ..errors import MissingFile, StateError
 from ..state import VmRecord
+from ..transport.base import READ_LIMIT
 from .console import attach, read_log, relay
 from .observe import remote_hosts
 
@@ -63,13 +64,17 @@ def console_output(lab: Lab, app: str, vm: str, follow: bool = False,
     offset = 0
     deadline = None if max_s is None else time.monotonic() + max_s
     while True:
-        r = t.run(["tail", "-c", f"+{offset + 1}", log], check=False, timeout=60)
-        if r.rc != 0 and offset == 0:
-            raise StateError(f"{vm} has no console output yet")
-        chunk = r.stdout.encode()
+        try:
+            chunk = t.read(log, offset, READ_LIMIT)  # bytes as the guest wrote them, by offset
+        except MissingFile:
+            if offset == 0:
+                raise StateError(f"{vm} has no console output yet") from None
+            chunk = b""  # gone for now (the VM is being moved or restarted): keep following
         if chunk:
             offset += len(chunk)
             yield chunk
-        if not follow or (deadline is not None and time.monotonic() > deadline):
+        caught_up = len(chunk) < READ_LIMIT
+        if (caught_up and not follow) or (deadline is not None and time.monotonic() > deadline):
             return
-        time.sleep(poll_s)
+        if caught_up:
+            time.sleep(poll_s)

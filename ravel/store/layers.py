@@ -90,6 +90,8 @@ class VmImage:
     host: str
     disks: tuple[DiskChain, ...] = ()
     memory: Layer | None = None  # RAM and device state (`ravel snapshot --memory`)
+    # with memory: the machine that state fits (ravel.render.resume.machine_signature)
+    machine: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class Manifest:
                 tuple(DiskChain(int(d["index"]), int(d["virtual_size"]), tuple(layer(x) for x in d["layers"]))
                       for d in v["disks"]),
                 layer(v["memory"]) if v.get("memory") else None,
+                tuple(str(x) for x in v.get("machine") or ()),
             ) for v in doc["vms"])
             return Manifest(str(doc["name"]), str(doc["app"]), str(doc["blueprint"]), vms,
                             float(doc.get("created", 0)), str(doc.get("provider", "local")),

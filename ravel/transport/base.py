@@ -1,10 +1,13 @@
-"""How a host is reached: run a command, put a file, get a file. Quoting lives in transports."""
+"""How a host is reached: run a command, put a file, get a file, read a file's bytes. Quoting
+lives in transports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
+
+READ_LIMIT = 1 << 20  # one read: a console log is followed in pieces of at most this
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class Transport(Protocol):
 
     def get(self, remote: str, local: Path) -> None:
         """Copy a file from the host, keeping its permission bits."""
+
+    def read(self, remote: str, offset: int = 0, limit: int = READ_LIMIT) -> bytes:
+        """Up to `limit` bytes of a file on the host from byte `offset`, exactly as stored (never
+        decoded); b"" at or past its end. A file that is not there raises MissingFile."""
 
     def close(self) -> None:
         """Let go of any connection; the transport reconnects if used again."""

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import CommandFailed, TransportError
-from .base import CommandResult
+from ..errors import CommandFailed, MissingFile, TransportError
+from .base import READ_LIMIT, CommandResult
 
 
 class NamespaceTransport:
@@ -61,6 +61,16 @@ class NamespaceTransport:
             return
         try:
             shutil.copy(remote, local)  # keeps the permission bits
+        except OSError as exc:
+            raise TransportError(f"{self.host}: cannot read {remote}: {exc.strerror or exc}") from None
+
+    def read(self, remote: str, offset: int = 0, limit: int = READ_LIMIT) -> bytes:
+        try:
+            with open(remote, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(limit)
+        except FileNotFoundError:
+            raise MissingFile(f"{self.host}: cannot read {remote}: no such file") from None
         except OSError as exc:
             raise TransportError(f"{self.host}: cannot read {remote}: {exc.strerror or exc}") from None
 

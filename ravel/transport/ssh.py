@@ -27,8 +27,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import paramiko
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
-from ..errors import CommandFailed, HostKeyMismatch, TransportError
-from .base import CommandResult
+from ..errors import CommandFailed, HostKeyMismatch, MissingFile, TransportError
+from .base import READ_LIMIT, CommandResult
 
 # paramiko logs handshake failures from its own thread; without a handler Python's last-resort
 # handler would print them (tracebacks included) on the user's terminal. Retries report instead.
@@ -262,7 +262,12 @@ class SSHTransport:
         """An interactive channel running `argv` on the host (for `ravel console`): it has
         recv/sendall/fileno like a socket, so the same relay loop serves both."""
         chan = self._session(time.monotonic() + timeout)
-        chan.exec_command(command_line(argv))
+        try:
+            chan.exec_command(command_line(argv))
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            chan.close()
+            self.close()
+            raise TransportError(f"{self.host}: cannot start `{command_line(argv)}` over SSH: {exc}") from None
         return chan
 
     def _collect(self, chan: paramiko.Channel, input: bytes | None, deadline: float,
@@ -347,6 +352,18 @@ class SSHTransport:
                 raise TransportError(f"{self.host}: cannot read {remote}: {_why(exc)}") from None
         os.chmod(tmp, mode)
         os.replace(tmp, local)
+
+    def read(self, remote: str, offset: int = 0, limit: int = READ_LIMIT) -> bytes:
+        """Bytes of a file on the host, through SFTP: no command line, no decoding."""
+        with self._lock_files() as sftp:
+            try:
+                with sftp.open(remote, "rb") as fh:
+                    fh.seek(offset)
+                    return fh.read(limit)
+            except FileNotFoundError:
+                raise MissingFile(f"{self.host}: cannot read {remote}: no such file") from None
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise TransportError(f"{self.host}: cannot read {remote}: {_why(exc)}") from None
 
     @contextlib.contextmanager
     def _lock_files(self) -> Iterator[paramiko.SFTPClient]:

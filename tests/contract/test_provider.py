@@ -49,8 +49,9 @@ def _local(home: Path, env: _Env):
     yield LocalProvider(make_paths({"RAVEL_HOME": str(home)}))
 
 
-def _aws(home: Path, env: _Env):
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests/fakes/moto_server.py")], stdout=subprocess.PIPE,
+def _aws(home: Path, env: _Env, log: str | None = None):
+    extra = ["--log", log] if log else []
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests/fakes/moto_server.py"), *extra], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     try:
         ready, _, _ = select.select([server.stdout], [], [], 30)
@@ -75,7 +76,7 @@ def _aws(home: Path, env: _Env):
             server.wait(10)
 
 
-def _gcp(home: Path, env: _Env):
+def _gcp(home: Path, env: _Env, keep_fake: bool = False):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -99,7 +100,8 @@ def _gcp(home: Path, env: _Env):
                 RAVEL_SSH_FROM="198.51.100.7/32")
         from ravel.providers.gcp import GcpProvider
 
-        yield GcpProvider(make_paths({"RAVEL_HOME": str(home)}), poll_interval=0.01)
+        gcp = GcpProvider(make_paths({"RAVEL_HOME": str(home)}), poll_interval=0.01)
+        yield (gcp, fake) if keep_fake else gcp
     finally:
         fake.stop()
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ravel import keys
-from ravel.errors import CommandFailed, HostKeyMismatch, TransportError
+from ravel.errors import CommandFailed, HostKeyMismatch, MissingFile, TransportError
 from ravel.paths import paths
 from ravel.providers import local_sshd
 from ravel.providers.base import HostSpec
@@ -149,6 +149,47 @@ def test_file_errors_are_transport_errors(t, tmp_path):
     src.write_text("x")
     with pytest.raises(TransportError, match=f"{t.host}: cannot write /proc/ravel-nope/x"):
         t.put(src, "/proc/ravel-nope/x")
+
+
+# what a guest's console may hold that is not UTF-8: a lone continuation byte, a truncated
+# sequence, an overlong encoding, bytes UTF-8 never uses, NUL, CR, then every byte value
+NOT_UTF8 = b"ok \x80 \xc3( \xe2\x82 \xc0\xaf \xff\xfe\x00\r\n" + bytes(range(256))
+
+
+def _on_host(t, tmp_path, payload: bytes) -> str:
+    src = tmp_path / "payload.bin"
+    src.write_bytes(payload)
+    remote = str(tmp_path / f"read-{t.host}" / "console.log")
+    t.put(src, remote)
+    return remote
+
+
+def test_read_returns_the_exact_bytes(t, tmp_path):
+    payload = NOT_UTF8 * 40
+    remote = _on_host(t, tmp_path, payload)
+    assert t.read(remote) == payload
+    assert t.read(remote, 3, 7) == payload[3:10]
+    assert t.read(remote, len(payload) - 2, 100) == payload[-2:]
+    assert t.read(remote, len(payload)) == b"" and t.read(remote, len(payload) + 9) == b""
+    # read in pieces, as `ravel logs -f` follows a log: every byte once, in order
+    pieces, offset = [], 0
+    while chunk := t.read(remote, offset, 1000):
+        pieces.append(chunk)
+        offset += len(chunk)
+    assert b"".join(pieces) == payload and len(pieces) == -(-len(payload) // 1000)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=3000), st.integers(0, 3100), st.integers(1, 4000))
+def test_any_bytes_read_back_from_any_offset(t, tmp_path, payload, offset, limit):
+    remote = _on_host(t, tmp_path, payload)
+    assert t.read(remote, offset, limit) == payload[offset:offset + limit]
+
+
+def test_reading_a_missing_file_says_so(t, tmp_path):
+    with pytest.raises(MissingFile, match=f"^{t.host}: cannot read .*nope: no such file"):
+        t.read(str(tmp_path / "nope"))
+    assert issubclass(MissingFile, TransportError)
 
 
 def test_an_unreachable_host_is_a_transport_error(lab, t):

@@ -351,6 +351,54 @@ def test_gc_removes_what_the_state_no_longer_knows(cloud):
     assert ours(cloud.tool("inventory")) == {"instances": [], "groups": [], "keys": [], "volumes": []}
 
 
+# -- where SSH may come from when the user does not say ----------------------------------------------
+
+CHECKIP = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(sys.argv[1].encode() + b"\n")
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print("port", s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+def test_without_ssh_from_the_users_learned_address_is_the_only_ssh_source(cloud):
+    """No --ssh-from, no RAVEL_SSH_FROM: ravel asks a "what is my IP" endpoint (a server in the
+    test's namespace, named by RAVEL_CHECKIP_URL; never the real one) and opens TCP 22 to that
+    address alone. When the endpoint cannot answer, one line says to pass --ssh-from and no
+    cloud resource is made."""
+    server = subprocess.Popen(cloud.argv("-c", CHECKIP, "198.51.100.23"), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([server.stdout], [], [], 30)
+        assert ready, "the checkip server did not start"
+        port = int(server.stdout.readline().split()[1])
+        env = {k: v for k, v in cloud.env(RAVEL_CHECKIP_URL=f"http://127.0.0.1:{port}/").items()
+               if k != "RAVEL_SSH_FROM"}
+        publish(cloud, app="learned", env=env)
+    finally:
+        server.kill()
+        server.wait(10)
+    [group] = ours(cloud.tool("inventory"), "learned")["groups"]
+    ssh = [(r["IpProtocol"], c["CidrIp"]) for r in group["ingress"] for c in r["IpRanges"] if r["FromPort"] == 22]
+    assert ssh == [("tcp", "198.51.100.23/32")]
+    assert cloud.ravel("destroy", "learned", "-y").returncode == 0
+
+    # the endpoint is gone now: the user is told what to do, and nothing is made
+    p = cloud.ravel("publish", str(cloud.blueprint), "-p", "aws", "--name", "unlearned", "--timeout", TIMEOUT,
+                    "--host-image", cloud.ami, env=env)
+    assert p.returncode == 4, p.stderr
+    [line] = error_lines(p)
+    assert line.startswith(f"error: cannot learn this machine's public address from http://127.0.0.1:{port}/ (")
+    assert line.endswith("pass --ssh-from CIDR (or set RAVEL_SSH_FROM)")
+    assert ours(cloud.tool("inventory"), "unlearned") == {"instances": [], "groups": [], "keys": [], "volumes": []}
+    assert cloud.ravel("destroy", "unlearned", "-y").returncode == 0
+
+
 # -- an account without a default VPC -------------------------------------------------------------
 
 def test_without_a_default_vpc_ravel_makes_one_and_removes_it(cloud):

@@ -322,7 +322,7 @@ def test_nat_egress_reaches_the_internet_and_nothing_comes_back_in(lab):
     inet.run("ip", "route", "add", "10.61.0.0/24", "via", web_host_addr)
     probe = inet.run(sys.executable, "-c", f"""
 import socket
-for addr, port in (("{web_ip}", 8080), ("{web_ip}", 8081), ("{web_host_addr}", 8080), ("{web_host_addr}", 53)):
+for addr, port in (("{web_ip}", 8080), ("{web_ip}", 8081), ("{web_host_addr}", 8081), ("{web_host_addr}", 53)):
     s = socket.socket(); s.settimeout(2)
     try:
         s.connect((addr, port)); print(addr, port, "OPEN")
@@ -331,6 +331,62 @@ for addr, port in (("{web_ip}", 8080), ("{web_ip}", 8081), ("{web_host_addr}", 8
 """)
     assert "OPEN" not in probe.stdout and probe.stdout.count("closed") == 4, probe.stdout + probe.stderr
     assert inet.run("ping", "-c", "1", "-W", "2", web_ip).returncode != 0
+
+
+INTERNET_GET = r"""
+import socket, sys
+for port in map(int, sys.argv[2:]):
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((sys.argv[1], port)); s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        body = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+        print(port, "OPEN", body.decode(errors="replace").splitlines()[-1:])
+    except OSError as e:
+        print(port, "closed", e)
+    finally:
+        s.close()
+"""
+
+
+def _from_internet(inet: FakeInternet, addr: str, *ports: int) -> dict[int, str]:
+    out = inet.run(sys.executable, "-c", INTERNET_GET, addr, *map(str, ports)).stdout
+    return {int(line.split()[0]): line.split(None, 1)[1] for line in out.splitlines() if line.strip()}
+
+
+def test_exposed_services_answer_on_the_hosts_address_and_go_with_the_blueprint(lab):
+    """The cloud path, on the local underlay: the internet reaches a declared service at its host's
+    uplink address (DNAT by the host runtime's nft table), the guest's own port when free and the
+    fixed host_port for 9090; an undeclared port the guest listens on does not answer, nor does
+    the guest's address itself. A re-publish without the services removes the forwards."""
+    r, inet, home = lab
+    ok(r, "web-1", "mkdir -p /www /www2 && echo hello from web-1 >/www/index.html && echo undeclared "
+                   ">/www2/index.html; for p in 8080 9090; do httpd -p $p -h /www 2>/dev/null; done; "
+                   "httpd -p 8081 -h /www2 2>/dev/null; true")
+    st = r.status(APP)
+    host_addr = _host_addresses(r)[st["web-1"]["host"]]
+    web_ip = st["web-1"]["ips"][0].split("/")[0]
+    seen = _from_internet(inet, host_addr, 8080, HOST_PORT, 8081)
+    assert "OPEN" in seen[8080] and "hello from web-1" in seen[8080], seen
+    assert "OPEN" in seen[HOST_PORT] and "hello from web-1" in seen[HOST_PORT], seen
+    assert seen[8081].startswith("closed"), seen
+    assert _from_internet(inet, web_ip, 8080)[8080].startswith("closed")  # only through the host
+    # the services leave the blueprint: their forwards leave the host
+    bare = home / "netsvc-noservices.yaml"
+    bare.write_text(re.sub(r"\n    services: \[.*\]", "", (home / "netsvc.yaml").read_text()))
+    assert "services:" not in bare.read_text()
+    try:
+        r("publish", str(bare), "--name", APP)
+        seen = _from_internet(inet, host_addr, 8080, HOST_PORT)
+        assert all(v.startswith("closed") for v in seen.values()), seen
+    finally:
+        r("publish", str(home / "netsvc.yaml"), "--name", APP)
+    seen = _from_internet(inet, host_addr, 8080)
+    assert "hello from web-1" in seen[8080], seen
 
 
 def _host_addresses(r: Ravel) -> dict[str, str]:

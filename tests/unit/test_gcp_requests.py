@@ -263,3 +263,96 @@ def test_cli_missing_gcp_credentials(tmp_path):
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: no GCP credentials found")
     assert not (tmp_path / "home" / "state" / "state.db").exists()
+
+
+# -- exposed services (ServiceExposer) ---------------------------------------------------------------
+
+def _forwards(udp: bool = True):
+    from ravel.plan.network import ServiceForward
+
+    out = [ServiceForward("web", "host-1", 80, "tcp", "10.0.0.5"),
+           ServiceForward("db", "host-2", 80, "tcp", "10.0.0.6", allow=("203.0.113.0/24",)),
+           ServiceForward("db", "host-2", 5432, "tcp", "10.0.0.6", host_port=15432)]
+    if udp:
+        out.append(ServiceForward("web", "host-1", 53, "udp", "10.0.0.5"))
+    return out
+
+
+def _mutations(fake: GceFake) -> int:
+    return sum(len(fake.calls(m)) for m in ("POST", "PATCH", "DELETE")) - len(fake.calls("POST", r"^/token$"))
+
+
+def test_exposed_services_get_a_firewall_rule_from_the_users_address(fake, env):
+    gcp = provider(env)
+    hosts = {s.name: gcp.ensure_host(s) for s in (spec("host-1"), spec("host-2"))}
+    net_tag = f"ravel-{env.tag}-lab"
+    exposed = gcp.expose("lab", hosts, _forwards(), [])
+    public = {h: hosts[h].extra["public_ip"] for h in hosts}
+    assert [e.label() for e in exposed] == [f"{public['host-1']}:80->80/tcp", f"{public['host-2']}:80->80/tcp",
+                                           f"{public['host-2']}:15432->5432/tcp", f"{public['host-1']}:53->53/udp"]
+    rules = {b["name"]: b for b in bodies(fake, "POST", r"/global/firewalls$") if "-svc-" in b["name"]}
+    assert len(rules) == 2
+    by_source = {tuple(b["sourceRanges"]): b for b in rules.values()}
+    mine, theirs = by_source[(SSH_FROM,)], by_source[("203.0.113.0/24",)]
+    # the ports the hosts forward, from the user's address only; by the app's tag, nothing wider
+    assert mine["allowed"] == [{"IPProtocol": "tcp", "ports": ["80", "15432"]}, {"IPProtocol": "udp", "ports": ["53"]}]
+    assert theirs["allowed"] == [{"IPProtocol": "tcp", "ports": ["80"]}]
+    for b in (mine, theirs):
+        assert b["targetTags"] == [net_tag] and b["direction"] == "INGRESS" and "sourceTags" not in b
+        assert b["description"] == f"ravel app=lab state={env.tag}"
+        assert b["network"].endswith(f"/global/networks/ravel-{env.tag}-net")
+
+    # publishing again (a new run): one list, nothing changed
+    before = _mutations(fake)
+    again = provider(env)
+    hosts = {s.name: again.ensure_host(s) for s in (spec("host-1"), spec("host-2"))}
+    assert again.expose("lab", hosts, _forwards(), exposed) == exposed
+    assert _mutations(fake) == before
+
+    # the udp service leaves the blueprint: its port leaves the rule
+    again.expose("lab", hosts, _forwards(udp=False), exposed)
+    [patch] = fake.calls("PATCH", r"/firewalls/.*-svc-")
+    assert patch.body["allowed"] == [{"IPProtocol": "tcp", "ports": ["80", "15432"]}]
+    # every service leaves: the rules go
+    again.expose("lab", hosts, [], exposed)
+    assert not [n for n in fake.firewalls if "-svc-" in n]
+    again.expose("lab", hosts, _forwards(), [])
+    # and destroy (unexpose, then the last host) leaves no rule at all
+    again.unexpose("lab", [])
+    assert not [n for n in fake.firewalls if "-svc-" in n]
+    again.expose("lab", hosts, _forwards(), [])
+    for i in (1, 2):
+        again.delete_host("lab", f"host-{i}", i)
+    assert fake.firewalls == {}
+
+
+def test_gc_finds_exposed_services_rules(fake, env):
+    gcp = provider(env)
+    hosts = {"host-1": gcp.ensure_host(spec("host-1", app="ghost"))}
+    gcp.expose("ghost", hosts, [s for s in _forwards() if s.host == "host-1"], [])
+    [svc] = [n for n in fake.firewalls if "-svc-" in n]
+    assert f"firewall rule {svc}" in gcp.garbage(set())
+    gcp.collect(set())
+    assert fake.firewalls == {}
+
+
+def test_without_ssh_from_the_learned_address_is_the_source(fake, env, monkeypatch):
+    from ravel.providers import public_address
+    from tests.unit.test_public_address import CheckIp
+
+    server = CheckIp(b"198.51.100.23\n")
+    monkeypatch.delenv("RAVEL_SSH_FROM")
+    monkeypatch.setenv("RAVEL_CHECKIP_URL", server.url)
+    public_address.forget()
+    try:
+        gcp = provider(env)
+        hosts = {"host-1": gcp.ensure_host(spec("host-1"))}
+        gcp.expose("lab", hosts, [f for f in _forwards() if f.host == "host-1"], [])
+    finally:
+        server.close()
+        public_address.forget()
+    rules = {b["name"]: b for b in bodies(fake, "POST", r"/global/firewalls$")}
+    assert rules[f"ravel-{env.tag}-lab-ssh"]["sourceRanges"] == ["198.51.100.23/32"]
+    [svc] = [b for n, b in rules.items() if "-svc-" in n]
+    assert svc["sourceRanges"] == ["198.51.100.23/32"]
+    assert server.hits == 1

@@ -83,7 +83,7 @@ def test_new_keys_resolve():
     assert (rule.src, rule.dst, rule.protocol, rule.ports) == ("back", "front", "tcp", ((8080, 8080), (9000, 9010)))
     s = bp.vm("web-1").services
     assert (s[0].host_port, s[1].host_port) == (None, 47611)
-    assert s[0].allow == (IPv4Network("0.0.0.0/0"),)
+    assert s[0].allow == ()  # not given: the user's address on clouds, never the world
 
 
 def test_counted_host_port_counts_up():

@@ -1,0 +1,110 @@
+"""Frozen layers that live on hosts which do not share this machine's filesystem (SSH and cloud
+hosts), brought here so the store can take them.
+
+Only what the store lacks is fetched (each host reports every layer's sha256, so an unchanged
+layer costs one `exists` and no transfer), in parallel, each file checked against the hash its
+host reported, into a temporary directory under the cache that is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from ..errors import StoreError
+from ..store import Store
+from ..store.layers import layer_key, sha256_file
+from ..transport.base import Transport
+from .events import Emit, Event, quiet
+
+PARALLEL_FETCHES = 4
+TMP_PREFIX = "snapshot-fetch-"
+
+
+@dataclass(frozen=True)
+class HostFile:
+    host: str
+    path: str  # on the host
+    size: int
+
+
+@dataclass
+class Brought:
+    files: dict[str, Path]  # sha256 -> a file this machine can read, for the upload
+    fetched: dict[str, HostFile] = field(default_factory=dict)  # what came over a transport
+
+    @property
+    def fetched_bytes(self) -> int:
+        return sum(f.size for f in self.fetched.values())
+
+
+def host_files(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, HostFile]:
+    """Pure: sha256 -> where the host that reported it keeps it, from `ravel-host snapshot`
+    reports (each disk's chain, and the memory state)."""
+    out: dict[str, HostFile] = {}
+    for host, report in sorted(reports.items()):
+        for info in report.get("vms", {}).values():
+            for disk in info.get("disks", []):
+                for img in disk["chain"]:
+                    out.setdefault(img["sha256"], HostFile(host, img["path"], int(img["size"])))
+            mem = info.get("memory")
+            if mem:
+                out.setdefault(mem["sha256"], HostFile(host, mem["path"], int(mem["size"])))
+    return out
+
+
+def clear_stale(cache: Path) -> None:
+    """Remove fetch directories of runs that died (their pid is in the name and is gone)."""
+    for d in cache.glob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int(d.name[len(TMP_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def brought_here(files: Mapping[str, Path], reports: Mapping[str, Mapping[str, Any]],
+                 transports: Mapping[str, Transport], store: Store, cache: Path,
+                 emit: Emit = quiet, parallel: int = PARALLEL_FETCHES) -> Iterator[Brought]:
+    """`files` (sha256 -> path as its host names it) with every layer that sits on a non-local
+    host and is new to the store replaced by a verified local copy; the copies are removed when
+    the block ends."""
+    where = host_files(reports)
+    remote = {sha: where[sha] for sha in files
+              if sha in where and not getattr(transports[where[sha].host], "local", False)}
+    wanted = {sha: f for sha, f in sorted(remote.items()) if not store.exists(layer_key(sha))}
+    here = {sha: Path(p) for sha, p in files.items() if sha not in remote}
+    if not wanted:
+        yield Brought(here)
+        return
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    clear_stale(cache)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+    try:
+        def one(item: tuple[str, HostFile]) -> tuple[str, Path]:
+            sha, f = item
+            dest = tmp / sha
+            transports[f.host].get(f.path, dest)
+            got, size = sha256_file(dest)
+            if got != sha or size != f.size:
+                raise StoreError(f"{f.host}: layer {f.path} arrived with sha256 {got[:12]} ({size} bytes), "
+                                 f"but the host reported {sha[:12]} ({f.size} bytes)",
+                                 hint="nothing was stored for this snapshot; take it again")
+            emit(Event("fetch", f"{f.host}: layer {sha[:12]} ({size / 2**20:.1f} MiB)", host=f.host))
+            return sha, dest
+
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(wanted)))) as pool:
+            fetched = dict(pool.map(one, wanted.items()))
+        emit(Event("fetch", f"{len(wanted)} layers, {sum(f.size for f in wanted.values()) / 2**20:.1f} MiB "
+                            f"from {len({f.host for f in wanted.values()})} hosts", done=True))
+        yield Brought({**here, **fetched}, wanted)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
