@@ -34,21 +34,6 @@ class ActionFailed(Exception):
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def _write_json_atomic(path: str, doc: Any, mode: int = 0o600) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        proc.unlink_quiet(tmp)
-        raise
-
-
 @contextmanager
 def _locked(run_dir: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Hold an exclusive flock on the run_dir directory itself (bounded wait)."""
@@ -86,7 +71,7 @@ def _save_owned(app: str, run_dir: str, owned: Owned) -> None:
                 return
     except (OSError, ValueError):
         pass
-    _write_json_atomic(path, doc)
+    proc.write_json_atomic(path, doc)
 
 
 def _owned_before(desired: Desired, old: Owned) -> Owned:
@@ -218,7 +203,7 @@ def _start_vm(p: Dict[str, Any]) -> str:
     if p.get("incoming"):
         return _resumed(lambda: resume.start(p))
     # the record is written first: it is the identity the next run checks /proc against
-    _write_json_atomic(p["record"], {"sha256": p["sha256"], "argv": argv, "pidfile": pidfile,
+    proc.write_json_atomic(p["record"], {"sha256": p["sha256"], "argv": argv, "pidfile": pidfile,
                                      "qmp": qmp})
     try:
         pid = proc.start_qemu(argv, pidfile)

@@ -12,8 +12,9 @@ gateway address and MAC on its bridge (the same on every host) and routes its ow
 traffic. So that each host answers only its own guests, the gateway's ARP and the DHCP
 exchange stay off the tunnels; the host's own frames leave with a per-host source MAC, and
 guests' ARP replies to the shared MAC are broadcast, so the host that asked hears them.
-With br_netfilter, conntrack sees bridged packets too: a flow routed on one host and answered
-through another is tracked on both, which keeps the firewall stateful across hosts.
+Where an allow list makes a routed direction one-way, br_netfilter lets conntrack see bridged
+packets too: a flow routed on one host and answered through another is tracked on both, which
+keeps the firewall stateful across hosts (see wanted_sysctls for why only then).
 """
 
 from __future__ import annotations
@@ -326,13 +327,16 @@ def dnsmasq_argv(desired: Desired, binary: str = "dnsmasq") -> Optional[List[str
 
 
 def wanted_sysctls(desired: Desired) -> Dict[str, str]:
-    """/proc/sys path -> value. Forwarding for the router; br_netfilter so conntrack sees bridged
-    packets; no IPv6 on bridges that carry the shared gateway MAC (every host would claim the
-    same link-local address)."""
+    """/proc/sys path -> value. Forwarding for the router; no IPv6 on bridges that carry the
+    shared gateway MAC (every host would claim the same link-local address). br_netfilter (so
+    conntrack sees bridged packets) only where an allow list makes some routed direction
+    one-way: only then must a host know that a packet it routes is a reply to a flow another
+    host routed. It costs every bridged packet a trip through conntrack (10-25 % of a
+    network's throughput here), so with open routing it is off."""
     router = desired.router
     if router is None:
         return {}
-    out = {IP_FORWARD: "1", BR_NF_CALL_IPTABLES: "1"}
+    out = {IP_FORWARD: "1", BR_NF_CALL_IPTABLES: "1" if router.allow else "0"}
     for ri in router.interfaces:
         out[f"/proc/sys/net/ipv6/conf/{ri.bridge}/disable_ipv6"] = "1"
     return out

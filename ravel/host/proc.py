@@ -272,3 +272,20 @@ def list_dir(path: str) -> List[str]:
         return sorted(os.listdir(path))
     except OSError:
         return []
+
+
+def write_json_atomic(path: str, doc: object, mode: int = 0o600) -> None:
+    """Write JSON so a reader (or a runtime killed mid-write) sees the old or the new file,
+    never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quiet(tmp)
+        raise

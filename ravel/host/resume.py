@@ -18,7 +18,6 @@ keep working; its sha256 is the desired argv's, so a resumed VM is not restarted
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import time
@@ -38,21 +37,6 @@ class ResumeFailed(Exception):
 
 def resume_argv(argv: Sequence[str]) -> list:
     return list(argv) + list(INCOMING_ARGS)
-
-
-def write_record(path: str, doc: Dict[str, Any]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        proc.unlink_quiet(tmp)
-        raise
 
 
 def console_log(argv: Sequence[str]) -> Optional[str]:
@@ -140,7 +124,7 @@ def start(p: Dict[str, Any]) -> str:
     argv = resume_argv(p["argv"])
     record = {"sha256": p["sha256"], "argv": argv, "pidfile": p["pidfile"], "qmp": qmp,
               "resume": "pending", "incoming": incoming}
-    write_record(p["record"], record)
+    proc.write_json_atomic(p["record"], record)
     started = time.monotonic()
     try:
         pid = proc.start_qemu(argv, p["pidfile"])
@@ -154,7 +138,7 @@ def start(p: Dict[str, Any]) -> str:
     except ResumeFailed:
         proc.stop_qemu(pid, argv, qmp)
         raise
-    write_record(p["record"], {**record, "resume": "loaded"})
+    proc.write_json_atomic(p["record"], {**record, "resume": "loaded"})
     finish(p["record"], record, name, qmp)
     return f"pid {pid}, resumed from {os.path.basename(incoming)} (state loaded in {took:.2f} s, " \
            f"{time.monotonic() - started:.2f} s in all)"
@@ -163,6 +147,6 @@ def start(p: Dict[str, Any]) -> str:
 def finish(record_path: str, record: Dict[str, Any], name: str, qmp: str) -> str:
     """``cont`` a loaded VM and mark its resume done (also the ``vm.cont`` action)."""
     cont(qmp, name)
-    write_record(record_path, {**record, "resume": "done"})
+    proc.write_json_atomic(record_path, {**record, "resume": "done"})
     note_resumed(record["argv"], name, str(record.get("incoming", "")))
     return "continued"

@@ -155,10 +155,12 @@ def router_actions(desired: Desired, facts: Optional[RouterFacts],
     for path, value in wanted_sysctls(desired).items():
         bridge_path = "/conf/" in path
         seen = None if (bridge_path and path.split("/")[-2] in fresh_bridges) else facts.sysctls.get(path)
+        if path == BR_NF_CALL_IPTABLES and value == "0" and seen is None:
+            continue  # br_netfilter is not loaded: nothing to turn off
         if seen != value:
             steps.append(Step("router.sysctl", path, f"is {seen if seen is not None else 'unset'}, want {value}",
                               params={"path": path, "value": value,
-                                      "modprobe": "br_netfilter" if path == BR_NF_CALL_IPTABLES else ""}))
+                                      "modprobe": "br_netfilter" if path == BR_NF_CALL_IPTABLES and value == "1" else ""}))
 
     wanted = {ri.bridge: ri for ri in router.interfaces} if router else {}
     for net in desired.networks:

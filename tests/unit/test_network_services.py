@@ -495,3 +495,21 @@ def test_status_table_shows_exposed_services_only_when_there_are_some():
     shown = text([web, db])
     assert "services" in shown and "127.0.0.1:40123->8080/tcp" in shown
     assert "services" not in text([db])
+
+
+def test_br_netfilter_only_where_an_allow_list_makes_a_direction_one_way():
+    from ravel.host.netconf import BR_NF_CALL_IPTABLES
+    doc = router_doc()
+    one_way = parse_desired(doc)
+    assert one_way.router.allow, "the test lab's blueprint has an allow list"
+    assert wanted_sysctls(one_way)[BR_NF_CALL_IPTABLES] == "1"
+    doc["router"]["allow"] = []
+    open_routing = parse_desired(doc)
+    assert wanted_sysctls(open_routing)[BR_NF_CALL_IPTABLES] == "0"
+    # turned off where an earlier publish turned it on; nothing to do where it was never loaded
+    facts = converged_router(open_routing)
+    on = RouterFacts(**{**facts.__dict__, "sysctls": {**facts.sysctls, BR_NF_CALL_IPTABLES: "1"}})
+    steps = [s for s in router_actions(open_routing, on) if s.kind == "router.sysctl"]
+    assert [(s.target, s.params["value"], s.params["modprobe"]) for s in steps] == [(BR_NF_CALL_IPTABLES, "0", "")]
+    absent = RouterFacts(**{**facts.__dict__, "sysctls": {**facts.sysctls, BR_NF_CALL_IPTABLES: None}})
+    assert not [s for s in router_actions(open_routing, absent) if s.kind == "router.sysctl"]
