@@ -5,6 +5,9 @@ Commands live in one module per area (cmd_*.py); importing them registers them o
 
 from __future__ import annotations
 
+import signal
+
+from . import _interrupted_while_loading
 from . import cmd_lab, cmd_plan  # noqa: F401  (registers commands)
 from . import cmd_snapshot  # noqa: F401  (snapshots, store, import)
 from . import cmd_cloud  # noqa: F401  (gc)
@@ -12,4 +15,6 @@ from .common import app
 
 
 def main() -> None:
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     app(prog_name="ravel")

@@ -64,7 +64,7 @@ def publish(
     try:
         if from_snapshot is not None:
             result = lab.publish_snapshot(from_snapshot, name=name, provider_name=provider, store_url=store,
-                                          wait=wait, timeout=timeout,
+                                          wait=wait, timeout=timeout, host_image=host_image, ssh_from=ssh_from,
                                           transport=transport.value if transport else None)
         else:
             result = lab.publish(str(file), name=name, provider_name=provider, wait=wait, timeout=timeout,
@@ -77,7 +77,8 @@ def publish(
     out.print(vm_table(result.app, result.vms))
     if result.ready_s is not None:
         out.print(f"all VMs ready after {result.ready_s:.1f} s")
-    out.print(f"console: ravel console {result.app} VM   (detach with Ctrl-])   logs: ravel logs {result.app} VM")
+    # the table's caption names `ravel console`
+    out.print(f"detach a console with Ctrl-]   logs: ravel logs {result.app} VM")
 
 
 def _warn_if_open_to_everyone(provider: str, ssh_from: Optional[str]) -> None:
@@ -90,7 +91,10 @@ def _warn_if_open_to_everyone(provider: str, ssh_from: Optional[str]) -> None:
     try:
         everyone = ipaddress.ip_network(raw.strip(), strict=False).prefixlen == 0
     except ValueError:
-        return  # the provider names the bad value
+        # bad input, said before anything is recorded or asked of the cloud
+        where = "--ssh-from" if ssh_from else "RAVEL_SSH_FROM"
+        raise typer.BadParameter(f"{where} {raw.strip()!r} is not an address or CIDR "
+                                 "(e.g. 203.0.113.7/32)") from None
     if everyone:
         err.print(f"warning: --ssh-from {raw.strip()} opens SSH (and exposed services without an `allow`) "
                   "to the whole internet", markup=False)

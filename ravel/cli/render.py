@@ -39,14 +39,18 @@ def plan_table(plan: Plan) -> Table:
 def vm_table(app: str, vms) -> Table:  # vms: list[VmStatus]
     t = Table(title=app, title_justify="left")
     exposing = any(getattr(v, "services", None) for v in vms)
-    cols = ["VM", "state", "host", "accel", "addresses"] + (["services"] if exposing else []) + ["console"]
+    # one caption instead of a console column repeating `ravel console APP VM` on every row: on
+    # an 80-column terminal (or a pipe) that column cut the forwarded ports short ("127.0.0.1:40…")
+    cols = ["VM", "state", "host", "accel", "addresses"] + (["services"] if exposing else [])
     for col in cols:
-        t.add_column(col)
+        # an address or a forwarded port is what the user copies: never cut it short
+        t.add_column(col, no_wrap=col in ("addresses", "services"))
     for v in vms:
-        row = [v.name, v.state, v.host, v.accel, ", ".join(v.ips) or "-"]
+        row = [v.name, v.state, v.host, v.accel, "\n".join(v.ips) or "-"]
         if exposing:
-            row.append(", ".join(v.services) or "-")
-        t.add_row(*row, f"ravel console {app} {v.name}")
+            row.append("\n".join(v.services) or "-")
+        t.add_row(*row)
+    t.caption, t.caption_justify = f"console: ravel console {app} VM", "left"
     return t
 
 

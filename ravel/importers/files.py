@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -134,7 +135,7 @@ def _digest(algo: str) -> "hashlib._Hash":
 def _verify(name: str, algo_hex: tuple[str, str], digest: str, source: str) -> None:
     algo, want = algo_hex
     if digest != want:
-        raise bad(source, f"{name}: {algo.upper()} digest does not match the manifest "
+        raise bad(source, f"{algo.upper()} digest does not match the manifest "
                           f"(manifest {want[:16]}..., file {digest[:16]}...)", key=name)
 
 
@@ -215,24 +216,30 @@ def _import_tar(path: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo]
     for name in manifest:
         if name not in files:
             raise bad(f"{path}:{mfs[0]}", f"{name}: listed in the manifest but not in the archive", key=name)
+    made = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    for ref in refs:
-        member = files[ref.href]
-        algo = manifest.get(ref.href, ("sha256", ""))[0]
-        h = hashlib.new(algo)
-        out = dest / ref.href
-        tmp = out.with_name(f".{out.name}.part")
-        src = tar.extractfile(member)
-        assert src is not None
-        try:
-            with open(tmp, "wb") as fh:
-                _copy(src, fh, h, member.size, path, ref.href)
-            if ref.href in manifest:
-                _verify(ref.href, manifest[ref.href], h.hexdigest(), f"{path}:{mfs[0]}")
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    try:
+        for ref in refs:
+            member = files[ref.href]
+            algo = manifest.get(ref.href, ("sha256", ""))[0]
+            h = hashlib.new(algo)
+            out = dest / ref.href
+            tmp = out.with_name(f".{out.name}.part")
+            src = tar.extractfile(member)
+            assert src is not None
+            try:
+                with open(tmp, "wb") as fh:
+                    _copy(src, fh, h, member.size, path, ref.href)
+                if ref.href in manifest:
+                    _verify(ref.href, manifest[ref.href], h.hexdigest(), f"{path}:{mfs[0]}")
+                os.replace(tmp, out)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+    except BaseException:
+        if made:  # a failed import leaves no disks folder behind (only what it made itself)
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
     if not manifest:
         notes.append(f"{path.name} has no manifest (.mf): its files were not checked")
     return _result(path, vms, refs, notes, dest)

@@ -17,7 +17,7 @@ def check_fit(bp: Blueprint, catalogue: Catalogue, optimize: str | None = None) 
             catalogue.get(name)
         except PlacementError as exc:
             path = f"placement.host_types[{i}]"
-            problems.append(Problem(bp.source, *bp.where(path), path, f"{exc.message} (provider {catalogue.provider})"))
+            problems.append(Problem(bp.source, *bp.where(path), path, exc.message))  # it names the provider
     if problems:
         return problems
     base = request_for(bp, optimize)

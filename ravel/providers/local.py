@@ -144,6 +144,7 @@ class LocalProvider:
             _ip("-n", self.underlay, "link", "del", peer, check=False)  # a half-made pair from an interrupted run
             _ip("-n", self.underlay, "link", "add", peer, "mtu", str(UNDERLAY_MTU), "type", "veth",
                 "peer", "name", HOST_DEVICE, "netns", ns, "mtu", str(HOST_DEVICE_MTU))
+            self._forget_neighbour(spec.app, address)
         _ip("-n", self.underlay, "link", "set", peer, "master", UNDERLAY_BRIDGE, "up")
         addrs = _ip("-n", ns, "-o", "addr", "show", "dev", HOST_DEVICE).stdout
         if f" {address}/{UNDERLAY_PREFIX} " not in addrs:
@@ -154,6 +155,19 @@ class LocalProvider:
         if mode == "ssh":
             extra["ssh"] = self._ensure_sshd(spec, ns, address)
         return Host(spec.app, spec.name, ns, address, HOST_DEVICE, run_root, extra)
+
+    def _forget_neighbour(self, app: str, address: str) -> None:
+        """A new host's device has a new MAC, but host ids (and so addresses) are reused: whoever
+        talked to a removed host at this address would keep sending to its MAC until ARP gives
+        the entry up (tens of seconds: an SSH connect hung, VXLAN to the host was lost). A
+        gratuitous ARP from the host is no help: its bridge port is not forwarding yet when the
+        device comes up. So forget the address where it can be known: this machine's link and
+        the app's other hosts (no other app's host sends to it)."""
+        if _ip("link", "show", "dev", self.root_link, check=False).returncode == 0:
+            _ip("neigh", "flush", "to", address, "dev", self.root_link, check=False)
+        for other in namespaces():
+            if other.startswith(f"rv-{app}-"):
+                _ip("-n", other, "neigh", "flush", "to", address, check=False)
 
     def _ensure_sshd(self, spec: HostSpec, ns: str, address: str) -> dict[str, object]:
         """Start the host's sshd with its boot data (host key, ravel's login key); returns how

@@ -2,10 +2,10 @@
 
 Hosts that share this machine's files (their transports are `local`) need a rename only. Every
 other host (SSH, cloud) gets the bytes through this machine, over the two hosts' transports:
-each file is read from the source into a private temporary file here, sent to the target under
-a temporary name, and its sha256 compared on the source, here and on the target before it takes
-its real name; the source's copy is removed only after that. Temporary files are removed on
-both sides whatever happens.
+each file streams from the source to the target under a temporary name (nothing is written
+here), and its sha256 is compared on the source, here (of the bytes that passed) and on the
+target before it takes its real name; the source's copy is removed only after that. The
+temporary file is removed whatever happens.
 
 A disk is a qcow2 chain: the disk itself over the VM's own frozen layers (left by snapshots, in
 `layers/` next to the disk) over a base image. The VM's own files move with it, and a file whose
@@ -18,23 +18,20 @@ verified chain, and a re-run only finishes removing the source's copy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import CommandFailed, StateError, TransportError
-from ..transport.base import Transport
+from ..transport.base import Streaming, Transport
+from ..transport.copying import pump
 
 COMMAND_S = 60.0  # one small command on a host (test, mkdir, mv, rm, qemu-img)
 HASH_S = 900.0  # sha256 of one file on a host: a large disk is read whole
-HASH_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -110,11 +107,10 @@ def plan_move(chain: Sequence[Mapping[str, Any]], src: str, dst: str) -> list[St
     return steps[::-1]
 
 
-def move_disk(src_t: Transport, src: str, dst_t: Transport, dst: str, scratch: Path,
+def move_disk(src_t: Transport, src: str, dst_t: Transport, dst: str,
               deadline: float | None = None, note: Callable[[str], None] = lambda _: None) -> Moved:
     """Make the stopped VM's disk `src` on `src_t`'s host be `dst` on `dst_t`'s host, and remove
-    the source's copy; nothing when neither exists (a disk never made). `scratch`: a directory
-    on this machine for the temporary copy."""
+    the source's copy; nothing when neither exists (a disk never made)."""
     if src_t.local and dst_t.local:
         # the same files on both sides: a rename is the whole transfer
         if os.path.exists(src) and not os.path.exists(dst):
@@ -122,6 +118,10 @@ def move_disk(src_t: Transport, src: str, dst_t: Transport, dst: str, scratch: P
             os.replace(src, dst)
             return Moved(renamed=True)
         return Moved()
+    for t in (src_t, dst_t):
+        if not isinstance(t, Streaming):
+            raise TransportError(f"{t.host}: its transport cannot stream files, so a disk cannot move to or "
+                                 "from it")
     moved = Moved()
     there = _exists(dst_t, dst, deadline)
     if not _exists(src_t, src, deadline):
@@ -131,14 +131,11 @@ def move_disk(src_t: Transport, src: str, dst_t: Transport, dst: str, scratch: P
     if there:
         moved.finished = True
     else:
-        for step in steps:
-            if not step.own and _exists(dst_t, step.dst, deadline):
-                continue  # a base image the target already has
-            if step.own and step.dst != dst and _exists(dst_t, step.dst, deadline):
-                continue  # a layer an interrupted move placed (verified) before the disk
-            note(f"sending {posixpath.basename(step.src)}")
-            moved.bytes += _carry(src_t, dst_t, step, scratch, deadline)
-            moved.files += 1
+        todo = [step for step in steps
+                # a base image the target already has, or a layer an interrupted move placed
+                # (verified) before the disk
+                if not ((not step.own or step.dst != dst) and _exists(dst_t, step.dst, deadline))]
+        moved.files, moved.bytes = len(todo), _carry(src_t, dst_t, todo, deadline, note)
     # the disk first: once it is gone from the source, nothing there claims the layers
     for step in reversed(steps):
         if step.own:
@@ -146,40 +143,52 @@ def move_disk(src_t: Transport, src: str, dst_t: Transport, dst: str, scratch: P
     return moved
 
 
-def _carry(src_t: Transport, dst_t: Transport, step: Step, scratch: Path, deadline: float | None) -> int:
-    """Copy one file source -> here -> target, verified, under its real name last. Each hash runs
-    alongside a transfer (the source's with the download, this machine's with the upload)."""
-    parent, name = posixpath.split(step.dst)
-    # a fixed name: a run that was killed part-way leaves one file that the next run replaces
-    tmp_remote = posixpath.join(parent, f".{name}.moving")
-    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scratch.chmod(0o700)  # a disk's bytes are the guest's: nobody else here reads them in passing
-    fd, tmp_name = tempfile.mkstemp(dir=scratch, prefix=".move-", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ravel-move-hash")
+def _carry(src_t: Streaming, dst_t: Streaming, steps: Sequence[Step], deadline: float | None,
+           note: Callable[[str], None]) -> int:
+    """Stream each file source -> target through this machine (nothing lands here), in order,
+    under a temporary name; then verify it and give it its real name (_place) while the next
+    file streams: the hosts hash, this machine only passes bytes. A file is placed only after
+    every file before it was. Returns the bytes sent."""
+    sent: list[str] = []
+    total = 0
     try:
-        want = pool.submit(_sha256_on, src_t, step.src, deadline)
-        src_t.get(step.src, tmp)
-        dst_t.run(["mkdir", "-p", "-m", "700", parent], timeout=_left(deadline, COMMAND_S, dst_t.host))
-        here = pool.submit(_sha256_here, tmp)
-        dst_t.put(tmp, tmp_remote, tmp.stat().st_mode & 0o777)
-        _same(src_t, step.src, here.result(), want.result())
-        _same(dst_t, step.dst, _sha256_on(dst_t, tmp_remote, deadline), want.result())
-        if step.backing:
-            dst_t.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", step.backing_format or "qcow2",
-                       "-b", step.backing, tmp_remote], timeout=_left(deadline, COMMAND_S, dst_t.host))
-        dst_t.run(["mv", "-f", "-T", tmp_remote, step.dst], timeout=_left(deadline, COMMAND_S, dst_t.host))
-        return tmp.stat().st_size
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="ravel-move") as pool:
+            placing: Future[None] | None = None
+            for step in steps:
+                note(f"sending {posixpath.basename(step.src)}")
+                want = pool.submit(_sha256_on, src_t, step.src, deadline)
+                parent, name = posixpath.split(step.dst)
+                dst_t.run(["mkdir", "-p", "-m", "700", parent], timeout=_left(deadline, COMMAND_S, dst_t.host))
+                # a fixed name: whatever an interrupted run left there, the next run replaces
+                tmp = posixpath.join(parent, f".{name}.moving")
+                sent.append(tmp)
+                with src_t.reading(step.src) as blocks, dst_t.writing(tmp, blocks.mode) as out:
+                    passed = pump(blocks, out)
+                total += passed.size
+                if placing is not None:
+                    placing.result()
+                placing = pool.submit(_place, src_t, dst_t, step, tmp, passed.sha256, want, deadline)
+            if placing is not None:
+                placing.result()
     except BaseException:
         try:
-            dst_t.run(["rm", "-f", tmp_remote], timeout=COMMAND_S, check=False)
+            dst_t.run(["rm", "-f", *sent], timeout=COMMAND_S, check=False)
         except TransportError:
-            pass  # the host is not answering: the next run's copy replaces this fixed name
+            pass  # the host is not answering: the next run's copies replace these fixed names
         raise
-    finally:
-        pool.shutdown(wait=True)  # no hash still reading the temporary file
-        tmp.unlink(missing_ok=True)
+    return total
+
+
+def _place(src_t: Transport, dst_t: Transport, step: Step, tmp: str, passed: str, want: Future[str],
+           deadline: float | None) -> None:
+    """The target's copy takes its real name once what passed here and what the target holds
+    both hash as the source's file does."""
+    _same(src_t, step.src, passed, want.result())
+    _same(dst_t, step.dst, _sha256_on(dst_t, tmp, deadline), want.result())
+    if step.backing:
+        dst_t.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", step.backing_format or "qcow2",
+                   "-b", step.backing, tmp], timeout=_left(deadline, COMMAND_S, dst_t.host))
+    dst_t.run(["mv", "-f", "-T", tmp, step.dst], timeout=_left(deadline, COMMAND_S, dst_t.host))
 
 
 def _same(t: Transport, path: str, got: str, want: str) -> None:
@@ -209,14 +218,6 @@ def _sha256_on(t: Transport, path: str, deadline: float | None) -> str:
     out = t.run(["sha256sum", path], timeout=_left(deadline, HASH_S, t.host)).stdout
     # a name with a backslash or newline is printed escaped, with a leading backslash
     return out.split()[0].lstrip("\\") if out.strip() else ""
-
-
-def _sha256_here(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(HASH_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _left(deadline: float | None, cap: float, host: str) -> float:

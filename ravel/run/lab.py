@@ -19,7 +19,7 @@ from ..errors import BlueprintError, ProviderError, StateError, TransportError
 from ..model.blueprint import Blueprint
 from ..model.resolve import load_blueprint
 from ..paths import Paths
-from ..plan.catalogue import load_catalogue
+from ..plan.catalogue import Catalogue, load_catalogue
 from ..plan.fit import check_fit
 from ..plan.network import plan_network
 from ..plan.plan import Plan, make_plan
@@ -172,18 +172,37 @@ class Lab:
 
     def publish_snapshot(self, snapshot: str, name: str | None = None, provider_name: str = "local",
                          store_url: str | None = None, wait: bool = False,
-                         timeout: float = 300.0, transport: str | None = None) -> PublishResult:
+                         timeout: float = 300.0, transport: str | None = None,
+                         host_image: str | None = None, ssh_from: str | None = None) -> PublishResult:
         """Publish a snapshot as an app (by default named after it). Every layer is fetched and
         its sha256 checked before anything is created: a missing or corrupted layer is a
         StoreError and nothing starts."""
-        from .snapshot import restore_snapshot
+        from .snapshot import restore_snapshot, restored_blueprint
+
+        app = name or snapshot
+        existing = self.state.app(app)
+        # a re-run of this very publish continues it; any other app of that name is not replaced
+        # (publishing over it said "nothing to do" and left its record pointing at the snapshot)
+        ours = os.path.abspath(restored_blueprint(self.paths, snapshot))
+        if existing is not None and existing.blueprint_path != ours:
+            raise StateError(f"app {app!r} already exists (from {existing.blueprint_path or 'another blueprint'}); "
+                             f"snapshot {snapshot} is not published over it",
+                             hint=f"publish it under another --name, or `ravel destroy {app}` first")
+        catalogue = load_catalogue(provider_name)
+
+        def fits(bp: Blueprint) -> Blueprint:  # before a layer is fetched: a snapshot can be large
+            bp = portable(bp, catalogue, self.emit)
+            problems = check_fit(bp, catalogue)
+            if problems:
+                raise BlueprintError(problems)
+            return bp
 
         started = time.monotonic()
-        got = restore_snapshot(self.paths, snapshot, store_url, emit=self.emit)
+        got = restore_snapshot(self.paths, snapshot, store_url, emit=self.emit, check=fits)
         resume = {vm: Resume(str(state), got.machines.get(vm, ())) for vm, state in got.memory.items()}
         return self.publish(str(got.blueprint), name=name or snapshot, provider_name=provider_name, wait=wait,
                             timeout=timeout - (time.monotonic() - started), transport=transport,
-                            resume=resume)
+                            host_image=host_image, ssh_from=ssh_from, resume=resume)
 
     def _converge(self, app: str, bp: Blueprint, plan: Plan, provider: Provider,
                   running: Mapping[str, bool] | None, deadline: float | None = None,
@@ -297,3 +316,16 @@ def open_state(paths: Paths) -> State:
         raise StateError(f"cannot open the state in {paths.state}: {exc}",
                          hint="set RAVEL_HOME to a directory you can write") from None
 
+
+def portable(bp: Blueprint, catalogue: Catalogue, emit: Emit = quiet) -> Blueprint:
+    """A snapshot's blueprint for another provider: host types the target's catalogue does not
+    know (a snapshot of a local app pins local-small) are dropped, so the planner picks the
+    target's own; the VMs, networks and disks stay exactly as they were."""
+    known = set(catalogue.names())
+    kept = tuple(t for t in bp.placement.host_types if t in known)
+    if kept == bp.placement.host_types:
+        return bp
+    gone = [t for t in bp.placement.host_types if t not in known]
+    emit(Event("plan", f"host types {', '.join(gone)} are not {catalogue.provider}'s: "
+                       f"{'only ' + ', '.join(kept) if kept else 'any of its types'} will be used", done=True))
+    return replace(bp, placement=replace(bp.placement, host_types=kept))

@@ -2,8 +2,9 @@
 hosts), brought here so the store can take them.
 
 Only what the store lacks is fetched (each host reports every layer's sha256, so an unchanged
-layer costs one `exists` and no transfer), in parallel, each file checked against the hash its
-host reported, into a temporary directory under the cache that is removed whatever happens.
+layer costs one `exists` and no transfer), in parallel (several files of one host at once too),
+each file checked against the hash its host reported (hashed as it arrives), into a temporary
+directory under the cache that is removed whatever happens.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any, Iterator, Mapping
 from ..errors import StoreError
 from ..store import Store
 from ..store.layers import layer_key, sha256_file
-from ..transport.base import Transport
+from ..transport.base import Streaming, Transport
+from ..transport.copying import pump
 from .events import Emit, Event, quiet
 
 PARALLEL_FETCHES = 4
@@ -59,6 +61,17 @@ def host_files(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, HostFile]:
     return out
 
 
+def fetch_hashed(t: Transport, remote: str, dest: Path) -> tuple[str, int]:
+    """Copy a host's file here; its sha256 and size, hashed as the bytes arrive when the
+    transport streams (no second pass over the copy)."""
+    if not isinstance(t, Streaming):
+        t.get(remote, dest)
+        return sha256_file(dest)
+    with t.reading(remote) as blocks, open(dest, "wb") as out:
+        d = pump(blocks, out)
+    return d.sha256, d.size
+
+
 def clear_stale(cache: Path) -> None:
     """Remove fetch directories of runs that died (their pid is in the name and is gone)."""
     for d in cache.glob(f"{TMP_PREFIX}*"):
@@ -92,8 +105,7 @@ def brought_here(files: Mapping[str, Path], reports: Mapping[str, Mapping[str, A
         def one(item: tuple[str, HostFile]) -> tuple[str, Path]:
             sha, f = item
             dest = tmp / sha
-            transports[f.host].get(f.path, dest)
-            got, size = sha256_file(dest)
+            got, size = fetch_hashed(transports[f.host], f.path, dest)
             if got != sha or size != f.size:
                 raise StoreError(f"{f.host}: layer {f.path} arrived with sha256 {got[:12]} ({size} bytes), "
                                  f"but the host reported {sha[:12]} ({f.size} bytes)",

@@ -45,7 +45,7 @@ def move_vms(lab: Lab, app: str, provider: Provider, hosts: Mapping[str, Host],
             def note(msg: str, name: str = name) -> None:
                 lab.emit(Event("vms", f"{name}: {msg}", vm=name))
 
-            done = [move_disk(from_t, src["path"], to_t, dst["path"], lab.paths.cache / "moving", deadline, note)
+            done = [move_disk(from_t, src["path"], to_t, dst["path"], deadline, note)
                     for src, dst in zip(vm["disks"], target["disks"])]
             lab.emit(Event("vms", f"{name} moves {rec.name} -> {to} ({Moved.total(done).describe()})",
                            vm=name, done=True))

@@ -5,7 +5,6 @@ host's desired document rewritten to name the host's copy."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import posixpath
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import StoreError
 from ..transport.base import Transport
+from ..transport.copying import digest_file
 from .chains import chain_plan, local_chain, rebase_argv
 
 _FILE_FLAGS = ("-kernel", "-initrd")
@@ -56,11 +56,7 @@ def digest(path: str) -> str:
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns)
     if key not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _digests[key] = h.hexdigest()
+        _digests[key] = digest_file(path).sha256
     return _digests[key]
 
 

@@ -216,9 +216,17 @@ def restore(paths: Paths, name: str, store_url: str | None = None, emit: Any = N
     return restore_snapshot(paths, name, store_url, emit).blueprint
 
 
-def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit: Any = None) -> Restoration:
+def restored_blueprint(paths: Paths, name: str) -> Path:
+    """Where the blueprint of a restored snapshot is written: the path its app records."""
+    return paths.data / "snapshots" / f"{name}.yaml"
+
+
+def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit: Any = None,
+                     check: Any = None) -> Restoration:
     """`restore`, and with a `--memory` snapshot each VM's saved state too, fetched and verified
-    like a disk layer, after a check that the restored VMs are the machines those states fit."""
+    like a disk layer, after a check that the restored VMs are the machines those states fit.
+    `check(blueprint)` may refuse the snapshot's blueprint before anything is fetched, or return
+    the one to publish (another provider's host types)."""
     store = open_store(store_url, paths)
     manifest = read_manifest(store, name)
     cache = images_dir(paths)
@@ -226,6 +234,8 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     clear_cache_tmp(cache)
     bp = load_blueprint(manifest.blueprint, f"{store.url}/{manifest_key(name)}")
     _check_memory(name, manifest, bp)
+    if check is not None:
+        bp = check(bp) or bp
     jobs = [(vm, d) for vm in manifest.vms for d in vm.disks]
     jobs += [(vm, None) for vm in manifest.vms if vm.memory]
 
@@ -255,7 +265,7 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
         if len(disks.get(vm.name, [])) != len(vm.disks):
             raise StoreError(f"snapshot {name}: VM {vm.name} has {len(vm.disks)} disks in its blueprint "
                              f"but {len(disks.get(vm.name, []))} in the manifest")
-    out = paths.data / "snapshots" / f"{name}.yaml"
+    out = restored_blueprint(paths, name)
     out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = to_yaml(blueprint_dict(bp, name=name, disks=disks),
                    header=f"published from snapshot {name} ({store.url}) of app {manifest.app}")

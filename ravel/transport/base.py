@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import BinaryIO, ContextManager, Protocol, Sequence, runtime_checkable
+
+from .copying import Blocks
 
 READ_LIMIT = 1 << 20  # one read: a console log is followed in pieces of at most this
 
@@ -45,3 +47,16 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Let go of any connection; the transport reconnects if used again."""
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """A transport that also streams files (SSH): bytes pass through this machine without
+    landing in a file here, so a copy between two hosts runs as fast as the slower of them."""
+
+    def reading(self, remote: str) -> ContextManager[Blocks]:
+        """The file's bytes in blocks, its size and mode (MissingFile when it is not there)."""
+
+    def writing(self, remote: str, mode: int = 0o644) -> ContextManager[BinaryIO]:
+        """A writable file that takes the name `remote` (and `mode`) only when the block ends
+        without error; a temporary name until then, removed on error."""

@@ -5,6 +5,8 @@ And the shared-filesystem case (namespace transports): a rename."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import subprocess
 import time
@@ -55,8 +57,7 @@ def disk(hosts, tmp_path):
     t1.run(["qemu-io", "-c", "write -P 0x22 1M 64k", str(layer)])
     t1.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(layer), "-F", "qcow2", str(top)])
     t1.run(["qemu-io", "-c", "write -P 0x33 2M 64k", str(top)])
-    return {"base": base, "layer": layer, "top": top, "dst": tmp_path / "data" / "host-2" / "vm-disk0.qcow2",
-            "scratch": tmp_path / "scratch"}
+    return {"base": base, "layer": layer, "top": top, "dst": tmp_path / "data" / "host-2" / "vm-disk0.qcow2"}
 
 
 def sha(path) -> str:
@@ -74,7 +75,7 @@ def test_a_disk_and_its_layers_move_over_ssh_verified(hosts, disk):
     inode = disk["top"].stat().st_ino
     base_sha = sha(disk["base"])
     notes = []
-    moved = move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), disk["scratch"], time.monotonic() + 60,
+    moved = move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), time.monotonic() + 60,
                       note=notes.append)
     # the disk and its frozen layer were sent (the base is there already); nothing was renamed
     assert (moved.files, moved.renamed) == (2, False) and moved.bytes > 0, moved
@@ -90,20 +91,19 @@ def test_a_disk_and_its_layers_move_over_ssh_verified(hosts, disk):
     # no temporary file on either side, or here
     assert sorted(os.listdir(disk["dst"].parent)) == ["layers", "vm-disk0.qcow2"]
     assert os.listdir(disk["dst"].parent / "layers") == ["vm-disk0.s1.qcow2"]
-    assert os.listdir(disk["layer"].parent) == [] and os.listdir(disk["scratch"]) == []
-    assert disk["scratch"].stat().st_mode & 0o777 == 0o700
+    assert os.listdir(disk["layer"].parent) == []
     # again: nothing left to do
-    again = move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), disk["scratch"])
+    again = move_disk(t1, str(disk["top"]), t2, str(disk["dst"]))
     assert (again.files, again.finished) == (0, False) and reads_back(t2, disk["dst"])
 
 
 def test_a_move_interrupted_after_the_target_took_the_disk_only_removes_the_source(hosts, disk):
     (_, t1), (_, t2) = hosts
-    move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), disk["scratch"])
+    move_disk(t1, str(disk["top"]), t2, str(disk["dst"]))
     kept = sha(disk["dst"])
     # the source's copy is back, as if the move had stopped right before removing it
     t1.run(["cp", "-a", str(disk["dst"]), str(disk["top"])])
-    moved = move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), disk["scratch"])
+    moved = move_disk(t1, str(disk["top"]), t2, str(disk["dst"]))
     assert moved.finished and moved.files == 0
     assert not disk["top"].exists() and sha(disk["dst"]) == kept
 
@@ -117,23 +117,23 @@ class _Garbling:
     def __getattr__(self, name):
         return getattr(self._t, name)
 
-    def get(self, remote, local) -> None:
-        self._t.get(remote, local)
-        with open(local, "r+b") as fh:
-            fh.seek(100)
-            b = fh.read(1)
-            fh.seek(100)
-            fh.write(bytes([b[0] ^ 0xFF]))
+    @contextlib.contextmanager
+    def reading(self, remote):
+        with self._t.reading(remote) as blocks:
+            def garbled():
+                for i, block in enumerate(blocks):
+                    yield bytes([block[0] ^ 0xFF]) + block[1:] if i == 0 else block
+
+            yield dataclasses.replace(blocks, blocks=garbled())
 
 
 def test_bytes_changed_in_transit_move_nothing(hosts, disk):
     (_, t1), (_, t2) = hosts
     before = sha(disk["top"]), sha(disk["layer"])
     with pytest.raises(TransportError, match=r"^host-1: .*vm-disk0.s1.qcow2 arrived changed .* nothing was moved"):
-        move_disk(_Garbling(t1), str(disk["top"]), t2, str(disk["dst"]), disk["scratch"])
+        move_disk(_Garbling(t1), str(disk["top"]), t2, str(disk["dst"]))
     assert (sha(disk["top"]), sha(disk["layer"])) == before and reads_back(t1, disk["top"])
     assert not disk["dst"].parent.exists() or not [f for f in disk["dst"].parent.rglob("*") if f.is_file()]
-    assert os.listdir(disk["scratch"]) == []
 
 
 def test_a_disk_still_in_use_is_not_moved(hosts, disk):
@@ -148,7 +148,7 @@ def test_a_disk_still_in_use_is_not_moved(hosts, disk):
             assert time.monotonic() < deadline, "qemu-io never took the lock"
             time.sleep(0.1)
         with pytest.raises(StateError, match=r"^host-1: .*vm-disk0.qcow2 is still in use"):
-            move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), disk["scratch"])
+            move_disk(t1, str(disk["top"]), t2, str(disk["dst"]))
     finally:
         holder.kill()
         holder.wait(10)
@@ -159,12 +159,12 @@ def test_hosts_sharing_this_machines_files_rename(hosts, disk):
     (h1, _), (h2, _) = hosts
     n1, n2 = NamespaceTransport(h1.name, h1.ref), NamespaceTransport(h2.name, h2.ref)
     inode = disk["top"].stat().st_ino
-    moved = move_disk(n1, str(disk["top"]), n2, str(disk["dst"]), disk["scratch"])
+    moved = move_disk(n1, str(disk["top"]), n2, str(disk["dst"]))
     assert moved.renamed and disk["dst"].stat().st_ino == inode and not disk["top"].exists()
 
 
 def test_out_of_time_says_so(hosts, disk):
     (_, t1), (_, t2) = hosts
     with pytest.raises(TransportError, match="out of time while moving"):
-        move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), disk["scratch"], time.monotonic() - 1)
+        move_disk(t1, str(disk["top"]), t2, str(disk["dst"]), time.monotonic() - 1)
     assert disk["top"].exists()

@@ -294,3 +294,23 @@ def test_ssh_reaches_its_own_underlay_when_another_setup_uses_the_same_address(l
         other.delete_host(app, "host-2", 2)
         other.cleanup()
     assert not _link_exists(other.root_link) and other.underlay not in namespaces()
+
+
+def test_ssh_reaches_a_new_host_at_a_removed_hosts_address(lab):
+    # host ids are reused, so a host made after another was removed takes its underlay address
+    # with a new MAC; the link here still mapped the address to the old MAC, and connecting
+    # hung until ARP gave the old entry up (45 s, seen with `destroy` then `publish --from`)
+    provider, _ = lab
+    spec = HostSpec(APP, "host-3", 3, "local-small", transport="ssh")
+    t = None
+    try:
+        for _ in range(2):
+            t = provider.transport(provider.ensure_host(spec))
+            assert t.run(["echo", "up"], timeout=8).stdout == "up\n"
+            t.close()
+            t = None
+            provider.delete_host(APP, "host-3", 3)
+    finally:
+        if t is not None:
+            t.close()
+        provider.delete_host(APP, "host-3", 3)

@@ -10,6 +10,8 @@ inside the host's own image directory.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -97,17 +99,26 @@ def first(lab):
                     f"</dev/null >/dev/null 2>&1 & echo $! > /tmp/writer")
     before = seq_on_disk(r, APP)
     got: list[tuple[str, str, int]] = []
-    real_get = SSHTransport.get
+    real_reading = SSHTransport.reading
 
-    def watched_get(self, remote, local):  # the real transfer, recorded
-        real_get(self, remote, local)
-        got.append((self.host, remote, Path(local).stat().st_size))
+    @contextlib.contextmanager
+    def watched_reading(self, remote):  # the real transfer, its bytes counted as they pass
+        passed = [0]
+
+        def counted(blocks):
+            for block in blocks:
+                passed[0] += len(block)
+                yield block
+
+        with real_reading(self, remote) as blocks:
+            yield dataclasses.replace(blocks, blocks=counted(blocks.blocks))
+        got.append((self.host, remote, passed[0]))
 
     events: list[Event] = []
     lab = Lab(paths({"RAVEL_HOME": str(r.home)}), emit=events.append)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(SSHTransport, "get", watched_get)
+            mp.setattr(SSHTransport, "reading", watched_reading)
             result = take_snapshot(lab, APP, "s1")
     finally:
         lab.close()

@@ -139,3 +139,59 @@ def test_gc_is_for_clouds_only():
     p = ravel("gc", "--provider", "local")
     assert p.returncode == 2 and "'local' is not a cloud provider" in p.stderr
     no_traceback(p)
+
+
+@pytest.mark.parametrize("value", ["garbage", "10.0.0.0/33", "203.0.113.7/"])
+def test_a_bad_ssh_from_is_bad_input_before_anything_is_recorded(tmp_path, value):
+    # it used to reach the cloud first (a credentials error, or an app left "publishing")
+    env_free = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    p = subprocess.run([sys.executable, "-m", "ravel", "publish", "blueprints/ci-lab.yaml", "--provider", "aws",
+                        "--name", "sshfrom", "--ssh-from", value], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT, env=dict(os.environ, RAVEL_HOME=str(tmp_path), COLUMNS="200",
+                                          AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_CONFIG_FILE="/nonexistent",
+                                          AWS_SHARED_CREDENTIALS_FILE="/nonexistent", **env_free))
+    no_traceback(p)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [f"error: Invalid value: --ssh-from {value!r} is not an address or "
+                                             "CIDR (e.g. 203.0.113.7/32)"]
+    assert "sshfrom" not in ravel("list", "--json", home=tmp_path).stdout
+
+
+def test_publish_from_a_snapshot_keeps_the_cloud_options(tmp_path, monkeypatch):
+    # --ssh-from and --host-image were dropped on the way from `publish --from` to the publish
+    from ravel.paths import paths
+    from ravel.run import lab as lab_mod
+    from ravel.run import snapshot
+
+    seen = {}
+    monkeypatch.setattr(snapshot, "restore_snapshot",
+                        lambda p, name, url, emit=None, check=None: snapshot.Restoration(tmp_path / f"{name}.yaml"))
+    monkeypatch.setattr(lab_mod.Lab, "publish", lambda self, path, **kw: seen.update(kw))
+    lab = lab_mod.Lab(paths({"RAVEL_HOME": str(tmp_path)}))
+    try:
+        lab.publish_snapshot("snap", provider_name="aws", ssh_from="203.0.113.7/32", host_image="ami-0123")
+    finally:
+        lab.close()
+    assert seen["ssh_from"] == "203.0.113.7/32" and seen["host_image"] == "ami-0123"
+
+
+def test_ctrl_c_while_the_cli_loads_is_a_quiet_interrupt():
+    # a Ctrl-C in the first few hundred ms (rich and typer still importing) printed a traceback
+    code = ("import os, signal, sys, time; sys.argv[0] = 'ravel'; import ravel.cli; "
+            "os.kill(os.getpid(), signal.SIGINT); time.sleep(5); print('not interrupted')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    no_traceback(p)
+    assert (p.returncode, p.stderr, p.stdout) == (130, "interrupted\n", "")
+    # once main() runs, Ctrl-C is Python's KeyboardInterrupt again, which the commands handle
+    code = ("import signal, sys; sys.argv[0] = 'ravel'; from ravel.cli import app; "
+            "sys.argv[1:] = ['--version']\ntry: app.main()\nexcept SystemExit: pass\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.stdout.splitlines()[-1] == "True", p.stdout + p.stderr
+
+
+def test_an_unknown_host_type_names_the_provider_once():
+    p = ravel("validate", "blueprints/demo.yaml", "--provider", "aws")
+    no_traceback(p)
+    line = next(x for x in (p.stdout + p.stderr).splitlines() if "unknown host type" in x)
+    assert p.returncode == 2 and line.endswith("unknown host type 'local-small' for provider aws"), line

@@ -513,3 +513,19 @@ def test_br_netfilter_only_where_an_allow_list_makes_a_direction_one_way():
     assert [(s.target, s.params["value"], s.params["modprobe"]) for s in steps] == [(BR_NF_CALL_IPTABLES, "0", "")]
     absent = RouterFacts(**{**facts.__dict__, "sysctls": {**facts.sysctls, BR_NF_CALL_IPTABLES: None}})
     assert not [s for s in router_actions(open_routing, absent) if s.kind == "router.sysctl"]
+
+
+def test_status_table_never_cuts_a_forwarded_port_short_on_80_columns():
+    from rich.console import Console
+
+    from ravel.cli.render import vm_table
+    from ravel.run.lab import VmStatus
+
+    con = Console(width=80, record=True)  # a pipe, or a default terminal
+    con.print(vm_table("services-lab", [
+        VmStatus("web-1", "host-1", "running", "tcg", ["10.61.0.161/24", "10.62.0.161/24"],
+                 ["52:54:00:00:00:01"], "c", "l", services=["127.0.0.1:40123->8080/tcp", "127.0.0.1:40124->22/tcp"])]))
+    shown = con.export_text()
+    for text in ("127.0.0.1:40123->8080/tcp", "127.0.0.1:40124->22/tcp", "10.61.0.161/24", "10.62.0.161/24",
+                 "ravel console services-lab VM"):
+        assert text in shown, shown

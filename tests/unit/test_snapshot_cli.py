@@ -47,3 +47,52 @@ def test_empty_store(tmp_path):
     assert json.loads(ravel(tmp_path, "snapshots", "--json").stdout) == []
     p = ravel(tmp_path, "store", "gc")
     assert p.returncode == 0 and "removed 0 layers" in p.stdout
+
+
+def test_publish_from_never_takes_over_an_app_of_that_name(tmp_path):
+    # it used to fetch every layer, then report "nothing to do" and leave the app's record
+    # pointing at the snapshot while the app kept running its own blueprint
+    from ravel.state import State
+
+    home = tmp_path / "home"
+    bp = tmp_path / "lab.yaml"
+    State(home / "state").put_app("lab", "local", "running", str(bp), "name: lab\n")
+    p = ravel(home, "publish", "--from", "snap1", "--name", "lab")
+    assert p.returncode == 7, p.stderr
+    assert p.stderr.splitlines()[0] == (f"error: app 'lab' already exists (from {bp}); "
+                                        "snapshot snap1 is not published over it")
+    assert State(home / "state").app("lab").blueprint_path == str(bp)
+
+
+def _pinned_snapshot(home, vm: str) -> None:
+    # its only layer is not in the store: a fetch, if it starts, says so (exit 8)
+    from ravel.store.layers import DiskChain, Layer, Manifest, VmImage
+    from ravel.store.local import LocalStore
+
+    bp = f"name: x\nvms:\n  a:\n{vm}    disks: [{{size: 16}}]\nplacement:\n  host_types: [local-small]\n"
+    layer = Layer("c" * 64, 1 << 20, "qcow2")
+    manifest = Manifest("pinned", "x", bp, (VmImage("a", "host-1", (DiskChain(0, 16 << 20, (layer,)),)),))
+    LocalStore(home / "data" / "store").put_bytes("manifests/pinned.json", manifest.to_json())
+
+
+def test_publish_from_checks_the_blueprint_against_the_provider_before_fetching(tmp_path):
+    # a snapshot that cannot run on that provider used to be fetched whole (hundreds of MiB)
+    # before the error
+    home = tmp_path / "home"
+    _pinned_snapshot(home, "    cpus: 4096\n")
+    p = ravel(home, "publish", "--from", "pinned", "--provider", "aws", "--name", "elsewhere")
+    assert p.returncode in (2, 3), p.stderr
+    assert "manifests/pinned.json" in p.stderr and "4096" in p.stderr, p.stderr
+    assert "not in the store" not in p.stderr and "missing" not in p.stderr, p.stderr
+    assert not (home / "data" / "images").exists() or not any((home / "data" / "images").iterdir())
+
+
+def test_a_snapshot_of_a_local_app_publishes_on_another_provider_with_its_own_host_types(tmp_path):
+    # the snapshot pins local-small; on aws that type does not exist, so the planner picks aws's
+    # own: the publish goes on to fetch the layers (missing here, so it stops there, exit 8)
+    home = tmp_path / "home"
+    _pinned_snapshot(home, "")
+    p = ravel(home, "publish", "--from", "pinned", "--provider", "aws", "--name", "elsewhere")
+    assert "unknown host type" not in p.stderr, p.stderr
+    assert p.returncode == 8, p.stderr
+    assert "local-small" in p.stdout + p.stderr  # said, not silently dropped
