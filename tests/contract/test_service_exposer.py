@@ -83,8 +83,9 @@ def _local(tmp_path_factory, app: str = CAPP):
             server.kill()
             server.wait(timeout=10)
         provider.delete_host(app, "host-1", 1)
-        provider.cleanup()
         shutil.rmtree(provider.paths.app_run(app), ignore_errors=True)  # the relays' logs
+        provider.cleanup()  # after: it removes the run directory once it is empty, as destroy does
+        assert not provider.paths.run.exists(), "the run directory is left behind"
         left = [ns for ns in namespaces() if ns.startswith(f"rv-{app}-")]
         assert not left, f"left behind: {left}"
 
