@@ -42,7 +42,7 @@ def ravel(home: str, *args: str) -> subprocess.CompletedProcess[str]:
     return p
 
 
-def base_image(path: Path, seed: int) -> None:
+def base_image(path: Path) -> None:
     raw = path.with_suffix(".raw")
     with open(raw, "wb") as f:
         for _ in range(BASE_MIB):
@@ -51,32 +51,34 @@ def base_image(path: Path, seed: int) -> None:
     raw.unlink()
 
 
-def blueprint(home: Path) -> Path:
-    vms = ""
-    for i, vm in enumerate(VMS):
+def blueprint(home: Path, name: str = "snapbench", vms: tuple[str, ...] = VMS, net: str = "10.42.0") -> Path:
+    """A lab of `vms`, each on its own random base image (so its layers are real bytes), with v1
+    and v2 on different hosts."""
+    entries = ""
+    for i, vm in enumerate(vms):
         img = home / f"{vm}-base.qcow2"
-        base_image(img, i)
-        vms += f"  {vm}:\n    disks: [{{image: {img}}}]\n    nics: [{{network: back, ip: 10.42.0.{11 + i}}}]\n"
+        base_image(img)
+        entries += f"  {vm}:\n    disks: [{{image: {img}}}]\n    nics: [{{network: back, ip: {net}.{11 + i}}}]\n"
     bp = home / "bench.yaml"
-    bp.write_text(f"""name: snapbench
+    bp.write_text(f"""name: {name}
 networks:
-  back: {{subnet: 10.42.0.0/24}}
+  back: {{subnet: {net}.0/24}}
 defaults:
   memory: 160MiB
   boot: {{kernel: {GUEST}/vmlinuz, initrd: {GUEST}/initrd.img, cmdline: console=ttyS0 quiet}}
 vms:
-{vms}placement:
+{entries}placement:
   host_types: [local-small]
   anti_affinity: [[v1, v2]]
 """)
     return bp
 
 
-def guest_write(home: str, vm: str) -> None:
+def guest_write(home: str, vm: str, app: str = APP) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "e2e"))
     from guestlib import Console
 
-    st = {v["name"]: v for v in json.loads(ravel(home, "status", APP, "--json").stdout)[APP]}[vm]
+    st = {v["name"]: v for v in json.loads(ravel(home, "status", app, "--json").stdout)[app]}[vm]
     with Console(st["console"], log=st["log"]) as con:
         con.check("dd if=/dev/urandom of=/dev/vda bs=1M count=2 conv=fsync 2>/dev/null", timeout=60)
 

@@ -12,7 +12,6 @@ twice without changes in between, then publishes the first snapshot onto SSH hos
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,8 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from guestlib import Console  # noqa: E402
 
 from ravel.paths import paths  # noqa: E402
 from ravel.providers import get_provider  # noqa: E402
@@ -38,56 +35,20 @@ from ravel.state import State  # noqa: E402
 from ravel.run import snapshot as snapshot_mod  # noqa: E402
 from ravel.run.layerfetch import HostFile, host_files  # noqa: E402
 
+import snapshot_bench  # noqa: E402  (this directory: its lab blueprint and guest writer)
+from snapshot_bench import ravel  # noqa: E402
+
 APP = f"sshbench{os.getpid()}"
 RESTORED = f"{APP}-r"
-GUEST = ROOT / ".cache" / "guest"
 VMS = ("v1", "v2")
-BASE_MIB = 64
-
-
-def ravel(home: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, RAVEL_HOME=home)
-    p = subprocess.run([sys.executable, "-m", "ravel", *args], capture_output=True, text=True, env=env,
-                       cwd=ROOT, timeout=600, stdin=subprocess.DEVNULL)
-    if p.returncode != 0:
-        sys.exit(f"ravel {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-def base_image(path: Path) -> None:
-    raw = path.with_suffix(".raw")
-    with open(raw, "wb") as f:
-        for _ in range(BASE_MIB):
-            f.write(os.urandom(1 << 20))
-    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True)
-    raw.unlink()
-
-
-def guest_write(home: str, vm: str) -> None:
-    st = {v["name"]: v for v in json.loads(ravel(home, "status", APP, "--json").stdout)[APP]}[vm]
-    with Console(st["console"], log=st["log"]) as con:
-        con.check("dd if=/dev/urandom of=/dev/vda bs=1M count=2 conv=fsync 2>/dev/null", timeout=60)
 
 
 def blueprint(home: Path) -> Path:
-    vms = ""
-    for i, vm in enumerate(VMS):
-        img = home / f"{vm}-base.qcow2"
-        base_image(img)
-        vms += f"  {vm}:\n    disks: [{{image: {img}}}]\n    nics: [{{network: back, ip: 10.44.0.{11 + i}}}]\n"
-    bp = home / "bench.yaml"
-    bp.write_text(f"""name: sshbench
-networks:
-  back: {{subnet: 10.44.0.0/24}}
-defaults:
-  memory: 160MiB
-  boot: {{kernel: {GUEST}/vmlinuz, initrd: {GUEST}/initrd.img, cmdline: console=ttyS0 quiet}}
-vms:
-{vms}placement:
-  host_types: [local-small]
-  anti_affinity: [[v1, v2]]
-""")
-    return bp
+    return snapshot_bench.blueprint(home, "sshbench", VMS, "10.44.0")
+
+
+def guest_write(home: str, vm: str) -> None:
+    snapshot_bench.guest_write(home, vm, APP)
 
 
 def snapshot_timed(home: Path, name: str) -> tuple[dict, float, dict[str, HostFile]]:
