@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from ravel.paths import paths as make_paths
 from ravel.providers.base import HostSpec
 from ravel.run.provision import make_hosts
+from tests.contract.servers import moto_server
 
 TARGET = 1.5
 REPEAT = 5  # each figure is the median of five runs, each for a fresh app (and state)
@@ -64,16 +65,8 @@ def timed(provider, app: str, n: int, type_: str) -> float:
 
 def bench_aws(home: Path, latency: float, hosts: int) -> tuple[float, float]:
     log = home / "aws-calls.jsonl"
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests/fakes/moto_server.py"), "--delay", str(latency),
-                               "--log", str(log)], stdout=subprocess.PIPE, stderr=open(home / "moto.err", "w"), text=True)
-    try:
-        ready, _, _ = select.select([server.stdout], [], [], 30)
-        if not ready:
-            sys.exit("moto's server did not start")
-        port = int(server.stdout.readline().split()[1])
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                          AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
+    with moto_server(delay=latency, log=log, stderr=home / "moto.err") as server:
+        os.environ.update(server, AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
                           AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
         import boto3
 
@@ -92,12 +85,6 @@ def bench_aws(home: Path, latency: float, hosts: int) -> tuple[float, float]:
         sys.stderr.write((home / "moto.err").read_text()[-3000:]) if "Traceback" in (home / "moto.err").read_text() else None
         print(f"  aws: {calls.count('RunInstances')} RunInstances, {len(calls)} calls in all", file=sys.stderr)
         return one, many
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def bench_gcp(home: Path, latency: float, hosts: int) -> tuple[float, float]:

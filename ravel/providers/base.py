@@ -67,10 +67,12 @@ class ServiceExposer(Protocol):
         """End every exposure in `current`; fine if some are already gone."""
 
 
+@runtime_checkable
 class Provider(Protocol):
     name: str
-    # the ways its hosts can be reached (`ravel publish --transport`), the default first; a
-    # provider that does not say is reached over "ssh" only
+    # the ways its hosts can be reached (`ravel publish --transport`), the default first: never
+    # empty, and `transport()` of a host made with `HostSpec.transport` = one of them is that kind
+    # ("netns": NamespaceTransport, "ssh": SSHTransport)
     transports: tuple[str, ...]
 
     def preflight(self) -> None:
@@ -91,6 +93,7 @@ class Provider(Protocol):
         """Remove shared infrastructure no app uses any more."""
 
 
+@runtime_checkable
 class GarbageCollector(Protocol):
     """A provider that can list and remove what it made for apps the state no longer knows."""
 

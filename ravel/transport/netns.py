@@ -5,16 +5,97 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ..errors import CommandFailed, MissingFile, TransportError
-from .base import READ_LIMIT, CommandResult
+from .base import READ_LIMIT, CommandResult, split_lines
+
+NETNS_DIR = "/run/netns"  # where `ip netns add` names namespaces
+END_WAIT_S = 5.0  # a hung-up command is given this long to go after SIGTERM, then SIGKILL
+
+
+class ProcessStream:
+    """A CommandStream over a process's pipes here (`ip netns exec NS argv` execs argv: the
+    process is the command itself). Its stderr is drained by a thread, so a command that writes
+    much of it never blocks on a full pipe while stdout is being read."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.proc = proc
+        self._err = bytearray()
+        self._err_lock = threading.Lock()
+        self._err_reader = threading.Thread(target=self._drain_stderr, daemon=True, name=f"stderr-{name}")
+        self._err_reader.start()
+        self._closed = False
+
+    def _drain_stderr(self) -> None:
+        fd = self.proc.stderr.fileno()  # type: ignore[union-attr]
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                with self._err_lock:
+                    self._err += chunk
+        except OSError:
+            pass
+
+    def fileno(self) -> int:
+        return self.proc.stdout.fileno()  # type: ignore[union-attr]
+
+    def recv(self, size: int) -> bytes:
+        # one read() of the unbuffered pipe: what select() saw is all there is, nothing is kept
+        # back in a buffer here (ValueError once closed, never a read of a reused descriptor)
+        return self.proc.stdout.read(size) or b""  # type: ignore[union-attr]
+
+    def lines(self) -> Iterator[bytes]:
+        return split_lines(self.recv)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self.proc.stdin.write(view)  # type: ignore[union-attr]
+            view = view[sent or 0:]
+
+    def shutdown_write(self) -> None:
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # it has exited without reading all: its exit status says so
+
+    def stderr(self, timeout: float) -> bytes:
+        self._err_reader.join(timeout)
+        with self._err_lock:
+            return bytes(self._err)
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.shutdown_write()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(END_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(END_WAIT_S)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        # the stderr pipe ends with the command (unless a child it left behind holds it open)
+        self._err_reader.join(END_WAIT_S)
+        if not self._err_reader.is_alive():
+            self.proc.stderr.close()  # type: ignore[union-attr]
 
 
 class NamespaceTransport:
-    local = True  # the namespace shares this machine's filesystem
+    is_local = True  # the namespace shares this machine's filesystem
+    local = is_local  # the old name, until every caller reads is_local
 
     def __init__(self, host: str, namespace: str) -> None:
         self.host = host
@@ -38,6 +119,21 @@ class NamespaceTransport:
         if check and proc.returncode != 0:
             raise CommandFailed(self.host, list(map(str, argv)), proc.returncode, result.stderr)
         return result
+
+    def stream(self, argv: Sequence[str], timeout: float = 60) -> ProcessStream:
+        """argv as a process here inside the namespace, its pipes connected (`timeout` is not
+        needed: starting a process does not wait on anything)."""
+        if not argv:
+            raise ValueError("an empty command")
+        if not os.path.exists(os.path.join(NETNS_DIR, self.namespace)):
+            raise TransportError(f"{self.host}: network namespace {self.namespace} does not exist")
+        full = ["ip", "netns", "exec", self.namespace, *map(str, argv)]
+        try:
+            proc = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, bufsize=0)
+        except FileNotFoundError:
+            raise TransportError(f"{self.host}: the `ip` command is missing (install iproute2)") from None
+        return ProcessStream(proc, self.host)
 
     # The namespace shares this machine's filesystem: a copy is all a transfer needs. It goes
     # through a temporary name, so hosts sharing a file never read half of it.

@@ -28,7 +28,7 @@ import paramiko
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from ..errors import CommandFailed, HostKeyMismatch, MissingFile, TransportError
-from .base import READ_LIMIT, CommandResult
+from .base import READ_LIMIT, CommandResult, split_lines
 from .copying import BLOCK, Blocks, pump
 
 # paramiko logs handshake failures from its own thread; without a handler Python's last-resort
@@ -90,8 +90,65 @@ class _Retry(Exception):
     """One connection attempt failed in a way that may pass while the host boots."""
 
 
+class ChannelStream:
+    """A CommandStream over an SSH channel (paramiko) running the command on the host."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def recv(self, size: int) -> bytes:
+        return self.channel.recv(size)
+
+    def lines(self) -> Iterator[bytes]:
+        return split_lines(self.channel.recv)
+
+    def sendall(self, data: bytes) -> None:
+        self.channel.sendall(data)
+
+    def shutdown_write(self) -> None:
+        try:
+            self.channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the command (or the connection) is gone: its exit status says so
+
+    def stderr(self, timeout: float) -> bytes:
+        out = bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.channel.settimeout(left)
+                chunk = self.channel.recv_stderr(1 << 16)
+                if not chunk:
+                    break
+                out += chunk
+        except (OSError, EOFError, paramiko.SSHException):  # socket.timeout too
+            pass
+        finally:
+            self.channel.settimeout(None)
+        return bytes(out)
+
+    def wait(self, timeout: float) -> int | None:
+        if not self.channel.status_event.wait(timeout):
+            return None
+        return self.channel.exit_status
+
+    def close(self) -> None:
+        self.channel.close()  # hangs up on the command
+
+    def __getattr__(self, name: str) -> Any:
+        # TRANSITIONAL: ravel/transport/hostrun.py still drives the bare channel (makefile,
+        # status_event...); remove once it uses the CommandStream methods only
+        if name == "channel":
+            raise AttributeError(name)
+        return getattr(self.channel, name)
+
+
 class SSHTransport:
-    local = False  # paths name files on the host, not on this machine
+    is_local = False  # paths name files on the host, not on this machine
+    local = is_local  # the old name, until every caller reads is_local
 
     def __init__(self, host: str, address: str, *, host_key: str, key_file: str | os.PathLike[str],
                  user: str = "root", port: int = 22, device: str | None = None) -> None:
@@ -271,9 +328,9 @@ class SSHTransport:
                     raise TransportError(f"{self.host}: cannot open an SSH session on {self.where}: {exc}") from None
         raise AssertionError("unreachable")
 
-    def stream(self, argv: Sequence[str], timeout: float = 60) -> paramiko.Channel:
-        """An interactive channel running `argv` on the host (for `ravel console`): it has
-        recv/sendall/fileno like a socket, so the same relay loop serves both."""
+    def stream(self, argv: Sequence[str], timeout: float = 60) -> ChannelStream:
+        """`argv` running on the host over a channel of the kept connection; `timeout` bounds
+        connecting and starting it."""
         chan = self._session(time.monotonic() + timeout)
         try:
             chan.exec_command(command_line(argv))
@@ -281,7 +338,7 @@ class SSHTransport:
             chan.close()
             self.close()
             raise TransportError(f"{self.host}: cannot start `{command_line(argv)}` over SSH: {exc}") from None
-        return chan
+        return ChannelStream(chan)
 
     def _collect(self, chan: paramiko.Channel, input: bytes | None, deadline: float,
                  argv: Sequence[str], timeout: float) -> CommandResult:

@@ -1,12 +1,15 @@
-"""Local object-store servers for tests: moto's S3 server and a GCS emulator, each a real
-HTTP server on 127.0.0.1 started as a subprocess and ended by its PID."""
+"""Local cloud servers for tests and benches: moto's server (every AWS service ravel uses: EC2,
+SSM, STS, S3...; tests/fakes/moto_server.py) and a GCS emulator, each a real HTTP server on
+127.0.0.1 started as a subprocess and ended by its PID. The one place these servers are started."""
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 BIN = Path(sys.executable).parent
+MOTO_FAKE = Path(__file__).resolve().parents[1] / "fakes" / "moto_server.py"
 START_TIMEOUT = 30.0
 
 
@@ -49,18 +53,39 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def moto_server() -> Iterator[dict[str, str]]:
-    """Yields the environment that points boto3 at the server (AWS_ENDPOINT_URL and dummy keys)."""
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def moto_server(*, log: str | os.PathLike[str] | None = None, delay: float = 0.0, namespace: str | None = None,
+                stderr: str | os.PathLike[str] | None = None) -> Iterator[dict[str, str]]:
+    """moto's server (tests/fakes/moto_server.py) on 127.0.0.1, on a port the kernel picks.
+
+    Yields the environment that points boto3 at it: AWS_ENDPOINT_URL and dummy keys.
+    `log`: one JSON line per AWS call there; `delay`: seconds added to every call; `namespace`:
+    run it inside that network namespace (its own 127.0.0.1: only a client in the same
+    namespace reaches it); `stderr`: keep its log in this file (else a temporary one, shown when
+    it does not start)."""
+    argv = [sys.executable, str(MOTO_FAKE), *(["--log", str(log)] if log else []),
+            *(["--delay", str(delay)] if delay else [])]
+    if namespace:
+        argv = ["ip", "netns", "exec", namespace, *argv]  # execs the server: the PID is moto's own
+    err = open(stderr, "w+b") if stderr else tempfile.TemporaryFile()
+    # stdout carries the one line "port N"; stderr goes to a file, never to a pipe nobody reads
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=MOTO_FAKE.parents[2])
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url, proc, "moto_server")
-        yield {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+        line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        if not line.startswith("port "):
+            proc.kill()
+            proc.wait(5)
+            err.seek(0)
+            raise RuntimeError(f"moto's server did not start within {START_TIMEOUT:.0f} s (exit {proc.returncode}): "
+                               f"{err.read().decode(errors='replace')[-2000:]}")
+        port = int(line.split()[1])
+        yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     finally:
         _stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        err.close()
 
 
 @contextmanager

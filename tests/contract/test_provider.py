@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.contract.servers import moto_server
 
 from ravel.paths import paths as make_paths
-from ravel.providers.base import HostSpec
+from ravel.providers.base import GarbageCollector, HostSpec, Provider
+from ravel.transport.base import Transport
+from ravel.transport.netns import NamespaceTransport
+from ravel.transport.ssh import SSHTransport
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = f"pc{os.getpid()}"
 TYPES = {"local": "local-small", "aws": "c8i.large", "gcp": "n2-standard-2"}
+# what each provider declares it can do, checked against what it does
+COLLECTS_GARBAGE = {"local": False, "aws": True, "gcp": True}
+# every transport kind a provider may offer, and what `transport()` must then hand out
+TRANSPORT_KINDS = {"netns": NamespaceTransport, "ssh": SSHTransport}
+KIND_HOSTS = (5, 6)  # hosts test_every_declared_transport_is_honoured makes, one per kind
 
 
 class _Env:
@@ -50,30 +54,15 @@ def _local(home: Path, env: _Env):
 
 
 def _aws(home: Path, env: _Env, log: str | None = None):
-    extra = ["--log", log] if log else []
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests/fakes/moto_server.py"), *extra], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    try:
-        ready, _, _ = select.select([server.stdout], [], [], 30)
-        assert ready, "moto's server did not start"
-        port = int(server.stdout.readline().split()[1])
-        env.set(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
-                AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-                AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-                RAVEL_SSH_FROM="198.51.100.7/32")
+    with moto_server(log=log) as server:
+        env.set(**server, AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
+                AWS_SHARED_CREDENTIALS_FILE="/nonexistent", RAVEL_SSH_FROM="198.51.100.7/32")
         import boto3
 
         env.set(RAVEL_AWS_AMI=boto3.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
         from ravel.providers.aws import AwsProvider
 
         yield AwsProvider(make_paths({"RAVEL_HOME": str(home)}))
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
 
 
 def _gcp(home: Path, env: _Env, keep_fake: bool = False):
@@ -115,11 +104,11 @@ def provider(request, tmp_path_factory):
         p = next(gen)
         p.preflight()
         yield p
-        for i in (1, 2):  # whatever a failed test left
+        for i in (1, 2, *KIND_HOSTS):  # whatever a failed test left
             p.delete_host(APP, f"host-{i}", i)
         p.cleanup()
         assert p.leftover_hosts(APP) == []
-        if hasattr(p, "garbage"):
+        if isinstance(p, GarbageCollector):
             assert p.garbage(set()) == []  # nothing of this state remains on the cloud
         if request.param == "local":
             from ravel.providers.local import namespaces
@@ -148,6 +137,31 @@ def test_hosts_are_distinct(provider):
     assert one.ref != two.ref and one.address != two.address
     assert provider.leftover_hosts(APP) == ["host-1", "host-2"]
     assert provider.transport(two) is not None
+
+
+def test_capabilities_are_declared(provider):
+    assert isinstance(provider, Provider)
+    assert type(provider.transports) is tuple and provider.transports, "a provider says how its hosts are reached"
+    assert len(set(provider.transports)) == len(provider.transports)
+    assert set(provider.transports) <= set(TRANSPORT_KINDS), f"unknown kinds in {provider.transports}"
+    assert isinstance(provider, GarbageCollector) is COLLECTS_GARBAGE[provider.name]
+
+
+def test_every_declared_transport_is_honoured(provider):
+    assert len(provider.transports) <= len(KIND_HOSTS)
+    for n, kind in zip(KIND_HOSTS, provider.transports):
+        host = provider.ensure_host(HostSpec(APP, f"host-{n}", n, TYPES[provider.name], token=f"{APP}-{n}",
+                                             transport=kind))
+        t = provider.transport(host)
+        try:
+            assert isinstance(t, Transport) and isinstance(t, TRANSPORT_KINDS[kind]), (kind, type(t))
+            assert t.host == host.name
+            if provider.name == "local":  # a cloud fake's hosts never boot: nothing answers there
+                assert t.run(["echo", kind], timeout=30).stdout == f"{kind}\n"
+        finally:
+            t.close()
+            provider.delete_host(APP, host.name, n)
+    assert set(provider.leftover_hosts(APP)) <= {"host-1", "host-2"}
 
 
 def test_delete_host_is_final_and_idempotent(provider):

@@ -6,10 +6,12 @@ keys, bounded retries while a host boots, one kept connection."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,11 +23,15 @@ from ravel.paths import paths
 from ravel.providers import local_sshd
 from ravel.providers.base import HostSpec
 from ravel.providers.local import LocalProvider, namespaces
+from ravel.transport.base import CommandStream, Transport
 from ravel.transport.netns import NamespaceTransport
 from ravel.transport.ssh import SSHTransport
 
 APP = f"ct{os.getpid()}"
 KINDS = ["netns", "ssh"]
+# what each kind declares: a namespace shares this machine's files; an SSH host promises nothing
+# (the local provider's SSH hosts do share them, as an SSH-reached cloud host would not)
+IS_LOCAL = {"netns": True, "ssh": False}
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +209,131 @@ def test_an_unreachable_host_is_a_transport_error(lab, t):
     assert time.monotonic() - started < 5
     if isinstance(t, SSHTransport):
         assert "connection refused" in info.value.message and "attempts" in info.value.message
+
+
+# -- declared capabilities -------------------------------------------------------------------------
+
+def test_capabilities_are_declared(lab, t):
+    kind = next(k for k, (_, made) in lab[1].items() if made is t)
+    assert isinstance(t, Transport)
+    assert type(t.is_local) is bool and t.is_local is IS_LOCAL[kind]
+    assert t.local is t.is_local  # the old name, while callers move over
+
+
+def test_is_local_is_true_only_where_the_host_sees_this_machines_files(t, tmp_path):
+    here = tmp_path / f"written-here-{uuid.uuid4().hex}"
+    here.write_text("from this machine\n")
+    seen = t.run(["cat", str(here)], check=False)
+    if t.is_local:  # the same path names the same file: files may be handed over by name
+        assert seen.stdout == "from this machine\n"
+        there = tmp_path / f"written-there-{uuid.uuid4().hex}"
+        t.run(["sh", "-c", 'echo "from the host" > "$1"', "sh", str(there)])
+        assert there.read_text() == "from the host\n"
+    # not local: nothing is promised either way (these SSH hosts happen to share the files)
+
+
+# -- streams ---------------------------------------------------------------------------------------
+
+def _read_all(s: CommandStream, deadline_s: float = 30) -> bytes:
+    out, deadline = bytearray(), time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([s], [], [], max(deadline - time.monotonic(), 0))
+        if ready:
+            chunk = s.recv(65536)
+            if not chunk:
+                return bytes(out)
+            out += chunk
+    raise AssertionError(f"stdout did not end within {deadline_s} s ({len(out)} bytes so far)")
+
+
+def test_a_stream_echoes_bytes_and_reports_the_exit_status(t):
+    s = t.stream(["cat"], timeout=30)
+    try:
+        assert isinstance(s, CommandStream)
+        s.sendall(NOT_UTF8)
+        s.shutdown_write()
+        assert _read_all(s) == NOT_UTF8  # bytes exactly as sent, never decoded
+        assert s.wait(10) == 0
+    finally:
+        s.close()
+    s.close()  # idempotent
+
+
+def test_a_stream_is_interactive(t):
+    # the console relay: select() on it, answers arrive while stdin stays open
+    s = t.stream(["cat"], timeout=30)
+    try:
+        for word in (b"first\n", b"second\n"):
+            s.sendall(word)
+            got = b""
+            while len(got) < len(word):
+                ready, _, _ = select.select([s], [], [], 10)
+                assert ready, f"no echo of {word!r} within 10 s"
+                got += s.recv(4096)
+            assert got == word
+        assert s.wait(0.3) is None  # still running: it waits for more input
+    finally:
+        s.close()
+
+
+def test_a_stream_gives_lines_stderr_and_a_failing_status(t):
+    script = 'printf "one\\n%s\\nlast" "$(head -c 200000 /dev/zero | tr "\\0" x)"; ' \
+             'head -c 262144 /dev/zero | tr "\\0" e >&2; echo "went wrong" >&2; exit 3'
+    s = t.stream(["sh", "-c", script], timeout=30)
+    try:
+        lines = list(s.lines())
+        assert lines == [b"one\n", b"x" * 200000 + b"\n", b"last"]  # a long line arrives whole
+        err = s.stderr(10)
+        assert len(err) == 262144 + 11 and err.endswith(b"went wrong\n")  # more than a pipe holds
+        assert s.wait(10) == 3
+    finally:
+        s.close()
+
+
+def test_stream_arguments_arrive_exactly_as_given(t):
+    s = t.stream(["printf", "%s\\0", *AWKWARD], timeout=30)
+    try:
+        assert _read_all(s).decode().split("\0")[:-1] == AWKWARD
+        assert s.wait(10) == 0
+    finally:
+        s.close()
+
+
+def test_a_stream_to_a_missing_program_fails_like_a_command(t):
+    s = t.stream(["ravel-no-such-program"], timeout=30)
+    try:
+        assert _read_all(s) == b""
+        assert s.wait(10) not in (0, None)
+        assert s.stderr(10)  # says why
+    finally:
+        s.close()
+
+
+def test_a_stream_that_cannot_start_is_a_transport_error(t):
+    if isinstance(t, NamespaceTransport):
+        gone = NamespaceTransport("ghost", f"rv-{APP}-nowhere")
+    else:
+        gone = SSHTransport("ghost", t.address, host_key=_pin(t), key_file=t.key_file, port=2222, device=t.device)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="^ghost: "):
+        gone.stream(["true"], timeout=2)
+    assert time.monotonic() - started < 5
+
+
+def test_closing_a_stream_hangs_up(t):
+    s = t.stream(["sh", "-c", "echo $$; exec cat"], timeout=30)  # cat keeps the shell's PID
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = s.recv(100)
+        assert chunk, "the command ended early"
+        got += chunk
+    pid = int(got)
+    s.close()  # cat loses its stdin and ends
+    # these hosts are namespaces of this machine: its processes are visible here
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the command outlived its stream"
 
 
 # -- SSH only --------------------------------------------------------------------------------------

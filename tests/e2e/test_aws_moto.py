@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from tests.contract.servers import moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = ROOT / "tests" / "fakes"
@@ -121,26 +122,13 @@ def cloud(tmp_path_factory):
     (work / "initrd.img").write_bytes(b"initrd")
     (work / "lab.yaml").write_text(BLUEPRINT)
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    server = None
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         log = work / "calls.jsonl"
-        # `ip netns exec` execs the server: this PID is moto's own process
-        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(FAKE / "moto_server.py"),
-                                   "--log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, cwd=ROOT)
-        ready, _, _ = select.select([server.stdout], [], [], 30)
-        assert ready, "moto's server did not start within 30 s"
-        port = int(server.stdout.readline().split()[1])
-        yield Cloud(ns, port, log, work / "home", work / "lab.yaml")
+        with moto_server(log=log, namespace=ns) as server:
+            port = int(server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+            yield Cloud(ns, port, log, work / "home", work / "lab.yaml")
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 

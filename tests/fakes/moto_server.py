@@ -6,7 +6,8 @@
 - ``--log FILE``: one JSON line per AWS call ({"action", "params"}), so a test can assert what
   was *sent* even where moto ignores a parameter (CpuOptions.NestedVirtualization, ClientToken).
 
-It binds 127.0.0.1 on a port the kernel picks and prints ``port N`` once it listens.
+It binds 127.0.0.1 on a port the kernel picks and prints ``port N`` once it listens. Tests and
+benches start it through ``tests.contract.servers.moto_server``.
 
     python tests/fakes/moto_server.py [--delay 0.05] [--log calls.jsonl]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -40,7 +42,12 @@ class Middleware:
             return [b"ok"]
         if not path.startswith("/moto-api"):
             length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
+            if length:
+                body = environ["wsgi.input"].read(length)
+            elif environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+                body = environ["wsgi.input"].read()  # werkzeug has taken the chunking off
+            else:
+                body = b""
             environ["wsgi.input"] = io.BytesIO(body)
             if self.log is not None:
                 params = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = Middleware(DomainDispatcherApplication(create_backend_app), args.delay, args.log)
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    # as moto's own server does: what moto hands out (S3 locations...) names this port
+    os.environ.setdefault("MOTO_PORT", str(server.server_address[1]))
     print(f"port {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
