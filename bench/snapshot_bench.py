@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ravel.paths import paths  # noqa: E402
-from ravel.run.snapshot import restore  # noqa: E402
+from ravel.snapshot.restore import restore  # noqa: E402
 
 APP = f"snapbench{os.getpid()}"
 GUEST = ROOT / ".cache" / "guest"

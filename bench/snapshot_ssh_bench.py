@@ -28,12 +28,11 @@ sys.path.insert(0, str(ROOT))
 from ravel.paths import paths  # noqa: E402
 from ravel.providers import get_provider  # noqa: E402
 from ravel.providers.base import Host  # noqa: E402
-from ravel.run.events import Event  # noqa: E402
+from ravel.events import Event  # noqa: E402
 from ravel.run.lab import Lab  # noqa: E402
-from ravel.run.snapshot import take_snapshot  # noqa: E402
 from ravel.state import State  # noqa: E402
-from ravel.run import snapshot as snapshot_mod  # noqa: E402
-from ravel.run.layerfetch import HostFile, host_files  # noqa: E402
+from ravel.snapshot import take as snapshot_mod  # noqa: E402
+from ravel.snapshot.fetch import HostFile, host_files  # noqa: E402
 
 import snapshot_bench  # noqa: E402  (this directory: its lab blueprint and guest writer)
 from snapshot_bench import ravel  # noqa: E402
@@ -65,7 +64,7 @@ def snapshot_timed(home: Path, name: str) -> tuple[dict, float, dict[str, HostFi
     lab = Lab(paths({"RAVEL_HOME": str(home)}), emit=lambda e: stamps.append((time.monotonic(), e)))
     snapshot_mod.brought_here = watched
     try:
-        r = take_snapshot(lab, APP, name)
+        r = lab.snapshot(APP, name)
     finally:
         snapshot_mod.brought_here = real
         lab.close()

@@ -13,10 +13,9 @@ import typer
 from rich.table import Table
 
 from ..paths import paths
-from ..run.snapshot import snapshots as list_snapshots
-from ..run.snapshot import take_snapshot
+from ..snapshot.layers import gc, read_manifest, remove_snapshot
+from ..snapshot.take import snapshots as list_snapshots
 from ..store import open_store
-from ..store.layers import gc, read_manifest, remove_snapshot
 from . import exits
 from .common import app, err, out
 from .common import lab as open_lab
@@ -48,7 +47,7 @@ def snapshot(
     store the new layers by content hash with a manifest that `ravel publish --from` runs."""
     lab = open_lab()
     try:
-        r = take_snapshot(lab, app_name, name, memory, store)
+        r = lab.snapshot(app_name, name, memory, store)
     finally:
         lab.close()
     if as_json:

@@ -10,7 +10,7 @@ from rich.console import Console
 from .. import __version__
 from ..paths import paths
 from ..plan.catalogue import providers
-from ..run.events import quiet
+from ..events import quiet
 from ..run.lab import Lab
 from . import progress
 

@@ -6,7 +6,7 @@ import time
 
 from rich.console import Console
 
-from ..run.events import Emit, Event
+from ..events import Emit, Event
 
 
 def printer(console: Console) -> Emit:

@@ -13,7 +13,7 @@ Layers, one way:
 - ``proc``      bounded commands, pid identity (/proc cmdline), QMP, QEMU start/stop
 - ``resume``    start a VM from a saved memory state instead of booting it (at most once)
 - ``kvm``       probe whether KVM really works (runs a tiny VM to HLT, then a timed loop)
-- ``cli``       ``facts`` / ``apply`` / ``observe`` / ``destroy``; JSON in, JSON out
+- ``commands``  ``facts`` / ``apply`` / ``observe`` / ``destroy``; JSON in, JSON out
 - ``bundle``    ``build_zipapp(dest)``: the runtime as one file for bare hosts
 """
 

@@ -1,8 +1,8 @@
-"""``python3 -m ravel.host <command>``: see ``cli``."""
+"""``python3 -m ravel.host <command>``: see ``commands``."""
 
 import sys
 
-from .cli import main
+from .commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Effects: run the actions ``reconcile`` planned, and report.
 
 ``apply_desired``, ``observe`` and ``destroy`` each return a JSON-ready report dict; none of them
-prints or exits (``cli`` does). Every command and wait is bounded (see ``proc``).
+prints or exits (``commands`` does). Every command and wait is bounded (see ``proc``).
 """
 
 from __future__ import annotations

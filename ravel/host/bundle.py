@@ -1,7 +1,7 @@
 """Build a self-contained zipapp of the host runtime: ``python3 host.pyz facts``.
 
 The archive holds ``ravel/__init__.py`` (an empty stub, so nothing else of ravel is imported),
-every ``ravel/host/*.py`` module and a ``__main__.py`` that calls ``ravel.host.cli.main``.
+every ``ravel/host/*.py`` module and a ``__main__.py`` that calls ``ravel.host.commands.main``.
 Standard library only, like the runtime itself; the output is byte-for-byte deterministic.
 """
 
@@ -13,7 +13,7 @@ from typing import Union
 
 _MAIN = (
     "import sys\n"
-    "from ravel.host.cli import main\n"
+    "from ravel.host.commands import main\n"
     "sys.exit(main())\n"
 )
 _STUB = '"""ravel (host runtime only; shipped as a zipapp)."""\n'

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
+from ..host.desired import Desired
 from ..plan.network import ServiceForward
 from ..transport.base import Transport
 
@@ -34,7 +35,22 @@ class Host:
     address: str  # underlay address other hosts send VXLAN to
     device: str  # underlay device on the host
     run_root: str  # where the host runtime keeps this app's files on the host
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the provider's own: how to reach it
+    # where the app's disks live on the host; None: on this machine (the host shares its files)
+    data_dir: str | None = None
+    # underlay addresses (networks) guests' forwarded traffic must never reach, besides the
+    # app's own hosts: the provider's other hosts and its own addresses there (docs/networking.md)
+    guest_deny: tuple[str, ...] = ()
+    # a file the host writes once its bootstrap is done (cloud hosts; ravel.render.cloud_init)
+    ready_file: str | None = None
+
+
+@dataclass(frozen=True)
+class AppliedHost:
+    """A host as the state knows it once a desired state was applied to it."""
+
+    host: Host
+    desired: Desired
 
 
 @dataclass(frozen=True)

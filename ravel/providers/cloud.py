@@ -125,10 +125,7 @@ def cloud_host(app: str, name: str, ref: str, private_ip: str, public_ip: str | 
         "private_ip": private_ip,
         "public_ip": public_ip,
         "ssh": how.to_dict(),
-        "ready_file": READY_FILE,
-        "data_dir": f"{HOST_ROOT}/data/{app}/{name}",
-        "guest_deny": list(GUEST_DENY),
-    })
+    }, data_dir=f"{HOST_ROOT}/data/{app}/{name}", guest_deny=tuple(GUEST_DENY), ready_file=READY_FILE)
 
 
 def exposures_for(hosts: Mapping[str, Host], forwards: Sequence[ServiceForward]) -> list[Exposure]:

@@ -151,10 +151,10 @@ class LocalProvider:
             _ip("-n", ns, "addr", "replace", f"{address}/{UNDERLAY_PREFIX}", "dev", HOST_DEVICE)
         _ip("-n", ns, "link", "set", HOST_DEVICE, "up")
         run_root = str(self.paths.app_run(spec.app) / spec.name)
-        extra: dict[str, object] = {"namespace": ns, "guest_deny": list(GUEST_DENY)}
+        extra: dict[str, object] = {"namespace": ns}
         if mode == "ssh":
             extra["ssh"] = self._ensure_sshd(spec, ns, address)
-        return Host(spec.app, spec.name, ns, address, HOST_DEVICE, run_root, extra)
+        return Host(spec.app, spec.name, ns, address, HOST_DEVICE, run_root, extra, guest_deny=tuple(GUEST_DENY))
 
     def _forget_neighbour(self, app: str, address: str) -> None:
         """A new host's device has a new MAC, but host ids (and so addresses) are reused: whoever

@@ -1,7 +1,10 @@
-"""Each host's desired state (the host runtime's input document, version 1), from the plan.
+"""Each host's desired state (the host runtime's typed `Desired`, ravel/host/desired.py), from
+the app's resolved plan.
 
-Pure: given the blueprint, placement, network plan and where each host lives, the documents
-are a deterministic function; the host runtime turns a document into the minimal changes.
+Pure: given the AppPlan and where each host lives, the documents are a deterministic function;
+the host runtime turns one into the minimal changes. The document is built as the JSON the host
+receives and parsed by the host's own parser here, so a bad document fails before anything runs
+and both ends check it with the same code.
 """
 
 from __future__ import annotations
@@ -9,15 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from ..model.blueprint import Blueprint
-from ..plan.network import (
-    NetworkPlan,
-    egress_mac,
-    host_side_ports,
-    hosts_on_network,
-    service_forwards,
-)
-from ..plan.placement import Placement
+from ..host.desired import Desired, parse_desired
+from ..plan.app import AppPlan
+from ..plan.network import egress_mac
 from .qemu import VmFiles, qemu_argv, tap_name
 
 UNDERLAY_MTU = 1550  # VXLAN adds 50 bytes: guests keep MTU 1500 only if the underlay carries 1550
@@ -51,37 +48,41 @@ def disk_path(site: HostSite, vm: str, index: int) -> str:
 
 
 def desired_states(
-    bp: Blueprint,
-    app: str,
-    placement: Placement,
-    net: NetworkPlan,
+    ap: AppPlan,
+    sites: Mapping[str, HostSite],
+    running: Mapping[str, bool] | None = None,
+    incoming: Mapping[str, str] | None = None,
+) -> dict[str, Desired]:
+    """Host name -> desired state. `running[vm]` False keeps a VM defined but stopped.
+    `incoming[vm]` names a saved memory state the VM resumes from instead of booting, when the
+    host starts it for the first time (the argv stays the same: the host adds -incoming)."""
+    return {host: parse_desired(doc) for host, doc in desired_docs(ap, sites, running, incoming).items()}
+
+
+def desired_docs(
+    ap: AppPlan,
     sites: Mapping[str, HostSite],
     running: Mapping[str, bool] | None = None,
     incoming: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Host name -> desired document. `running[vm]` False keeps a VM defined but stopped.
-    `incoming[vm]` names a saved memory state the VM resumes from instead of booting, when the
-    host starts it for the first time (the argv stays the same: the host adds -incoming)."""
+    """The same as JSON documents, as the host runtime receives them."""
+    bp, app, net = ap.blueprint, ap.app, ap.network
     running = running or {}
     incoming = incoming or {}
-    carriers = hosts_on_network(placement, net)
-    ordinal = {vm.name: i for i, vm in enumerate(bp.vms)}
-    gateways = {n.name: str(n.gateway) for n in bp.networks if n.gateway is not None}
-    forwards = service_forwards(bp, placement, net)
-    outside = host_side_ports(forwards)
+    gateways = ap.gateways()
     docs: dict[str, dict[str, Any]] = {}
-    for host in placement.hosts:
+    for host in ap.placement.hosts:
         site = sites[host.name]
         networks = []
         for network in bp.networks:
-            here = carriers.get(network.name, [])
+            here = ap.carriers.get(network.name, ())
             if host.name not in here:
                 continue
             vni = net.vni[network.name]
             peers = [sites[h].address for h in here if h != host.name]
             fdb = sorted(
-                ({"mac": n.mac, "dst": sites[placement.vm_host[n.vm]].address}
-                 for n in net.nics if n.network == network.name and placement.vm_host[n.vm] != host.name),
+                ({"mac": n.mac, "dst": sites[ap.host_of(n.vm)].address}
+                 for n in net.nics if n.network == network.name and ap.host_of(n.vm) != host.name),
                 key=lambda e: e["mac"],
             )
             networks.append({"name": network.name, "vni": vni, "bridge": bridge_name(vni),
@@ -89,8 +90,8 @@ def desired_states(
         taps, vms = [], []
         for name in host.vms:
             vm = bp.vm(name)
-            nics = net.of_vm(name)
-            names = [tap_name(ordinal[name], n.index) for n in nics]
+            nics = ap.nics(name)
+            names = [tap_name(ap.ordinals[name], n.index) for n in nics]
             for n, tap in zip(nics, names):
                 taps.append({"name": tap, "bridge": bridge_name(net.vni[n.network]), "mtu": bp.network(n.network).mtu})
             files = VmFiles(site.run_dir, tuple(disk_path(site, name, i) for i in range(len(vm.disks))))
@@ -122,13 +123,13 @@ def desired_states(
             "taps": taps,
             "vms": vms,
         }
-        router = router_section(bp, app, host.name, net, [n["name"] for n in networks])
+        router = router_section(ap, host.name, [n["name"] for n in networks])
         if router is not None:
             # exposed services: a port on this host's uplink DNAT'd to its guest (docs/networking.md)
             # (guests are IPv4: an IPv6 underlay cannot DNAT to them)
-            router["expose"] = [{"vm": f.vm, "protocol": f.protocol, "port": outside[(f.vm, f.port, f.protocol)],
+            router["expose"] = [{"vm": f.vm, "protocol": f.protocol, "port": ap.host_ports[(f.vm, f.port, f.protocol)],
                                  "to": f.target, "to_port": f.port}
-                                for f in forwards if f.host == host.name and ":" not in site.address]
+                                for f in ap.forwards if f.host == host.name and ":" not in site.address]
             if not router["expose"]:
                 del router["expose"]
             docs[host.name]["router"] = router
@@ -139,11 +140,11 @@ def app_domain(app: str) -> str:
     return f"{app}.lab"
 
 
-def router_section(bp: Blueprint, app: str, host: str, net: NetworkPlan,
-                   carried: list[str]) -> dict[str, Any] | None:
+def router_section(ap: AppPlan, host: str, carried: list[str]) -> dict[str, Any] | None:
     """This host's piece of the app's distributed router (docs/networking.md): the gateway or
     service address on each carried network, routes and firewall rules between them, NAT, and
     what its DHCP/DNS server hands out. None when no carried network has any of that."""
+    bp, app, net = ap.blueprint, ap.app, ap.network
     here = [n for n in bp.networks if n.name in carried and n.name in net.services]
     if not here:
         return None

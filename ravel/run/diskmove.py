@@ -111,7 +111,7 @@ def move_disk(src_t: Transport, src: str, dst_t: Transport, dst: str,
               deadline: float | None = None, note: Callable[[str], None] = lambda _: None) -> Moved:
     """Make the stopped VM's disk `src` on `src_t`'s host be `dst` on `dst_t`'s host, and remove
     the source's copy; nothing when neither exists (a disk never made)."""
-    if src_t.local and dst_t.local:
+    if src_t.is_local and dst_t.is_local:
         # the same files on both sides: a rename is the whole transfer
         if os.path.exists(src) and not os.path.exists(dst):
             os.makedirs(os.path.dirname(dst), exist_ok=True)

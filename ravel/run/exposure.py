@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Mapping
 
-from ..model.blueprint import Blueprint
-from ..plan.network import NetworkPlan, service_forwards
-from ..plan.placement import Placement
+from ..plan.app import AppPlan
 from ..providers.base import Exposure, Host, Provider, ServiceExposer
 from ..state import State
-from .events import Emit, Event, quiet
+from ..events import Emit, Event, quiet
 
 
 def recorded(state: State, app: str) -> list[Exposure]:
@@ -28,10 +26,10 @@ def recorded(state: State, app: str) -> list[Exposure]:
     return out
 
 
-def expose(state: State, app: str, provider: Provider, hosts: Mapping[str, Host], bp: Blueprint,
-           placement: Placement, net: NetworkPlan, emit: Emit = quiet) -> dict[str, list[dict[str, Any]]]:
+def expose(state: State, app: str, provider: Provider, hosts: Mapping[str, Host], ap: AppPlan,
+           emit: Emit = quiet) -> dict[str, list[dict[str, Any]]]:
     """VM name -> its exposures, as stored in the VM's detail."""
-    forwards = service_forwards(bp, placement, net)
+    forwards = ap.forwards
     current = recorded(state, app)
     if not isinstance(provider, ServiceExposer):
         if forwards:

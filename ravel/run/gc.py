@@ -8,16 +8,16 @@ from ..errors import ProviderError
 from ..paths import Paths
 from ..providers import get_provider
 from ..providers.base import GarbageCollector
-from .lab import open_state
+from .sessions import open_state
 
 
 def _collector(paths: Paths, provider_name: str) -> GarbageCollector:
     provider = get_provider(provider_name, paths)
-    if not hasattr(provider, "garbage"):
+    if not isinstance(provider, GarbageCollector):
         raise ProviderError(f"provider {provider_name} keeps nothing outside this machine to collect",
                             hint="`ravel gc` is for the aws and gcp providers; `ravel destroy APP` cleans local apps")
     provider.preflight()
-    return provider  # type: ignore[return-value]
+    return provider
 
 
 def _known(paths: Paths, provider_name: str) -> set[str]:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from ..errors import RavelError, StateError, TransportError
+from ..host.desired import Desired
 from ..providers import get_provider
 from ..providers.base import Host, Provider
 from ..transport.base import Transport
 from . import exposure
-from .events import Event
+from ..events import Event
 from .fanout import parallel
 
-if TYPE_CHECKING:
-    from .lab import Lab
+from .sessions import Context, applied_hosts
 
 READY_MARKERS = ("RAVEL-READY", "login:", "RAVEL-RESUMED")  # resumed: noted by the host runtime
 STATUS_S = 10.0  # status: how long to wait for a host's observation
@@ -37,22 +37,22 @@ class VmStatus:
 
 
 
-def status(lab: Lab, app: str) -> list[VmStatus]:
+def status(ctx: Context, app: str) -> list[VmStatus]:
     """Each VM as it is: pid files where the host shares this machine's files, else what the
     host runtime observes through the host's transport ("unreachable" if it does not answer)."""
-    lab.state.require_app(app)
-    hosts = remote_hosts(lab, app)
+    ctx.state.require_app(app)
+    hosts = remote_hosts(ctx, app)
 
     def observe(name: str) -> dict[str, Any] | None:
-        host, desired, provider = hosts[name]
+        r = hosts[name]
         try:
-            return lab._runtime(provider, host, reach_s=STATUS_S).observe(desired, timeout=STATUS_S)["vms"]
+            return ctx.hosts.runtime(r.provider, r.host, reach_s=STATUS_S).observe(r.desired, timeout=STATUS_S)["vms"]
         except (RavelError, KeyError, TypeError):
             return None
 
     observed = dict(zip(hosts, parallel(observe, list(hosts))))
     out = []
-    for v in lab.state.vms(app):
+    for v in ctx.state.vms(app):
         d = v.detail
         state = v.state
         if v.host in observed:
@@ -70,40 +70,42 @@ def status(lab: Lab, app: str) -> list[VmStatus]:
     return out
 
 
-def remote_hosts(lab: Lab, app: str) -> dict[str, tuple[Host, dict[str, Any], Provider]]:
-    """The app's applied hosts that do not share this machine's files: name -> (host, its
-    desired document, provider)."""
-    out: dict[str, tuple[Host, dict[str, Any], Provider]] = {}
+@dataclass(frozen=True)
+class RemoteHost:
+    """An applied host that does not share this machine's files."""
+
+    host: Host
+    desired: Desired
+    provider: Provider
+
+
+def remote_hosts(ctx: Context, app: str) -> dict[str, RemoteHost]:
+    """The app's applied hosts that do not share this machine's files, by name."""
+    out: dict[str, RemoteHost] = {}
     provider: Provider | None = None
-    for r in lab.state.hosts(app):
-        desired = r.extra.get("desired")
-        if not r.ref or not desired:
-            continue
-        host = Host(app, r.name, r.ref, r.address or "", desired["underlay"]["device"], desired["run_dir"],
-                    r.extra.get("host") or {})
-        provider = provider or get_provider(lab.state.require_app(app).provider, lab.paths)
-        if not getattr(lab._transport(provider, host), "local", False):
-            out[r.name] = (host, desired, provider)
+    for a in applied_hosts(ctx.state, app):
+        provider = provider or get_provider(ctx.state.require_app(app).provider, ctx.paths)
+        if not ctx.hosts.transport(provider, a.host).is_local:
+            out[a.host.name] = RemoteHost(a.host, a.desired, provider)
     return out
 
 
-def wait_ready(lab: Lab, app: str, timeout: float) -> float:
+def wait_ready(ctx: Context, app: str, timeout: float) -> float:
     """Wait until every running VM's console shows a ready line; bounded by `timeout`.
     Console logs are read here on hosts that share this machine's files, else through the
     host's transport."""
     start = time.monotonic()
     deadline = start + max(timeout, 1.0)
-    remote = {name: lab._transport(provider, host)
-              for name, (host, _, provider) in remote_hosts(lab, app).items()}
+    remote = {name: ctx.hosts.transport(r.provider, r.host) for name, r in remote_hosts(ctx, app).items()}
     pending: dict[str, dict[str, str]] = {}  # host -> VM -> console log
-    for v in status(lab, app):
+    for v in status(ctx, app):
         if v.state == "running":
             pending.setdefault(v.host, {})[v.name] = v.log
     while pending and time.monotonic() < deadline:
         for host, logs in list(pending.items()):
             for vm in _ready_vms(remote.get(host), logs, deadline):
                 del logs[vm]
-                lab.emit(Event("wait", f"{vm} ready", vm=vm, done=True))
+                ctx.emit(Event("wait", f"{vm} ready", vm=vm, done=True))
             if not logs:
                 del pending[host]
         if pending:

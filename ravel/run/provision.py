@@ -14,21 +14,30 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 import uuid
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from ..errors import HostKeyMismatch, ProviderError, RavelError, TransportError
 from ..plan.plan import Plan
 from ..providers.base import Host, HostSpec, Provider
 from .accel import choose_accel, probe_is_current
-from .events import Event
+from ..events import Event
 
-if TYPE_CHECKING:
-    from .lab import Lab
+from .sessions import Context
 
 # Cloud APIs are mostly waiting: every host of a lab is asked for at once (AWS and GCP throttle
 # politely, and boto3/google-api-core retry a throttled call with backoff).
 PARALLEL = 32
+
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    """What `ravel publish` was told about making hosts (None: what the app's hosts were made
+    with, else the provider's default)."""
+
+    image: str | None = None  # --host-image
+    ssh_from: str | None = None  # --ssh-from
+    transport: str | None = None  # --transport
 REACH_POLL_FIRST_S = 1.0
 REACH_POLL_MAX_S = 10.0
 
@@ -61,7 +70,7 @@ def reach_hosts(hosts: Mapping[str, Host], transport: Callable[[Host], Any], dea
 def await_host(host: Host, transport: Any, deadline: float) -> dict[str, Any]:
     """Until `deadline` (time.monotonic): the host answers and its ready report says "ready".
     Hosts without a ready file (local namespaces) need nothing."""
-    ready_file = host.extra.get("ready_file")
+    ready_file = host.ready_file
     if not ready_file:
         return {}
     started = time.monotonic()
@@ -140,36 +149,62 @@ def _all(fn: Callable[[Any], Any], items: Sequence[Any], key: Callable[[Any], st
     return {key(item): results[key(item)] for item in items}
 
 
-def provision(lab: Lab, app: str, plan: Plan, provider: Provider, deadline: float,
-              options: Mapping[str, str | None]) -> dict[str, Host]:
+@dataclass(frozen=True)
+class HostRequest:
+    """How a host was asked for, kept in its state record ("provision") before the provider is
+    asked: a resumed publish sends the same token (ClientToken / request_id), so the cloud
+    recognises a create it already did, and a re-publish keeps the image, --ssh-from and
+    transport the host was made with."""
+
+    token: str
+    image: str | None = None
+    ssh_from: str | None = None
+    transport: str | None = None
+
+    @classmethod
+    def recorded(cls, extra: Mapping[str, Any]) -> HostRequest | None:
+        doc = extra.get("provision")
+        if not isinstance(doc, dict) or not doc.get("token"):
+            return None
+        return cls(str(doc["token"]), doc.get("image"), doc.get("ssh_from"), doc.get("transport"))
+
+    def to_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+def recorded_transport(extra: Mapping[str, Any]) -> str | None:
+    req = HostRequest.recorded(extra)
+    return req.transport if req else None
+
+
+def provision(ctx: Context, app: str, plan: Plan, provider: Provider, deadline: float,
+              options: ProvisionOptions) -> dict[str, Host]:
     """Make every host (each recorded in the state the moment it exists), then wait, bounded
     by `deadline`, until each answers and has reported ready. Both stages are resumable."""
     planned = [h.name for h in plan.placement.hosts]
-    ids = lab.state.host_ids(app, planned)
+    ids = ctx.state.host_ids(app, planned)
     types = {h.name: h for h in plan.placement.hosts}
-    extras = {r.name: dict(r.extra) for r in lab.state.hosts(app)}
+    extras = {r.name: dict(r.extra) for r in ctx.state.hosts(app)}
     specs = []
     for name in planned:
-        made = extras[name].get("provision") or {}
-        # recorded before the provider is asked, so a resumed publish sends the same token
-        # (ClientToken / request_id) and the cloud recognises a create it already did
-        prov = {"token": made.get("token") or uuid.uuid4().hex,
-                "image": options.get("image") or made.get("image"),
-                "ssh_from": options.get("ssh_from") or made.get("ssh_from"),
-                "transport": options.get("transport") or made.get("transport")}
-        if prov != made:
-            extras[name]["provision"] = prov
-            lab.state.update_host(app, name, extra=extras[name])
-        specs.append(HostSpec(app, name, ids[name], types[name].type.name, image=prov["image"],
-                              ssh_from=prov["ssh_from"], token=prov["token"], deadline=deadline,
-                              transport=prov["transport"] or ""))
+        made = HostRequest.recorded(extras[name])
+        req = HostRequest(made.token if made else uuid.uuid4().hex,
+                          options.image or (made.image if made else None),
+                          options.ssh_from or (made.ssh_from if made else None),
+                          options.transport or (made.transport if made else None))
+        if req != made:
+            extras[name]["provision"] = req.to_dict()
+            ctx.state.update_host(app, name, extra=extras[name])
+        specs.append(HostSpec(app, name, ids[name], types[name].type.name, image=req.image,
+                              ssh_from=req.ssh_from, token=req.token, deadline=deadline,
+                              transport=req.transport or ""))
 
     def made_one(spec: HostSpec, h: Host) -> None:
         extras[spec.name]["host"] = h.extra
-        lab.state.update_host(app, spec.name, type=spec.type, ref=h.ref, address=h.address,
+        ctx.state.update_host(app, spec.name, type=spec.type, ref=h.ref, address=h.address,
                                status="provisioned", extra=extras[spec.name])
-        if h.extra.get("ready_file"):
-            lab.emit(Event("hosts", f"{spec.name} created ({h.ref}, {h.address}); waiting for it to boot",
+        if h.ready_file:
+            ctx.emit(Event("hosts", f"{spec.name} created ({h.ref}, {h.address}); waiting for it to boot",
                             host=spec.name))
 
     hosts = make_hosts(provider, specs, made_one)
@@ -180,17 +215,17 @@ def provision(lab: Lab, app: str, plan: Plan, provider: Provider, deadline: floa
         # the host answers over its transport (SSH retried while it boots, bounded by the
         # deadline) and holds this exact runtime before it counts as up: every host does
         # before anything is applied anywhere
-        rt = lab._runtime(provider, h, deadline)
+        rt = ctx.hosts.runtime(provider, h, deadline)
         probed = not probe_is_current(extras[h.name].get("facts"), h.ref)
         if probed:  # once per host: a re-publish asks nothing
             extras[h.name]["facts"] = {**rt.facts(), "ref": h.ref}
         choice = choose_accel(types[h.name].accel, extras[h.name]["facts"])
         if probed and choice.note:
-            lab.emit(Event("hosts", f"{h.name}: {choice.note}", host=h.name))
-        lab.state.update_host(app, h.name, status="up", accel=choice.accel, extra=extras[h.name])
-        lab.emit(Event("hosts", f"{h.name} ready ({h.ref}, {h.address})", host=h.name, done=True))
+            ctx.emit(Event("hosts", f"{h.name}: {choice.note}", host=h.name))
+        ctx.state.update_host(app, h.name, status="up", accel=choice.accel, extra=extras[h.name])
+        ctx.emit(Event("hosts", f"{h.name} ready ({h.ref}, {h.address})", host=h.name, done=True))
 
-    reports = reach_hosts(hosts, lambda h: lab._transport(provider, h), deadline, ready_one)
+    reports = reach_hosts(hosts, lambda h: ctx.hosts.transport(provider, h), deadline, ready_one)
     # the underlay device is what the host itself reported (ens5, eth0...), where it did
     return {name: replace(h, device=reports[name].get("underlay_device") or h.device)
             for name, h in hosts.items()}

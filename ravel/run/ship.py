@@ -4,13 +4,14 @@ host's desired document rewritten to name the host's copy."""
 
 from __future__ import annotations
 
-import copy
 import os
 import posixpath
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from ..errors import StoreError
+from ..host.desired import VM, Desired
 from ..transport.base import Transport
 from ..transport.copying import digest_file
 from .chains import chain_plan, local_chain, rebase_argv
@@ -19,18 +20,17 @@ _FILE_FLAGS = ("-kernel", "-initrd")
 _digests: dict[tuple[str, int, int], str] = {}
 
 
-def referenced_files(doc: Mapping[str, Any]) -> list[str]:
-    """Paths on this machine that the document's VMs read: boot files, base images, and the
-    memory state a VM resumes from."""
+def referenced_files(desired: Desired) -> list[str]:
+    """Paths on this machine that the desired state's VMs read: boot files, base images, and
+    the memory state a VM resumes from."""
     found: list[str] = []
-    for vm in doc.get("vms", []):
-        argv = vm["argv"]
-        for flag, value in zip(argv, argv[1:]):
+    for vm in desired.vms:
+        for flag, value in zip(vm.argv, vm.argv[1:]):
             if flag in _FILE_FLAGS:
                 found.append(value)
-        found += [d["base"] for d in vm.get("disks", []) if d.get("base")]
-        if vm.get("incoming"):
-            found.append(vm["incoming"])
+        found += [d.base for d in vm.disks if d.base]
+        if vm.incoming:
+            found.append(vm.incoming)
     return sorted(set(found))
 
 
@@ -38,18 +38,17 @@ def remote_path(images_dir: str, path: str, digest: str) -> str:
     return posixpath.join(images_dir, f"{digest[:16]}-{os.path.basename(path)}")
 
 
-def rewrite(doc: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
-    """Pure: the same document with every local file path replaced by the host's copy."""
-    out = copy.deepcopy(dict(doc))
-    for vm in out.get("vms", []):
-        vm["argv"] = [mapping.get(a, a) if prev in _FILE_FLAGS else a
-                      for prev, a in zip([""] + vm["argv"][:-1], vm["argv"])]
-        for d in vm.get("disks", []):
-            if d.get("base"):
-                d["base"] = mapping.get(d["base"], d["base"])
-        if vm.get("incoming"):
-            vm["incoming"] = mapping.get(vm["incoming"], vm["incoming"])
-    return out
+def rewrite(desired: Desired, mapping: Mapping[str, str]) -> Desired:
+    """Pure: the same desired state with every local file path replaced by the host's copy."""
+    def moved(path: str | None) -> str | None:
+        return mapping.get(path, path) if path else path
+
+    def vm_here(vm: VM) -> VM:
+        argv = tuple(mapping.get(a, a) if prev in _FILE_FLAGS else a for prev, a in zip(("",) + vm.argv[:-1], vm.argv))
+        return replace(vm, argv=argv, disks=tuple(replace(d, base=moved(d.base)) for d in vm.disks),
+                       incoming=moved(vm.incoming))
+
+    return replace(desired, vms=tuple(vm_here(vm) for vm in desired.vms))
 
 
 def digest(path: str) -> str:
@@ -60,16 +59,15 @@ def digest(path: str) -> str:
     return _digests[key]
 
 
-def ship(t: Transport, doc: Mapping[str, Any], images_dir: str,
-         note: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    files = referenced_files(doc)
+def ship(t: Transport, desired: Desired, images_dir: str,
+         note: Callable[[str], None] = lambda _: None) -> Desired:
+    files = referenced_files(desired)
     if not files:
-        return dict(doc)
+        return desired
     listing = t.run(["ls", "-1", images_dir], check=False)
     present = set(listing.stdout.split()) if listing.rc == 0 else set()
     mapping = {}
-    bases = {d["base"]: d.get("base_format") or "qcow2"
-             for vm in doc.get("vms", []) for d in vm.get("disks", []) if d.get("base")}
+    bases = {d.base: d.base_format or "qcow2" for vm in desired.vms for d in vm.disks if d.base}
     for path in files:
         if path in bases:  # a base image may be the top of a chain (a restored snapshot)
             mapping[path] = ship_chain(t, path, bases[path], images_dir, present, note)
@@ -82,7 +80,7 @@ def ship(t: Transport, doc: Mapping[str, Any], images_dir: str,
             note(f"sending {os.path.basename(path)} ({os.path.getsize(path) // (1 << 20)} MiB)")
             t.put(Path(path), remote, 0o644)
         mapping[path] = remote
-    return rewrite(doc, mapping)
+    return rewrite(desired, mapping)
 
 
 def ship_chain(t: Transport, path: str, fmt: str, images_dir: str, present: set[str],

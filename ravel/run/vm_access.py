@@ -4,44 +4,38 @@ shares this machine's files, else through the host's transport."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 from ..errors import MissingFile, StateError
 from ..state import VmRecord
 from ..transport.base import READ_LIMIT
-from .console import attach, read_log, relay
+from .terminal import attach, read_log, relay
 from .observe import remote_hosts
 
-if TYPE_CHECKING:
-    from .lab import Lab
+from .sessions import Context
 
 
-def vm_record(lab: Lab, app: str, vm: str) -> VmRecord:
+def vm_record(ctx: Context, app: str, vm: str) -> VmRecord:
     """Where a VM lives, from the state alone: reaching its console or log needs no
     observation of every host."""
-    lab.state.require_app(app)
-    vms = lab.state.vms(app)
+    ctx.state.require_app(app)
+    vms = ctx.state.vms(app)
     for v in vms:
         if v.name == vm:
             return v
     raise StateError(f"app {app!r} has no VM {vm!r} (VMs: {', '.join(v.name for v in vms)})")
 
 
-def console(lab: Lab, app: str, vm: str, on_attached: Callable[[], None] = lambda: None) -> None:
+def console(ctx: Context, app: str, vm: str, on_attached: Callable[[], None] = lambda: None) -> None:
     """Attach the terminal to a VM's serial console, directly or through the host's
     transport when the host does not share this machine's files."""
-    target = vm_record(lab, app, vm)
-    remote = remote_hosts(lab, app).get(target.host or "")
+    target = vm_record(ctx, app, vm)
+    remote = remote_hosts(ctx, app).get(target.host or "")
     if remote is None:
         attach(target.detail["console"], vm, on_attached=on_attached)
         return
-    host, _, provider = remote
-    runtime = lab._runtime(provider, host)
-    t = lab._transport(provider, host)
-    stream = getattr(t, "stream", None)
-    if stream is None:
-        raise StateError(f"the console of {vm} cannot be reached over this host's transport")
-    chan = stream([runtime.python, runtime.pyz, "console", target.detail["console"]])
+    runtime = ctx.hosts.runtime(remote.provider, remote.host)
+    chan = runtime.t.stream([runtime.python, runtime.pyz, "console", target.detail["console"]])
     on_attached()
     try:
         relay(chan)
@@ -49,18 +43,17 @@ def console(lab: Lab, app: str, vm: str, on_attached: Callable[[], None] = lambd
         chan.close()
 
 
-def console_output(lab: Lab, app: str, vm: str, follow: bool = False,
+def console_output(ctx: Context, app: str, vm: str, follow: bool = False,
                    poll_s: float = 0.5, max_s: float | None = None) -> Iterator[bytes]:
     """A VM's console log so far, then (with `follow`) what arrives; read through the
     host's transport when the host does not share this machine's files."""
-    target = vm_record(lab, app, vm)
+    target = vm_record(ctx, app, vm)
     log = target.detail["log"]
-    remote = remote_hosts(lab, app).get(target.host or "")
+    remote = remote_hosts(ctx, app).get(target.host or "")
     if remote is None:
         yield from read_log(log, vm, follow=follow, max_s=max_s)
         return
-    host, _, provider = remote
-    t = lab._transport(provider, host)
+    t = ctx.hosts.transport(remote.provider, remote.host)
     offset = 0
     deadline = None if max_s is None else time.monotonic() + max_s
     while True:

@@ -68,7 +68,6 @@ class Transport(Protocol):
     # True when the host sees this machine's files: a path means the same file on both, so a
     # file is handed over by its name. False promises nothing: files go through put/get/read.
     is_local: bool
-    local: bool  # the old name of `is_local`, kept until every caller has moved over
 
     def run(self, argv: Sequence[str], input: bytes | None = None, timeout: float = 120,
             check: bool = True) -> CommandResult:

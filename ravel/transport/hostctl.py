@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandFailed, TransportError
+from ..host.desired import Desired, to_doc
 from .base import Transport
 
 RUNTIME_TIMEOUT_S = 300
@@ -91,11 +92,12 @@ class HostRuntime:
     def facts(self) -> dict[str, Any]:
         return self._call("facts", timeout=60)
 
-    def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
-        return self._call("apply", doc)
+    # the desired state travels as its JSON document, parsed again on the host by the same code
+    def apply(self, desired: Desired) -> dict[str, Any]:
+        return self._call("apply", to_doc(desired))
 
-    def observe(self, doc: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
-        return self._call("observe", doc, timeout=timeout)
+    def observe(self, desired: Desired, timeout: float = 60) -> dict[str, Any]:
+        return self._call("observe", to_doc(desired), timeout=timeout)
 
-    def destroy(self, doc: dict[str, Any]) -> dict[str, Any]:
-        return self._call("destroy", doc)
+    def destroy(self, desired: Desired) -> dict[str, Any]:
+        return self._call("destroy", to_doc(desired))

@@ -95,7 +95,6 @@ class ProcessStream:
 
 class NamespaceTransport:
     is_local = True  # the namespace shares this machine's filesystem
-    local = is_local  # the old name, until every caller reads is_local
 
     def __init__(self, host: str, namespace: str) -> None:
         self.host = host

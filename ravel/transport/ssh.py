@@ -138,17 +138,9 @@ class ChannelStream:
     def close(self) -> None:
         self.channel.close()  # hangs up on the command
 
-    def __getattr__(self, name: str) -> Any:
-        # TRANSITIONAL: ravel/transport/hostrun.py still drives the bare channel (makefile,
-        # status_event...); remove once it uses the CommandStream methods only
-        if name == "channel":
-            raise AttributeError(name)
-        return getattr(self.channel, name)
-
 
 class SSHTransport:
     is_local = False  # paths name files on the host, not on this machine
-    local = is_local  # the old name, until every caller reads is_local
 
     def __init__(self, host: str, address: str, *, host_key: str, key_file: str | os.PathLike[str],
                  user: str = "root", port: int = 22, device: str | None = None) -> None:

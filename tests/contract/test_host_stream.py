@@ -10,8 +10,7 @@ import time
 import pytest
 from tests.contract.test_transport import lab, t  # noqa: F401 - the same two hosts, one per transport
 
-from ravel.errors import TransportError
-from ravel.run.hoststream import HostRun
+from ravel.transport.hostrun import HostRun
 from ravel.transport.hostctl import HostRuntime
 
 SCRIPT = r"""
@@ -68,12 +67,3 @@ def test_no_answer_is_bounded(runtime):
         assert time.monotonic() - started < 5
     finally:
         run.finish()
-
-
-def test_a_transport_that_cannot_stream_is_refused(runtime):
-    class Plain:
-        host = "h9"
-        local = False
-
-    with pytest.raises(TransportError, match="h9: `ravel-host snapshot` needs a transport that streams"):
-        HostRun("h9", HostRuntime(Plain(), "/x.pyz"), {"tag": "s1"})

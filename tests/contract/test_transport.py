@@ -217,7 +217,6 @@ def test_capabilities_are_declared(lab, t):
     kind = next(k for k, (_, made) in lab[1].items() if made is t)
     assert isinstance(t, Transport)
     assert type(t.is_local) is bool and t.is_local is IS_LOCAL[kind]
-    assert t.local is t.is_local  # the old name, while callers move over
 
 
 def test_is_local_is_true_only_where_the_host_sees_this_machines_files(t, tmp_path):

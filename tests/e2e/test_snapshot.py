@@ -18,7 +18,7 @@ import pytest
 
 from conftest import GUEST, Ravel, force_cleanup, leftovers, namespaces, ready_count, wait_until
 from ravel.paths import paths
-from ravel.run.snapshot import restore
+from ravel.snapshot.restore import restore
 from tests.contract.servers import env, gcs_emulator, make_bucket, moto_server
 from tests.unit.importfixtures import make_ova, make_vmdk, manifest, ovf
 

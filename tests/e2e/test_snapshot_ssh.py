@@ -26,9 +26,8 @@ from test_snapshot import MARK_MIB, SEQ_SECTOR, mark_md5, seq_on_disk, sh, snaps
 from test_ssh_lab import SshRavel, hosts_in_state, root_link_of, root_links, ssh_leftovers, sshd_pids
 
 from ravel.paths import paths
-from ravel.run.events import Event
+from ravel.events import Event
 from ravel.run.lab import Lab
-from ravel.run.snapshot import take_snapshot
 from ravel.transport.ssh import SSHTransport
 
 PID = os.getpid()
@@ -119,7 +118,7 @@ def first(lab):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(SSHTransport, "reading", watched_reading)
-            result = take_snapshot(lab, APP, "s1")
+            result = lab.snapshot(APP, "s1")
     finally:
         lab.close()
     after = seq_on_disk(r, APP)

@@ -13,12 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ravel.errors import StoreError
+from ravel.host.desired import VM, Desired, Disk
 from ravel.run.chains import (chain_key, chain_plan, host_name, local_chain, qcow2_backing, rebase_argv,
                               sniff_format)
-from ravel.run.layerfetch import HostFile, brought_here, host_files
+from ravel.snapshot.fetch import HostFile, brought_here, host_files
 from ravel.run.ship import digest, ship
 from ravel.store.local import LocalStore
-from ravel.store.layers import layer_key, sha256_file
+from ravel.snapshot.layers import layer_key, sha256_file
 from ravel.transport.base import CommandResult
 
 SHA = [c * 64 for c in "abc"]
@@ -128,7 +129,7 @@ class DirHost:
     mapped into it (qemu-img rebase, mv, ls), and every file sent is recorded."""
 
     host = "h1"
-    local = False
+    is_local = False
 
     def __init__(self, root: Path) -> None:
         self.root, self.sent, self.ran = root, [], []
@@ -155,15 +156,16 @@ class DirHost:
 
 def test_ship_sends_a_whole_chain_once_and_it_resolves_on_the_host(tmp_path):
     top = make_chain(tmp_path / "c")
-    doc = {"vms": [{"name": "a", "argv": ["qemu"], "disks": [{"path": "/d/a0.qcow2", "base": str(top),
-                                                              "base_format": "qcow2"}]},
-                   {"name": "b", "argv": ["qemu"], "disks": [{"path": "/d/b0.qcow2", "base": str(top),
-                                                              "base_format": "qcow2"}]}]}
+    def vm(name, base):
+        return VM(name, True, ("qemu",), f"/r/{name}.pid", f"/r/{name}.qmp",
+                  (Disk(f"/d/{name}0.qcow2", base=base, base_format="qcow2"),))
+
+    doc = Desired("t", "/r", vms=(vm("a", str(top)), vm("b", str(top))))
     host = DirHost(tmp_path / "host")
     out = ship(host, doc, "/var/lib/ravel/images")
     assert len(host.sent) == 3  # base, l1, top: each once although two VMs use it
-    remote_top = out["vms"][0]["disks"][0]["base"]
-    assert out["vms"][1]["disks"][0]["base"] == remote_top and remote_top.startswith("/var/lib/ravel/images/")
+    remote_top = out.vms[0].disks[0].base
+    assert out.vms[1].disks[0].base == remote_top and remote_top.startswith("/var/lib/ravel/images/")
     # only the two overlays were rebased, and never under their final name
     rebased = [a[-1] for a in host.ran if a[:2] == ["qemu-img", "rebase"]]
     assert len(rebased) == 2 and all(os.path.basename(r).startswith(".") for r in rebased)
@@ -177,7 +179,7 @@ def test_ship_sends_a_whole_chain_once_and_it_resolves_on_the_host(tmp_path):
     assert again == out and len(host.sent) == 3
     # a new layer over the same chain: only it is sent
     qimg("create", "-q", "-f", "qcow2", "-b", str(top), "-F", "qcow2", str(tmp_path / "c/next.qcow2"))
-    doc["vms"][0]["disks"][0]["base"] = str(tmp_path / "c/next.qcow2")
+    doc = Desired("t", "/r", vms=(vm("a", str(tmp_path / "c/next.qcow2")), vm("b", str(top))))
     ship(host, doc, "/var/lib/ravel/images")
     assert len(host.sent) == 4
     assert digest(str(top))  # unchanged by shipping
@@ -234,7 +236,7 @@ def test_hosts_sharing_this_filesystem_are_read_in_place(tmp_path):
     sha = sha256_file(p)[0]
 
     class Local(DirHost):
-        local = True
+        is_local = True
 
     host = Local(tmp_path)
     store = LocalStore(tmp_path / "s")

@@ -161,18 +161,19 @@ def test_publish_from_a_snapshot_keeps_the_cloud_options(tmp_path, monkeypatch):
     # --ssh-from and --host-image were dropped on the way from `publish --from` to the publish
     from ravel.paths import paths
     from ravel.run import lab as lab_mod
-    from ravel.run import snapshot
+    from ravel.run import publish as pipeline
+    from ravel.snapshot.restore import Restoration
 
     seen = {}
-    monkeypatch.setattr(snapshot, "restore_snapshot",
-                        lambda p, name, url, emit=None, check=None: snapshot.Restoration(tmp_path / f"{name}.yaml"))
-    monkeypatch.setattr(lab_mod.Lab, "publish", lambda self, path, **kw: seen.update(kw))
+    monkeypatch.setattr(pipeline, "restore_snapshot",
+                        lambda p, name, url, emit=None, check=None: Restoration(tmp_path / f"{name}.yaml"))
+    monkeypatch.setattr(pipeline, "publish", lambda ctx, path, **kw: seen.update(kw))
     lab = lab_mod.Lab(paths({"RAVEL_HOME": str(tmp_path)}))
     try:
         lab.publish_snapshot("snap", provider_name="aws", ssh_from="203.0.113.7/32", host_image="ami-0123")
     finally:
         lab.close()
-    assert seen["ssh_from"] == "203.0.113.7/32" and seen["host_image"] == "ami-0123"
+    assert seen["options"].ssh_from == "203.0.113.7/32" and seen["options"].image == "ami-0123"
 
 
 def test_ctrl_c_while_the_cli_loads_is_a_quiet_interrupt():

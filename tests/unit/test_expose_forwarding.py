@@ -25,7 +25,8 @@ from ravel.plan.network import (
     service_forwards,
 )
 from ravel.plan.plan import make_plan
-from ravel.render.host_state import HostSite, desired_states
+from ravel.plan.app import resolve_app
+from ravel.render.host_state import HostSite, desired_docs
 
 LAB = """\
 name: ex
@@ -50,7 +51,7 @@ def docs(text: str = LAB) -> dict:
     net = plan_network(bp, "ex", {"lan": 100, "bare": 101})
     sites = {h.name: HostSite(h.name, f"198.18.0.{i + 9}", "ul0", f"/run/ex/{h.name}", "/data/ex", "tcg")
              for i, h in enumerate(plan.placement.hosts)}
-    return desired_states(bp, "ex", plan.placement, net, sites)
+    return desired_docs(resolve_app(bp, "ex", plan, net.vni), sites)
 
 
 def fw(vm: str, port: int, protocol: str = "tcp", host: str = "host-1", host_port: int | None = None) -> ServiceForward:

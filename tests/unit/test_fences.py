@@ -20,7 +20,8 @@ from ravel.plan.catalogue import load_catalogue
 from ravel.plan.network import plan_network, underlay_address
 from ravel.plan.plan import make_plan
 from ravel.providers import local
-from ravel.render.host_state import HostSite, desired_states
+from ravel.plan.app import resolve_app
+from ravel.render.host_state import HostSite, desired_docs
 
 DENY = ("198.18.0.0/16", "198.19.255.254/32")
 L2 = textwrap.dedent("""\
@@ -43,7 +44,7 @@ def docs(deny=DENY):
     net = plan_network(bp, "l2", {"lan": 1100, "out": 1101})
     sites = {h.name: HostSite(h.name, f"198.18.0.{i + 5}", "ul0", f"/run/r/l2/{h.name}", f"/d/{h.name}",
                               "tcg", deny) for i, h in enumerate(plan.placement.hosts)}
-    out = desired_states(bp, "l2", plan.placement, net, sites)
+    out = desired_docs(resolve_app(bp, "l2", plan, net.vni), sites)
     return plan, out
 
 

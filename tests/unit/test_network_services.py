@@ -27,7 +27,8 @@ from ravel.plan.network import (
     assign_ip, gateway_mac, hosts_on_network, plan_network, service_forwards,
 )
 from ravel.plan.plan import make_plan
-from ravel.render.host_state import HostSite, desired_states
+from ravel.plan.app import resolve_app
+from ravel.render.host_state import HostSite, desired_docs
 from ravel.render.qemu import guest_cmdline
 
 LAB = textwrap.dedent("""\
@@ -64,7 +65,7 @@ def lab(text: str = LAB, vnis=VNIS):
     net = plan_network(bp, "lab", vnis)
     sites = {h.name: HostSite(h.name, f"198.18.0.{i + 1}", "ul0", f"/run/r/lab/{h.name}",
                               f"/d/{h.name}", "tcg") for i, h in enumerate(plan.placement.hosts)}
-    return bp, plan, net, desired_states(bp, "lab", plan.placement, net, sites)
+    return bp, plan, net, desired_docs(resolve_app(bp, "lab", plan, net.vni), sites)
 
 
 def problems(text: str) -> list[str]:

@@ -9,7 +9,8 @@ from ravel.model.resolve import load_blueprint
 from ravel.plan.catalogue import load_catalogue
 from ravel.plan.network import assign_mac, plan_network
 from ravel.plan.plan import make_plan
-from ravel.render.host_state import HostSite, desired_states
+from ravel.plan.app import resolve_app
+from ravel.render.host_state import HostSite, desired_docs
 from ravel.render.qemu import VmFiles, guest_cmdline, qemu_argv
 
 BP = textwrap.dedent("""\
@@ -110,7 +111,7 @@ def test_desired_states_tunnels_and_fdb():
     assert hx != hy
     sites = {h: HostSite(h, f"198.18.0.{i + 1}", "ul0", f"/run/r/{h}", "/d", "tcg")
              for i, h in enumerate(sorted({hx, hy}))}
-    docs = desired_states(bp, "t", plan.placement, net, sites)
+    docs = desired_docs(resolve_app(bp, "t", plan, net.vni), sites)
     dx, dy = docs[hx], docs[hy]
     assert dx["underlay"] == {"device": "ul0", "address": sites[hx].address, "mtu": 1550}
     # network a spans both hosts: each side floods to the other and knows the remote MAC
@@ -125,6 +126,6 @@ def test_desired_states_tunnels_and_fdb():
     disks = dx["vms"][0]["disks"]
     assert disks[0] == {"path": "/d/x-disk0.qcow2", "base": "/base.vmdk", "base_format": "vmdk"}
     assert disks[1] == {"path": "/d/x-disk1.qcow2", "size_mib": 1024}
-    stopped = desired_states(bp, "t", plan.placement, net, sites, {"x": False})
+    stopped = desired_docs(resolve_app(bp, "t", plan, net.vni), sites, {"x": False})
     assert stopped[hx]["vms"][0]["running"] is False
-    assert desired_states(bp, "t", plan.placement, net, sites) == docs
+    assert desired_docs(resolve_app(bp, "t", plan, net.vni), sites) == docs

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from ravel.errors import StateError
-from ravel.host.desired import DesiredError, parse_desired
+from ravel.host.desired import VM, Desired, DesiredError, parse_desired
 from ravel.host.facts import VMRecord, argv_sha256, parse_record
 from ravel.host.resume import console_log, resume_argv
 from ravel.host.reconcile import KINDS, phase, reconcile
@@ -20,10 +20,11 @@ from ravel.paths import paths as make_paths
 from ravel.plan.catalogue import load_catalogue
 from ravel.plan.network import plan_network
 from ravel.plan.plan import make_plan
-from ravel.render.host_state import HostSite, desired_states
-from ravel.render.resume import (accel_of, blueprint_signatures, machine_signature,
+from ravel.plan.app import resolve_app
+from ravel.render.host_state import HostSite, desired_docs
+from ravel.snapshot.machine import (accel_of, blueprint_signatures, machine_signature,
                                  signature_difference)
-from ravel.run import resume as pending
+from ravel.snapshot import memory as pending
 from ravel.run.ship import referenced_files, rewrite
 
 from tests.unit.test_host_reconcile import DOC, converged, kinds
@@ -52,7 +53,7 @@ def render(incoming=None, running=None, app="t", text=BP):
     net = plan_network(bp, app, {"a": 1000})
     sites = {h.name: HostSite(h.name, f"198.18.0.{i + 10}", "eth0", f"/run/r/{app}/{h.name}",
                               f"/data/{app}/{h.name}", "tcg") for i, h in enumerate(plan.placement.hosts)}
-    return desired_states(bp, app, plan.placement, net, sites, running, incoming)
+    return desired_docs(resolve_app(bp, app, plan, net.vni), sites, running, incoming)
 
 
 def vms_of(docs):
@@ -215,19 +216,20 @@ def test_a_host_that_runs_another_machine_is_refused_before_anything_starts():
     x = vms_of(docs)["x"]["argv"]
     kvm = [a.replace("tcg,", "kvm,") if a.startswith("tcg,") else a for a in x]
     entries = {"x": pending.Resume(STATE, machine_signature(kvm))}
+    desired = {host: parse_desired(doc) for host, doc in docs.items()}
     with pytest.raises(StateError, match=r"VM x cannot resume from its memory state on host-\d: "
                                          r"'-accel kvm' was saved, '-accel tcg' would run now"):
-        pending.check_machines(entries, docs)
-    pending.check_machines({"x": pending.Resume(STATE, machine_signature(x))}, docs)
-    pending.check_machines({"x": pending.Resume(STATE, ())}, docs)  # an older manifest: QEMU checks
+        pending.check_machines(entries, desired)
+    pending.check_machines({"x": pending.Resume(STATE, machine_signature(x))}, desired)
+    pending.check_machines({"x": pending.Resume(STATE, ())}, desired)  # an older manifest: QEMU checks
 
 
 # -- shipping to hosts that do not share this filesystem ---------------------------------------
 
 def test_the_state_file_is_shipped_and_renamed():
-    doc = {"vms": [{"name": "x", "argv": ["qemu"], "disks": [], "incoming": STATE}]}
+    doc = Desired("t", "/r", vms=(VM("x", True, ("qemu",), "/r/x.pid", "/r/x.qmp", incoming=STATE),))
     assert referenced_files(doc) == [STATE]
-    assert rewrite(doc, {STATE: "/h/images/ab-state"})["vms"][0]["incoming"] == "/h/images/ab-state"
+    assert rewrite(doc, {STATE: "/h/images/ab-state"}).vms[0].incoming == "/h/images/ab-state"
 
 
 def test_a_missing_state_file_fails_before_qemu_starts(tmp_path):

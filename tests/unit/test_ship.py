@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import os
 
+from ravel.host.desired import VM, Desired, Disk
 from ravel.run.ship import digest, referenced_files, remote_path, rewrite, ship
 from ravel.transport.base import CommandResult
 
-DOC = {"vms": [
-    {"name": "a", "argv": ["qemu", "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd.img", "-append", "-kernel"],
-     "disks": [{"path": "/d/a0.qcow2", "base": "/img/base.qcow2"}, {"path": "/d/a1.qcow2", "size_mib": 1}]},
-    {"name": "b", "argv": ["qemu", "-kernel", "/img/vmlinuz"], "disks": []},
-]}
+
+def vm(name, argv, disks=()):
+    return VM(name, True, tuple(argv), f"/r/{name}.pid", f"/r/{name}.qmp", tuple(disks))
+
+
+DOC = Desired("t", "/r", vms=(
+    vm("a", ["qemu", "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd.img", "-append", "-kernel"],
+       [Disk("/d/a0.qcow2", base="/img/base.qcow2"), Disk("/d/a1.qcow2", size_mib=1)]),
+    vm("b", ["qemu", "-kernel", "/img/vmlinuz"]),
+))
 
 
 def test_referenced_files_and_rewrite_are_exact():
     assert referenced_files(DOC) == ["/img/base.qcow2", "/img/initrd.img", "/img/vmlinuz"]
     out = rewrite(DOC, {"/img/vmlinuz": "/h/k", "/img/initrd.img": "/h/i", "/img/base.qcow2": "/h/b"})
-    assert out["vms"][0]["argv"] == ["qemu", "-kernel", "/h/k", "-initrd", "/h/i", "-append", "-kernel"]
-    assert out["vms"][0]["disks"][0]["base"] == "/h/b" and out["vms"][0]["disks"][1] == {"path": "/d/a1.qcow2", "size_mib": 1}
-    assert DOC["vms"][0]["argv"][2] == "/img/vmlinuz"  # the input is not modified
+    assert out.vms[0].argv == ("qemu", "-kernel", "/h/k", "-initrd", "/h/i", "-append", "-kernel")
+    assert out.vms[0].disks[0].base == "/h/b" and out.vms[0].disks[1] == Disk("/d/a1.qcow2", size_mib=1)
+    assert DOC.vms[0].argv[2] == "/img/vmlinuz"  # the input is not modified
 
 
 class FakeHost:
     """A transport whose host filesystem is a directory: records what was sent."""
 
     host = "h1"
-    local = False
+    is_local = False
 
     def __init__(self, root):
         self.root, self.sent = root, []
@@ -53,7 +59,7 @@ def test_ship_sends_each_file_once_by_content(tmp_path):
     out = ship(host, doc, "/var/lib/ravel/images")
     assert len(host.sent) == 3
     k = remote_path("/var/lib/ravel/images", str(src / "vmlinuz"), digest(str(src / "vmlinuz")))
-    assert out["vms"][1]["argv"] == ["qemu", "-kernel", k]
+    assert out.vms[1].argv == ("qemu", "-kernel", k)
     assert (tmp_path / "host" / k.lstrip("/")).read_bytes() == (src / "vmlinuz").read_bytes()
     again = ship(host, doc, "/var/lib/ravel/images")
     assert again == out and len(host.sent) == 3  # nothing sent twice

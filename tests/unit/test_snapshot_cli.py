@@ -66,7 +66,7 @@ def test_publish_from_never_takes_over_an_app_of_that_name(tmp_path):
 
 def _pinned_snapshot(home, vm: str) -> None:
     # its only layer is not in the store: a fetch, if it starts, says so (exit 8)
-    from ravel.store.layers import DiskChain, Layer, Manifest, VmImage
+    from ravel.snapshot.layers import DiskChain, Layer, Manifest, VmImage
     from ravel.store.local import LocalStore
 
     bp = f"name: x\nvms:\n  a:\n{vm}    disks: [{{size: 16}}]\nplacement:\n  host_types: [local-small]\n"

@@ -11,7 +11,7 @@ import pytest
 
 from ravel.errors import StoreError
 from ravel.host import snapshot as hs
-from ravel.store.layers import (DiskChain, Layer, Manifest, Pending, VmImage, fetch_chain, gc, layer_key,
+from ravel.snapshot.layers import (DiskChain, Layer, Manifest, Pending, VmImage, fetch_chain, gc, layer_key,
                                 read_manifest, remove_snapshot, sha256_file)
 from ravel.store.local import LocalStore
 

@@ -9,9 +9,10 @@ import sys
 import termios
 import time
 import tty
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import StateError
+from ..transport.base import CommandStream
 
 DETACH = b"\x1d"  # Ctrl-], as in telnet and virsh console
 FOLLOW_POLL_S = 0.2
@@ -29,10 +30,11 @@ def attach(socket_path: str, vm: str, stdin: int | None = None, stdout: BinaryIO
     relay(s, stdin, stdout, idle_timeout)
 
 
-def relay(s: Any, stdin: int | None = None, stdout: BinaryIO | None = None,
+def relay(s: socket.socket | CommandStream, stdin: int | None = None, stdout: BinaryIO | None = None,
           idle_timeout: float | None = None) -> None:
-    """Relay the terminal to a connection (a UNIX socket, or an SSH channel running the host
-    runtime's console relay) until Ctrl-] or the end of either side."""
+    """Relay the terminal to a connection (a UNIX socket, or a stream to the host runtime's
+    console relay on a host reached through its transport) until Ctrl-] or the end of either
+    side."""
     stdin = sys.stdin.fileno() if stdin is None else stdin
     out = stdout or sys.stdout.buffer
     saved = None

@@ -20,10 +20,10 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import StoreError
 from ..store import Store
-from ..store.layers import layer_key, sha256_file
+from .layers import layer_key, sha256_file
 from ..transport.base import Streaming, Transport
 from ..transport.copying import pump
-from .events import Emit, Event, quiet
+from ..events import Emit, Event, quiet
 
 PARALLEL_FETCHES = 4
 TMP_PREFIX = "snapshot-fetch-"
@@ -92,7 +92,7 @@ def brought_here(files: Mapping[str, Path], reports: Mapping[str, Mapping[str, A
     the block ends."""
     where = host_files(reports)
     remote = {sha: where[sha] for sha in files
-              if sha in where and not getattr(transports[where[sha].host], "local", False)}
+              if sha in where and not transports[where[sha].host].is_local}
     wanted = {sha: f for sha, f in sorted(remote.items()) if not store.exists(layer_key(sha))}
     here = {sha: Path(p) for sha, p in files.items() if sha not in remote}
     if not wanted:

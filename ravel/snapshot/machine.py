@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from ..model.blueprint import Blueprint
+from ..plan.app import sketch_vnis
 from ..plan.network import plan_network
-from .qemu import VmFiles, qemu_argv, tap_name
+from ..render.qemu import VmFiles, qemu_argv, tap_name
 
 _KEEP = ("-machine", "-cpu", "-smp", "-m", "-bios", "-device", "-serial")
 _PRESENCE = ("-kernel", "-initrd")  # the boot loader ROM QEMU adds; the files do not matter now
@@ -55,7 +56,7 @@ def blueprint_signatures(bp: Blueprint, app: str, accel: Mapping[str, str]) -> d
     """Each VM's machine signature as `bp` would run it, before any host exists: files and taps
     are placeholders (the signature leaves them out); `accel[vm]` is the accelerator to assume
     (the host's own is known, and compared, only once it has been probed)."""
-    net = plan_network(bp, app, {n.name: i + 1 for i, n in enumerate(bp.networks)})
+    net = plan_network(bp, app, sketch_vnis(bp))
     out = {}
     for i, vm in enumerate(bp.vms):
         nics = net.of_vm(vm.name)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import StoreError
 from ..model.spec import NAME_RE
-from .base import Store
+from ..store.base import Store
 
 MANIFEST_VERSION = 1
 LAYERS = "layers/"
@@ -90,7 +90,7 @@ class VmImage:
     host: str
     disks: tuple[DiskChain, ...] = ()
     memory: Layer | None = None  # RAM and device state (`ravel snapshot --memory`)
-    # with memory: the machine that state fits (ravel.render.resume.machine_signature)
+    # with memory: the machine that state fits (machine.machine_signature)
     machine: tuple[str, ...] = ()
 
 

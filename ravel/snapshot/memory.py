@@ -15,11 +15,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from ..errors import StateError
 from ..paths import Paths
-from ..render.resume import machine_signature, signature_difference
+from ..host.desired import Desired
+from .machine import machine_signature, signature_difference
 
 FILE = "resume.json"
 _lock = threading.Lock()  # hosts are applied in parallel threads
@@ -28,7 +29,7 @@ _lock = threading.Lock()  # hosts are applied in parallel threads
 @dataclass(frozen=True)
 class Resume:
     state: str  # the saved RAM and device state, on this machine
-    machine: tuple[str, ...] = ()  # the machine it fits (render.resume.machine_signature)
+    machine: tuple[str, ...] = ()  # the machine it fits (machine.machine_signature)
 
 
 def _path(paths: Paths, app: str) -> Path:
@@ -72,16 +73,16 @@ def started(paths: Paths, app: str, vms: Iterable[str]) -> None:
             _write(paths, app, {vm: r for vm, r in left.items() if vm not in gone})
 
 
-def check_machines(entries: Mapping[str, Resume], docs: Mapping[str, Mapping[str, Any]]) -> None:
+def check_machines(entries: Mapping[str, Resume], desired: Mapping[str, Desired]) -> None:
     """Raises StateError, before any VM starts, when a rendered VM is not the machine its state
     was saved from (the accelerator is known only now: a state saved under TCG does not load
     under KVM)."""
-    for doc in docs.values():
-        for vm in doc["vms"]:
-            r = entries.get(vm["name"])
+    for d in desired.values():
+        for vm in d.vms:
+            r = entries.get(vm.name)
             if r is None:
                 continue
-            diff = signature_difference(r.machine, machine_signature(vm["argv"])) if r.machine else None
+            diff = signature_difference(r.machine, machine_signature(vm.argv)) if r.machine else None
             if diff:
-                raise StateError(f"VM {vm['name']} cannot resume from its memory state on {doc['host']}: {diff}",
+                raise StateError(f"VM {vm.name} cannot resume from its memory state on {d.host}: {diff}",
                                  hint="destroy the app and publish the snapshot on hosts like the source's")

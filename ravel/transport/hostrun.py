@@ -8,104 +8,46 @@ the local provider's SSH mode are reached.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 from ..errors import TransportError
-from ..transport.hostctl import HostRuntime
-from ..transport.netns import NamespaceTransport
+from .base import CommandStream
+from .hostctl import HostRuntime
 
 FINISH_WAIT_S = 30.0
 OPEN_TIMEOUT_S = 60.0
 
 
-class _Pipe(Protocol):
-    def write(self, text: str) -> None: ...
+class _Pipe:
+    """The line protocol over any transport's stream: text lines out, text in."""
 
-    def lines(self) -> Iterator[str]:
-        """Each line the command prints, until it exits."""
-
-    def stderr(self) -> str: ...
-
-    def finish(self) -> None:
-        """Close its stdin and wait for it, bounded; ends it when it does not exit."""
-
-
-class _ProcessPipe:
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1)
+    def __init__(self, stream: CommandStream) -> None:
+        self.stream = stream
 
     def write(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text)
-        self.proc.stdin.flush()
+        self.stream.sendall(text.encode())
 
     def lines(self) -> Iterator[str]:
-        assert self.proc.stdout is not None
-        yield from self.proc.stdout
-
-    def stderr(self) -> str:
-        return self.proc.stderr.read() if self.proc.stderr else ""
-
-    def finish(self) -> None:
-        try:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(FINISH_WAIT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class _ChannelPipe:
-    """An SSH channel (paramiko): stdin, stdout and stderr of the command on the host."""
-
-    def __init__(self, chan: Any) -> None:
-        self.chan = chan
-        self.out = chan.makefile("rb")
-        self.err = chan.makefile_stderr("rb")
-
-    def write(self, text: str) -> None:
-        self.chan.sendall(text.encode())
-
-    def lines(self) -> Iterator[str]:
-        for line in self.out:
+        for line in self.stream.lines():
             yield line.decode(errors="replace")
 
     def stderr(self) -> str:
-        self.chan.settimeout(FINISH_WAIT_S)  # asked after stdout ended: the rest is on its way
-        try:
-            return self.err.read().decode(errors="replace")
-        except OSError:
-            return ""
+        # asked after stdout ended: the rest is on its way
+        return self.stream.stderr(FINISH_WAIT_S).decode(errors="replace")
 
     def finish(self) -> None:
-        try:
-            self.chan.shutdown_write()
-        except (OSError, EOFError):
-            pass
-        # closing the channel hangs up on the command; the host runtime undoes what it
-        # prepared when its stdin ends before "go"
-        self.chan.status_event.wait(FINISH_WAIT_S)
-        self.chan.close()
+        """End its stdin and wait for it, bounded; then hang up (which ends it if still running).
+        The host runtime undoes what it prepared when its stdin ends before "go"."""
+        self.stream.shutdown_write()
+        self.stream.wait(FINISH_WAIT_S)
+        self.stream.close()
 
 
 def _open(host: str, runtime: HostRuntime, command: str) -> _Pipe:
-    t = runtime.t
-    argv = [runtime.python, runtime.pyz, command]
-    if isinstance(t, NamespaceTransport):
-        return _ProcessPipe(["ip", "netns", "exec", t.namespace, *argv])
-    stream = getattr(t, "stream", None)
-    if stream is None:
-        raise TransportError(f"{host}: `ravel-host {command}` needs a transport that streams "
-                             f"(a local namespace or SSH), not {type(t).__name__}")
-    return _ChannelPipe(stream(argv, timeout=OPEN_TIMEOUT_S))  # raises TransportError naming the host
+    # raises TransportError naming the host
+    return _Pipe(runtime.t.stream([runtime.python, runtime.pyz, command], timeout=OPEN_TIMEOUT_S))
 
 
 class HostRun:

@@ -1,0 +1,249 @@
+"""The publish pipeline: blueprint -> plan -> hosts -> AppPlan -> desired state -> hosts applied.
+
+Each step is idempotent and safe to re-run after an interruption: hosts are recorded the moment
+they exist (provision.py), every host reconciles to its desired state (the host runtime does
+only what is missing), and a re-publish of an unchanged app changes nothing. `stop`/`start`
+are the same convergence with some VMs marked stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import BlueprintError, ProviderError, StateError
+from ..events import Emit, Event, quiet
+from ..host.desired import to_doc
+from ..model.blueprint import Blueprint
+from ..model.resolve import load_blueprint
+from ..plan.app import AppPlan, resolve_app
+from ..plan.catalogue import Catalogue, load_catalogue
+from ..plan.fit import check_fit
+from ..plan.plan import Plan, make_plan
+from ..providers import get_provider
+from ..providers.base import Host, Provider
+from ..render.host_state import HostSite, desired_states
+from ..snapshot import memory
+from ..snapshot.memory import Resume
+from ..snapshot.restore import restore_snapshot, restored_blueprint
+from . import exposure, moves, teardown
+from .blueprints import read_blueprint
+from .fanout import parallel
+from .observe import VmStatus, status, wait_ready
+from .preflight import check_files
+from .provision import ProvisionOptions, provision, recorded_transport
+from .sessions import Context
+from .ship import ship
+
+DEFAULT_PROVISION_S = 600.0  # stop/start: the bound on making and reaching hosts again
+
+
+@dataclass
+class PublishResult:
+    app: str
+    plan: Plan
+    changed: int  # number of actions the hosts performed
+    vms: list[VmStatus] = field(default_factory=list)
+    ready_s: float | None = None
+
+
+def checked_plan(bp: Blueprint, catalogue: Catalogue) -> Plan:
+    """The plan, once the blueprint is known to fit the catalogue's host types."""
+    problems = check_fit(bp, catalogue)
+    if problems:
+        raise BlueprintError(problems)
+    return make_plan(bp, catalogue)
+
+
+def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider_name: str = "local",
+            wait: bool = False, timeout: float = 300.0, options: ProvisionOptions = ProvisionOptions(),
+            resume: Mapping[str, Resume] | None = None) -> PublishResult:
+    """`timeout` bounds the whole publish, waiting for hosts to answer included;
+    `options.transport` is how hosts are reached (provider's default, or what the app already
+    uses); `resume` (VM -> saved memory state) is recorded when this publish creates the app."""
+    started = time.monotonic()
+    bp = read_blueprint(blueprint_path)
+    app = name or bp.name
+    plan = checked_plan(bp, load_catalogue(provider_name))
+    provider = get_provider(provider_name, ctx.paths)
+    provider.preflight()
+    check_files(bp)
+    ctx.emit(Event("plan", f"{len(bp.vms)} VMs on {len(plan.placement.hosts)} hosts", done=True))
+    text = Path(blueprint_path).read_text(encoding="utf-8")
+    with ctx.state.lock(app, "publish"):
+        existing = ctx.state.app(app)
+        if existing and existing.provider != provider_name:
+            raise StateError(f"app {app!r} already runs on provider {existing.provider}",
+                             hint="destroy it first, or publish under another --name")
+        options = replace(options, transport=transport_kind(ctx, app, provider, options.transport))
+        if resume and existing is None:  # a re-run keeps the VMs that have not started yet
+            memory.record(ctx.paths, app, resume)
+        ctx.state.put_app(app, provider_name, "publishing", os.path.abspath(blueprint_path), text, plan.to_dict())
+        result = converge(ctx, app, bp, plan, provider, running=None, deadline=started + timeout, options=options)
+        ctx.state.set_app_status(app, "running")
+    if wait:
+        result.ready_s = wait_ready(ctx, app, timeout - (time.monotonic() - started))
+    return result
+
+
+def transport_kind(ctx: Context, app: str, provider: Provider, requested: str | None) -> str:
+    """The transport for the app's hosts: as requested, else what the app's hosts already
+    use, else the provider's default. An app's hosts are all reached the same way."""
+    offered = provider.transports
+    used = {recorded_transport(r.extra) or offered[0] for r in ctx.state.hosts(app) if r.ref}
+    current = next(iter(used)) if len(used) == 1 else None
+    if requested is None:
+        return current or offered[0]
+    if requested not in offered:
+        raise ProviderError(f"the {provider.name} provider reaches hosts by {' or '.join(offered)}, "
+                            f"not {requested}")
+    if current is not None and current != requested:
+        raise StateError(f"app {app!r} is reached by {current}, not {requested}",
+                         hint=f"publish without --transport, or `ravel destroy {app}` first to change it")
+    return requested
+
+
+def stored_blueprint(ctx: Context, app: str) -> Blueprint:
+    rec = ctx.state.require_app(app)
+    base = os.path.dirname(rec.blueprint_path) if rec.blueprint_path else None
+    return load_blueprint(rec.blueprint_text or "", rec.blueprint_path or app, base)
+
+
+def set_running(ctx: Context, app: str, vms: list[str] | None, running: bool) -> int:
+    """Stop or start some VMs (all without `vms`); disks are kept. Returns the host actions."""
+    rec = ctx.state.require_app(app)
+    provider = get_provider(rec.provider, ctx.paths)
+    with ctx.state.lock(app, "stop" if not running else "start"):
+        known = {v.name: v for v in ctx.state.vms(app)}
+        for vm in vms or []:
+            if vm not in known:
+                raise StateError(f"app {app!r} has no VM {vm!r} (VMs: {', '.join(known)})")
+        targets = set(vms or known)
+        flags = {name: (running if name in targets else v.state == "running") for name, v in known.items()}
+        bp = stored_blueprint(ctx, app)
+        plan = make_plan(bp, load_catalogue(rec.provider))
+        result = converge(ctx, app, bp, plan, provider, flags)
+        ctx.state.set_app_status(app, "running" if any(flags.values()) else "stopped")
+        return result.changed
+
+
+def host_sites(ctx: Context, app: str, hosts: Mapping[str, Host]) -> dict[str, HostSite]:
+    """Where each provisioned host keeps the app's files, and the accelerator its probe settled
+    (provision.py), not the plan's guess."""
+    accels = {r.name: r.accel for r in ctx.state.hosts(app)}
+    return {
+        name: HostSite(name, h.address, h.device, h.run_root, h.data_dir or str(ctx.paths.app_data(app) / name),
+                       accels.get(name) or "tcg",  # type: ignore[arg-type]
+                       h.guest_deny)
+        for name, h in hosts.items()
+    }
+
+
+def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provider,
+             running: Mapping[str, bool] | None, deadline: float | None = None,
+             options: ProvisionOptions = ProvisionOptions()) -> PublishResult:
+    vnis = ctx.state.vnis(app, [n.name for n in bp.networks])
+    hosts = provision(ctx, app, plan, provider, deadline or time.monotonic() + DEFAULT_PROVISION_S, options)
+    ap = resolve_app(bp, app, plan, vnis)
+    sites = host_sites(ctx, app, hosts)
+    pending = memory.pending(ctx.paths, app)  # VMs that resume from a memory state
+    desired = desired_states(ap, sites, running, {vm: r.state for vm, r in pending.items()})
+    memory.check_machines(pending, desired)
+    for name, h in hosts.items():
+        if h.data_dir is None:  # a host's own data_dir lives on that host
+            Path(sites[name].data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    moves.move_vms(ctx, app, provider, hosts, desired, deadline)
+
+    def apply(host: str) -> dict[str, Any]:
+        runtime = ctx.hosts.runtime(provider, hosts[host], deadline)
+        wanted = desired[host]
+        if not runtime.t.is_local:
+            # the host cannot read this machine's files: send kernels and images first
+            images = posixpath.join(posixpath.dirname(hosts[host].run_root.rstrip("/")), "images")
+            wanted = ship(runtime.t, wanted, images, lambda msg: ctx.emit(Event("vms", f"{host}: {msg}", host=host)))
+        report = runtime.apply(wanted)
+        memory.started(ctx.paths, app, [vm for vm, v in (report.get("vms") or {}).items() if v.get("running")])
+        rec = next(r for r in ctx.state.hosts(app) if r.name == host)
+        ctx.state.update_host(app, host, extra={**rec.extra, "desired": to_doc(wanted)})
+        n = len(report.get("actions", []))
+        ctx.emit(Event("vms", f"{host}: {n} change{'s' if n != 1 else ''}" if n else f"{host}: up to date",
+                       host=host, done=True))
+        return report
+
+    reports = parallel(apply, ap.hosts)
+    changed = sum(len(r.get("actions", [])) for r in reports)
+    changed += teardown.retire_hosts(ctx, app, provider, set(ap.hosts))
+    exposed = exposure.expose(ctx.state, app, provider, hosts, ap, ctx.emit)
+    record_vms(ctx, ap, sites, running, exposed)
+    return PublishResult(app, plan, changed, status(ctx, app))
+
+
+def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running: Mapping[str, bool] | None,
+               exposed: Mapping[str, list[dict[str, Any]]]) -> None:
+    """Each VM as `ravel status`, console and logs find it; VMs the blueprint dropped go."""
+    app = ap.app
+    for vm in ap.vms:
+        nics = ap.nics(vm.name)
+        site = sites[ap.host_of(vm.name)]
+        ctx.state.put_vm(app, vm.name, site.name, "running" if (running or {}).get(vm.name, True) else "stopped", {
+            "services": exposed.get(vm.name, []),
+            "ips": [str(n.ip) if n.ip else None for n in nics],
+            "macs": [n.mac for n in nics],
+            "networks": [n.network for n in nics],
+            "console": f"{site.run_dir}/{vm.name}.serial",
+            "log": f"{site.run_dir}/{vm.name}.log",
+            "vnc": f"{site.run_dir}/{vm.name}.vnc",
+            "accel": site.accel,
+        })
+    names = {vm.name for vm in ap.vms}
+    for rec in ctx.state.vms(app):
+        if rec.name not in names:
+            ctx.state.delete_vm(app, rec.name)
+
+
+def publish_snapshot(ctx: Context, snapshot: str, name: str | None = None, provider_name: str = "local",
+                     store_url: str | None = None, wait: bool = False, timeout: float = 300.0,
+                     options: ProvisionOptions = ProvisionOptions()) -> PublishResult:
+    """Publish a snapshot as an app (by default named after it). Every layer is fetched and
+    its sha256 checked before anything is created: a missing or corrupted layer is a
+    StoreError and nothing starts."""
+    app = name or snapshot
+    existing = ctx.state.app(app)
+    # a re-run of this very publish continues it; any other app of that name is not replaced
+    # (publishing over it said "nothing to do" and left its record pointing at the snapshot)
+    ours = os.path.abspath(restored_blueprint(ctx.paths, snapshot))
+    if existing is not None and existing.blueprint_path != ours:
+        raise StateError(f"app {app!r} already exists (from {existing.blueprint_path or 'another blueprint'}); "
+                         f"snapshot {snapshot} is not published over it",
+                         hint=f"publish it under another --name, or `ravel destroy {app}` first")
+    catalogue = load_catalogue(provider_name)
+
+    def fits(bp: Blueprint) -> Blueprint:  # before a layer is fetched: a snapshot can be large
+        bp = portable(bp, catalogue, ctx.emit)
+        checked_plan(bp, catalogue)
+        return bp
+
+    started = time.monotonic()
+    got = restore_snapshot(ctx.paths, snapshot, store_url, emit=ctx.emit, check=fits)
+    resume = {vm: Resume(str(state), got.machines.get(vm, ())) for vm, state in got.memory.items()}
+    return publish(ctx, str(got.blueprint), name=app, provider_name=provider_name, wait=wait,
+                   timeout=timeout - (time.monotonic() - started), options=options, resume=resume)
+
+
+def portable(bp: Blueprint, catalogue: Catalogue, emit: Emit = quiet) -> Blueprint:
+    """A snapshot's blueprint for another provider: host types the target's catalogue does not
+    know (a snapshot of a local app pins local-small) are dropped, so the planner picks the
+    target's own; the VMs, networks and disks stay exactly as they were."""
+    known = set(catalogue.names())
+    kept = tuple(t for t in bp.placement.host_types if t in known)
+    if kept == bp.placement.host_types:
+        return bp
+    gone = [t for t in bp.placement.host_types if t not in known]
+    emit(Event("plan", f"host types {', '.join(gone)} are not {catalogue.provider}'s: "
+                       f"{'only ' + ', '.join(kept) if kept else 'any of its types'} will be used", done=True))
+    return replace(bp, placement=replace(bp.placement, host_types=kept))
+
