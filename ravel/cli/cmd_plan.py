@@ -15,6 +15,7 @@ from ..plan.catalogue import load_catalogue
 from ..plan.fit import check_fit
 from ..plan.plan import make_plan
 from ..run.blueprints import read_blueprint
+from ..run.preflight import check_files
 from . import exits
 from .common import Optimize, app, out, provider_option
 from .render import plan_table
@@ -38,6 +39,10 @@ def validate(
             problems.extend(exc.problems)
             continue
         fit = check_fit(bp, load_catalogue(provider))
+        try:
+            check_files(bp)  # images, ISOs, kernels: there, readable, what they claim to be
+        except BlueprintError as exc:
+            fit = [*fit, *exc.problems]
         if fit:
             problems.extend(fit)
         else:

@@ -21,7 +21,7 @@ from . import DESIRED_VERSION
 
 VXLAN_PORT = 4789
 ZERO_MAC = "00:00:00:00:00:00"
-DISK_BASE_FORMATS = ("qcow2", "vmdk", "raw")
+DISK_BASE_FORMATS = ("qcow2", "vmdk", "raw", "vpc", "vhdx")  # QEMU's names (vpc: VHD)
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
 # the host's own uplink ports: an exposed port there would take SSH or the tunnels away
 RESERVED_PORTS = ((22, "tcp"), (VXLAN_PORT, "udp"))

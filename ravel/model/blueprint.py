@@ -39,9 +39,39 @@ class Nic:
 
 @dataclass(frozen=True)
 class Boot:
-    kernel: str
+    kernel: str | None = None  # direct kernel boot; None: the firmware boots from `order`
     initrd: str | None = None
     cmdline: str = ""
+    order: tuple[Literal["cdrom", "disk", "network"], ...] = ("disk",)
+
+
+@dataclass(frozen=True)
+class CloudInit:
+    """A NoCloud seed for the VM. Mappings are kept as canonical JSON text (frozen, hashable)."""
+
+    user_data: str | None = None  # the user's user-data text, merged with ravel's
+    user_data_file: str | None = None  # where it was read from (absolute), for messages
+    meta_data: str = "{}"  # JSON object: extra meta-data keys
+    network_config: str | None = None  # JSON object: replaces the network-config ravel makes
+
+
+@dataclass(frozen=True)
+class Ready:
+    """When a VM counts as ready; checked from its own host."""
+
+    kind: Literal["ssh", "tcp", "console", "ping", "lease", "link", "none"]
+    port: int | None = None  # ssh (22), tcp
+    pattern: str | None = None  # console: a regex over its serial output
+
+    def describe(self) -> str:
+        if self.kind == "tcp":
+            return f"tcp port {self.port}"
+        if self.kind == "console":
+            return f"console /{self.pattern}/"
+        return self.kind
+
+
+DEFAULT_USER = "ravel"
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,20 @@ class VM:
     boot: Boot | None = None
     services: tuple[Service, ...] = ()
     description: str = ""
+    cdroms: tuple[str, ...] = ()  # ISO images, absolute paths, read-only
+    cloud_init: CloudInit | None = None
+    user: str | None = None  # the guest user ravel logs in as (None: DEFAULT_USER with cloud_init)
+    ready: Ready = Ready("console", pattern=None)  # resolved by the loader: see resolve._ready
+    uefi_vars: str | None = None  # a UEFI variable store to start from (else the firmware's empty one)
+
+    @property
+    def kernel_boot(self) -> bool:
+        return self.boot is not None and self.boot.kernel is not None
+
+    @property
+    def login(self) -> str | None:
+        """Whom ravel logs in as: the VM's `user`, or the one ravel's seed makes."""
+        return self.user or (DEFAULT_USER if self.cloud_init is not None else None)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ loads back to an equal Blueprint (tests check the round trip).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import yaml
 
-from .blueprint import VM, Blueprint, Disk
+from .blueprint import VM, Blueprint, CloudInit, Disk, Ready
 
 
 def disk_dict(d: Disk) -> dict[str, Any]:
@@ -42,15 +43,50 @@ def vm_dict(vm: VM, macs: Mapping[int, str] | None = None) -> dict[str, Any]:
             nics.append(nic)
         out["nics"] = nics
     if vm.boot is not None:
-        boot: dict[str, Any] = {"kernel": vm.boot.kernel}
-        if vm.boot.initrd:
-            boot["initrd"] = vm.boot.initrd
-        if vm.boot.cmdline:
-            boot["cmdline"] = vm.boot.cmdline
+        boot: dict[str, Any]
+        if vm.boot.kernel is None:
+            boot = {"order": list(vm.boot.order)}
+        else:
+            boot = {"kernel": vm.boot.kernel}
+            if vm.boot.initrd:
+                boot["initrd"] = vm.boot.initrd
+            if vm.boot.cmdline:
+                boot["cmdline"] = vm.boot.cmdline
         out["boot"] = boot
+    if vm.cdroms:
+        out["cdroms"] = list(vm.cdroms)
+    if vm.uefi_vars:
+        out["uefi_vars"] = vm.uefi_vars
+    if vm.cloud_init is not None:
+        out["cloud_init"] = _cloud_init(vm.cloud_init)
+    if vm.user:
+        out["user"] = vm.user
+    ready = _ready(vm.ready)
+    if ready is not None:
+        out["ready"] = ready
     if vm.services:
         out["services"] = [_service(s) for s in vm.services]
     return out
+
+
+def _cloud_init(c: CloudInit) -> bool | dict[str, Any]:
+    out: dict[str, Any] = {}
+    if c.user_data is not None or c.user_data_file:
+        out["user_data"] = c.user_data if c.user_data is not None else c.user_data_file
+    meta = json.loads(c.meta_data)
+    if meta:
+        out["meta_data"] = meta
+    if c.network_config is not None:
+        out["network_config"] = json.loads(c.network_config)
+    return out or True
+
+
+def _ready(r: Ready) -> Any:
+    if r.kind == "tcp":
+        return {"tcp": r.port}
+    if r.kind == "console":
+        return {"console": r.pattern} if r.pattern else None
+    return r.kind
 
 
 def _service(s: Any) -> dict[str, Any]:

@@ -17,18 +17,24 @@ from typing import Any, Iterable
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BlueprintError, Problem
+from . import spec as spec_models
 from . import yamlpos
-from .blueprint import VM, Blueprint, Boot, Disk, FirewallRule, Network, Nic, Placement, Service
+import json
+
+from .blueprint import (VM, Blueprint, Boot, CloudInit, Disk, FirewallRule, Network, Nic, Placement, Ready,
+                        Service)
 from .spec import (
     NAME_RE,
     VM_NAME_RE,
     BlueprintSpec,
     BootSpec,
+    CloudInitSpec,
     DiskSpec,
     FirewallRuleSpec,
     FirewallSpec,
     NetworkSpec,
     NicSpec,
+    ReadyTcp,
     PlacementSpec,
     RoutingSpec,
     ServiceSpec,
@@ -43,6 +49,7 @@ _MODEL_AT = {
     "nics": NicSpec,
     "disks": DiskSpec,
     "boot": BootSpec,
+    "cloud_init": CloudInitSpec,
     "services": ServiceSpec,
     "placement": PlacementSpec,
     "defaults": VmSpec,
@@ -164,12 +171,61 @@ def _validate(ctx: _Ctx, model: type[BaseModel], data: Any, loc: tuple[str | int
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
+        for err in _one_branch(exc.errors(include_url=False)):
             full = loc + tuple(err["loc"])
             # pydantic adds a trailing union/literal tag for Optional fields; drop non-input parts
             full = tuple(p for p in full if not (isinstance(p, str) and p.startswith("function-")))
-            ctx.add(full, _message(err, model, tuple(err["loc"]) or loc), key=err["type"] == "extra_forbidden")
+            message = err.get("ravel_message") or _message(err, model, tuple(err["loc"]) or loc)
+            ctx.add(full, message, key=err["type"] == "extra_forbidden")
         return None
+
+
+# pydantic names the branch of a union in an error's location (`bool`, `CloudInitSpec`,
+# `literal['ssh',...]`); a user wrote none of these, so only the branch their value meant is kept
+_UNION_TAG = re.compile(r"^(bool|int|str|float|literal\[.*\]|[A-Z][A-Za-z]+)$")
+_SHAPE = {"bool_type", "int_type", "string_type", "float_type", "literal_error", "model_type", "dict_type",
+          "model_attributes_type", "list_type"}
+
+
+def _one_branch(errors: list[Any]) -> list[dict[str, Any]]:
+    """A value that fits no branch of a union: the errors of the branch it was meant for (a
+    mapping for a model, a scalar for the rest), or one message listing what would fit."""
+    plain: list[dict[str, Any]] = []
+    groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
+    for err in errors:
+        where = tuple(err["loc"])
+        i = next((i for i, p in enumerate(where) if i and isinstance(p, str) and _UNION_TAG.match(p)), None)
+        if i is None:
+            plain.append(err)
+            continue
+        groups.setdefault(where[:i], {}).setdefault(where[i], []).append({**err, "loc": where[:i] + where[i + 1:]})
+    for prefix, branches in groups.items():
+        def misfit(errs: list[dict[str, Any]]) -> bool:  # the value is not of this branch's shape
+            return all(tuple(e["loc"]) == prefix and e["type"] in _SHAPE for e in errs)
+
+        meant = {tag: errs for tag, errs in branches.items() if not misfit(errs)}
+        if meant:
+            plain.extend(min(meant.values(), key=len))
+            continue
+        first = next(iter(branches.values()))[0]
+        wanted = [_describe_branch(tag, errs[0]) for tag, errs in branches.items()]
+        plain.append({**first, "loc": prefix,
+                      "ravel_message": f"must be {' or '.join(wanted)}; got {_kind(first.get('input'))}"})
+    return plain
+
+
+def _describe_branch(tag: str, err: dict[str, Any]) -> str:
+    if tag == "bool":
+        return "true or false"
+    if tag.startswith("literal["):
+        return "one of " + ", ".join(re.findall(r"'([^']*)'", tag))
+    if tag in ("int", "float"):
+        return "a number"
+    if tag == "str":
+        return "a string"
+    spec = getattr(spec_models, tag, None)
+    keys = [f.alias or n for n, f in spec.model_fields.items()] if spec else []
+    return f"a mapping ({', '.join(keys)})" if keys else "a mapping"
 
 
 def _walk_duplicates(ctx: _Ctx, node: Any, loc: tuple[str | int, ...], depth: int = 0) -> None:
@@ -370,7 +426,8 @@ def _merged(vm_raw: Any, defaults: PosDict | None) -> Any:
 
 def _image_format(path: str) -> str | None:
     lower = path.lower()
-    for suffix, fmt in ((".qcow2", "qcow2"), (".qcow", "qcow2"), (".vmdk", "vmdk"), (".img", "raw"), (".raw", "raw")):
+    for suffix, fmt in ((".qcow2", "qcow2"), (".qcow", "qcow2"), (".vmdk", "vmdk"), (".raw", "raw"),
+                        (".vhdx", "vhdx"), (".vhd", "vhd")):
         if lower.endswith(suffix):
             return fmt
     return None
@@ -414,11 +471,13 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                 known = ", ".join(sorted(networks)) or "none"
                 ctx.add(loc + ("nics", i, "network"),
                         f"network {nic.network!r} is not defined{did_you_mean(nic.network, networks)}; defined networks: {known}")
-        boot = None
-        if spec.boot is not None:
-            boot = Boot(_path(base_dir, spec.boot.kernel),
-                        _path(base_dir, spec.boot.initrd) if spec.boot.initrd else None,
-                        spec.boot.cmdline)
+        boot = _boot(ctx, loc, spec, base_dir)
+        cloud_init = _cloud_init(ctx, loc, spec, base_dir)
+        cdroms = tuple(_path(base_dir, c) for c in spec.cdroms)
+        if spec.boot is not None and "cdrom" in (spec.boot.order or ()) and not cdroms:
+            ctx.add(loc + ("boot", "order"), "boots from `cdrom` but the VM has no `cdroms`")
+        if spec.uefi_vars is not None and spec.firmware != "uefi":
+            ctx.add(loc + ("uefi_vars",), "a UEFI variable store needs `firmware: uefi`")
         line = ctx.locate(loc, key=True)[0]
         names = [group] if spec.count == 1 else [f"{group}-{i}" for i in range(1, spec.count + 1)]
         for index, vm_name in enumerate(names):
@@ -433,12 +492,79 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                 continue
             taken[vm_name] = (group, line)
             nics = tuple(_nic(ctx, loc + ("nics", i), nic, networks, index) for i, nic in enumerate(spec.nics)) if nics_ok else ()
+            placed = tuple(n for n in nics if n is not None)
             out.append((VM(
                 name=vm_name, group=group, cpus=spec.cpus, memory_mib=spec.memory, nested=spec.nested,
-                firmware=spec.firmware, disks=disks, nics=tuple(n for n in nics if n is not None), boot=boot,
+                firmware=spec.firmware, disks=disks, nics=placed, boot=boot,
                 services=_service_values(ctx, loc, spec, index), description=spec.description,
+                cdroms=cdroms, cloud_init=cloud_init, user=spec.user,
+                ready=_ready(ctx, loc, spec, placed, networks, cloud_init is not None),
+                uefi_vars=_path(base_dir, spec.uefi_vars) if spec.uefi_vars else None,
             ), loc))
     return out
+
+
+def _boot(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None) -> Boot | None:
+    b = spec.boot
+    if b is None:
+        return None
+    if b.kernel is None:
+        for key in ("initrd", "cmdline"):
+            if getattr(b, key):
+                ctx.add(loc + ("boot", key), f"`{key}` needs `kernel` (direct kernel boot)")
+        return Boot(order=tuple(b.order or ("disk",)))
+    if b.order is not None:
+        ctx.add(loc + ("boot", "order"), "a VM boots either a `kernel` directly or from the firmware's "
+                                         "boot `order`, not both")
+    return Boot(_path(base_dir, b.kernel), _path(base_dir, b.initrd) if b.initrd else None, b.cmdline)
+
+
+def _cloud_init(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None) -> CloudInit | None:
+    c = spec.cloud_init
+    if c is False:
+        return None
+    if c is True:
+        return CloudInit()
+    text, source = c.user_data, None
+    if text is not None and "\n" not in text.strip():  # one line: a file next to the blueprint
+        source = _path(base_dir, text)
+        text = None  # read (and checked) before publishing: run/preflight.py
+    return CloudInit(text, source, json.dumps(c.meta_data, sort_keys=True),
+                     json.dumps(c.network_config, sort_keys=True) if c.network_config is not None else None)
+
+
+def _ready(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, nics: tuple[Nic, ...],
+           networks: dict[str, Network], seeded: bool) -> Ready:
+    """The VM's readiness check: as written, else the best one its set-up allows (docs/guests.md)."""
+    first = nics[0] if nics else None
+    net = networks.get(first.network) if first else None
+    addressed = first is not None and net is not None and (first.ip is not None or net.dhcp)
+    r = spec.ready
+    if r is None:
+        if seeded and addressed:
+            return Ready("ssh", port=22)
+        if net is not None and net.dhcp:
+            return Ready("lease")
+        return Ready("link") if first is not None else Ready("console")
+    if not isinstance(r, str):
+        if isinstance(r, ReadyTcp):
+            kind, port, pattern = "tcp", r.tcp, None
+        else:
+            kind, port, pattern = "console", None, r.console
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                ctx.add(loc + ("ready", "console"), f"not a regular expression: {exc}")
+    else:
+        kind, port, pattern = r, (22 if r == "ssh" else None), None
+    if kind in ("ssh", "tcp", "ping") and not addressed:
+        ctx.add(loc + ("ready",), f"`{kind}` is checked at the VM's first address, and its first NIC has none: "
+                                  "give it an `ip`, or put it on a `dhcp: true` network")
+    elif kind == "lease" and not (net is not None and net.dhcp):
+        ctx.add(loc + ("ready",), "`lease` needs the VM's first NIC on a `dhcp: true` network")
+    elif kind == "link" and first is None:
+        ctx.add(loc + ("ready",), "`link` needs a NIC")
+    return Ready(kind, port, pattern)  # type: ignore[arg-type]
 
 
 def _disks(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None) -> tuple[Disk, ...]:
@@ -449,11 +575,8 @@ def _disks(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | 
             ctx.add(dloc, "a disk needs exactly one of `image` (a base image) or `size` (a blank disk)")
             continue
         if d.image is not None:
-            fmt = d.format or _image_format(d.image)
-            if fmt is None:
-                ctx.add(dloc + ("image",), f"cannot tell the format of {d.image!r} from its name; add `format: qcow2|vmdk|raw`")
-                continue
-            disks.append(Disk(d.bus, _path(base_dir, d.image), fmt, None))
+            # without `format`, the file's own first bytes say (run/preflight.py, before publishing)
+            disks.append(Disk(d.bus, _path(base_dir, d.image), d.format or _image_format(d.image), None))
         else:
             disks.append(Disk(d.bus, None, "qcow2", d.size))
     return tuple(disks)

@@ -20,7 +20,10 @@ MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 DISK_BUSES = ("virtio", "pvscsi", "lsilogic", "lsisas", "sata", "ide")
 NIC_MODELS = ("virtio", "e1000", "e1000e", "vmxnet3", "pcnet")
-IMAGE_FORMATS = ("qcow2", "vmdk", "raw")
+IMAGE_FORMATS = ("qcow2", "vmdk", "raw", "vhd", "vhdx")
+BOOT_DEVICES = ("cdrom", "disk", "network")
+READY_WORDS = ("ssh", "ping", "lease", "link", "none")
+USER_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
 
 
 def _mib(value: Any) -> int:
@@ -55,11 +58,13 @@ class _Spec(BaseModel):
 
 
 class DiskSpec(_Spec):
-    image: str | None = Field(None, description="base image path (qcow2, vmdk or raw); relative to the blueprint")
+    image: str | None = Field(
+        None, description="base image path (qcow2, vmdk, raw, vhd or vhdx); relative to the blueprint; "
+        "read-only, the VM writes to its own overlay")
     size: Size | None = Field(None, description="size of a blank disk, e.g. 10GiB")
     bus: Literal["virtio", "pvscsi", "lsilogic", "lsisas", "sata", "ide"] = "virtio"
-    format: Literal["qcow2", "vmdk", "raw"] | None = Field(
-        None, description="format of `image`; guessed from the file name when omitted"
+    format: Literal["qcow2", "vmdk", "raw", "vhd", "vhdx"] | None = Field(
+        None, description="format of `image`; read from the file itself when omitted"
     )
 
 
@@ -71,9 +76,29 @@ class NicSpec(_Spec):
 
 
 class BootSpec(_Spec):
-    kernel: str
-    initrd: str | None = None
-    cmdline: str = ""
+    kernel: str | None = Field(None, description="direct kernel boot: the kernel file")
+    initrd: str | None = Field(None, description="direct kernel boot: the initrd file")
+    cmdline: str = Field("", description="direct kernel boot: the kernel command line")
+    order: list[Literal["cdrom", "disk", "network"]] | None = Field(
+        None, description="boot through the firmware from these devices in turn (instead of `kernel`); "
+        "default: the first disk")
+
+
+class CloudInitSpec(_Spec):
+    user_data: str | None = Field(
+        None, description="your user-data, merged with ravel's (cloud-init's merge rules): inline text "
+        "(several lines) or a file relative to the blueprint")
+    meta_data: dict[str, Any] = Field(default_factory=dict, description="extra meta-data keys")
+    network_config: dict[str, Any] | None = Field(
+        None, description="network-config (v2) to use instead of the one ravel makes from the blueprint")
+
+
+class ReadyTcp(_Spec):
+    tcp: int = Field(ge=1, le=65535, description="ready once this TCP port of the VM's first address accepts")
+
+
+class ReadyConsole(_Spec):
+    console: str = Field(description="ready once the serial console prints a line matching this regex")
 
 
 class ServiceSpec(_Spec):
@@ -100,7 +125,17 @@ class VmSpec(_Spec):
     firmware: Literal["bios", "uefi"] = "bios"
     disks: list[DiskSpec] = Field(default_factory=list)
     nics: list[NicSpec] = Field(default_factory=list)
-    boot: BootSpec | None = Field(None, description="direct kernel boot")
+    boot: BootSpec | None = Field(None, description="direct kernel boot, or the firmware's boot order")
+    cdroms: list[str] = Field(default_factory=list, description="ISO images attached as read-only CD drives")
+    cloud_init: bool | CloudInitSpec = Field(
+        False, description="attach a NoCloud seed: hostname, a user with ravel's SSH key, network "
+        "configuration from the blueprint, a pinned SSH host key")
+    user: str | None = Field(None, pattern=USER_RE, description="the guest user ravel logs in as "
+                             "(made by the cloud-init seed); default: ravel")
+    ready: Literal["ssh", "ping", "lease", "link", "none"] | ReadyTcp | ReadyConsole | None = Field(
+        None, description="when the VM counts as ready (publish --wait, status); default: ssh with "
+        "cloud_init, lease on a DHCP network, link with a NIC, else the console")
+    uefi_vars: str | None = Field(None, description="UEFI variable store to start from (firmware: uefi)")
     services: list[ServiceSpec] = Field(default_factory=list)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, Mapping
 from ..host.desired import Desired, parse_desired
 from ..plan.app import AppPlan
 from ..plan.network import egress_mac
-from .qemu import VmFiles, qemu_argv, tap_name
+from .qemu import OVMF_VARS, VmFiles, qemu_argv, tap_name
 
 UNDERLAY_MTU = 1550  # VXLAN adds 50 bytes: guests keep MTU 1500 only if the underlay carries 1550
 
@@ -47,16 +47,26 @@ def disk_path(site: HostSite, vm: str, index: int) -> str:
     return f"{site.data_dir}/{vm}-disk{index}.qcow2"
 
 
+def vars_path(site: HostSite, vm: str) -> str:
+    return f"{site.data_dir}/{vm}-uefivars.qcow2"
+
+
+QEMU_FORMAT = {"vhd": "vpc"}  # the blueprint's format names where QEMU's differ
+
+
 def desired_states(
     ap: AppPlan,
     sites: Mapping[str, HostSite],
     running: Mapping[str, bool] | None = None,
     incoming: Mapping[str, str] | None = None,
+    seeds: Mapping[str, str] | None = None,
 ) -> dict[str, Desired]:
     """Host name -> desired state. `running[vm]` False keeps a VM defined but stopped.
     `incoming[vm]` names a saved memory state the VM resumes from instead of booting, when the
-    host starts it for the first time (the argv stays the same: the host adds -incoming)."""
-    return {host: parse_desired(doc) for host, doc in desired_docs(ap, sites, running, incoming).items()}
+    host starts it for the first time (the argv stays the same: the host adds -incoming).
+    `seeds[vm]` is the VM's cloud-init seed ISO on this machine (run/seeds.py)."""
+    docs = desired_docs(ap, sites, running, incoming, seeds)
+    return {host: parse_desired(doc) for host, doc in docs.items()}
 
 
 def desired_docs(
@@ -64,6 +74,7 @@ def desired_docs(
     sites: Mapping[str, HostSite],
     running: Mapping[str, bool] | None = None,
     incoming: Mapping[str, str] | None = None,
+    seeds: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The same as JSON documents, as the host runtime receives them."""
     bp, app, net = ap.blueprint, ap.app, ap.network
@@ -94,15 +105,21 @@ def desired_docs(
             names = [tap_name(ap.ordinals[name], n.index) for n in nics]
             for n, tap in zip(nics, names):
                 taps.append({"name": tap, "bridge": bridge_name(net.vni[n.network]), "mtu": bp.network(n.network).mtu})
-            files = VmFiles(site.run_dir, tuple(disk_path(site, name, i) for i in range(len(vm.disks))))
+            files = VmFiles(site.run_dir, tuple(disk_path(site, name, i) for i in range(len(vm.disks))),
+                            vars=vars_path(site, name) if vm.firmware == "uefi" else None,
+                            seed=(seeds or {}).get(name))
             disks = []
             for i, d in enumerate(vm.disks):
                 entry: dict[str, Any] = {"path": files.disks[i]}
                 if d.image:
-                    entry.update(base=d.image, base_format=d.format)
+                    entry.update(base=d.image, base_format=QEMU_FORMAT.get(d.format or "", d.format))
                 else:
                     entry["size_mib"] = d.size_mib
                 disks.append(entry)
+            if files.vars:  # the UEFI variable store: an overlay like a disk, after the last one
+                base = vm.uefi_vars or OVMF_VARS
+                disks.append({"path": files.vars, "base": base,
+                              "base_format": "qcow2" if base.endswith(".qcow2") else "raw"})
             vms.append({
                 "name": name,
                 "running": running.get(name, True),

@@ -14,7 +14,11 @@ from ..model.blueprint import VM
 from ..plan.network import NicPlan
 
 QEMU = "qemu-system-x86_64"
-OVMF = "/usr/share/ovmf/OVMF.fd"
+# UEFI: the firmware's code read-only and shared, its variable store per VM (a qcow2 overlay over
+# the empty store, kept with the VM's disks, so settings and boot entries survive stop/start,
+# moves and snapshots); Debian's ovmf package, secure boot off
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 TB_SIZE_MIB = 64  # caps the TCG translation cache; the planner counts it in QEMU_OVERHEAD_MIB
 
 NIC_DEVICE = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "vmxnet3": "vmxnet3",
@@ -30,6 +34,8 @@ class VmFiles:
 
     run_dir: str
     disks: tuple[str, ...]  # one overlay path per blueprint disk, in order
+    vars: str | None = None  # UEFI: the VM's variable store (an overlay, like a disk)
+    seed: str | None = None  # cloud-init: the NoCloud seed ISO, on this machine
 
     def path(self, vm: str, what: str) -> str:
         return f"{self.run_dir}/{vm}.{what}"
@@ -67,8 +73,7 @@ def qemu_argv(
     daemonize: bool = True,
     gateways: Mapping[str, str] | None = None,
 ) -> list[str]:
-    ide = any(d.bus == "ide" for d in vm.disks)
-    machine = "pc" if ide else "q35"
+    machine = machine_type(vm)
     argv = [QEMU, "-name", f"{vm.name},process=ravel-{app}-{vm.name}", "-nodefaults", "-no-user-config",
             "-display", "none", "-machine", machine]
     if accel == "kvm":
@@ -77,17 +82,24 @@ def qemu_argv(
         argv += ["-accel", f"tcg,thread=multi,tb-size={TB_SIZE_MIB}", "-cpu", "max"]
     argv += ["-smp", str(vm.cpus), "-m", f"{vm.memory_mib}M"]
     if vm.firmware == "uefi":
-        argv += ["-bios", OVMF]
-    if vm.boot is not None:
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"]
+        if files.vars:  # the drive id of a disk: snapshots and moves treat it as one
+            argv += ["-drive", f"if=pflash,format=qcow2,unit=1,id={vars_drive(vm)},file={files.vars}"]
+    if vm.kernel_boot:
+        assert vm.boot is not None and vm.boot.kernel is not None
         argv += ["-kernel", vm.boot.kernel]
         if vm.boot.initrd:
             argv += ["-initrd", vm.boot.initrd]
         argv += ["-append", guest_cmdline(vm, nics, gateways)]
-    argv += _disks(vm, files)
+    order = boot_order(vm, files)
+    argv += _disks(vm, files, order)
+    argv += _cdroms(vm, files, order)
     for nic, tap in zip(nics, taps):
         nid = f"net{nic.index}"
-        argv += ["-netdev", f"tap,id={nid},ifname={tap},script=no,downscript=no",
-                 "-device", f"{NIC_DEVICE[nic.model]},netdev={nid},mac={nic.mac}"]
+        device = f"{NIC_DEVICE[nic.model]},netdev={nid},mac={nic.mac}"
+        if nic.index == 0 and "network" in order:
+            device += f",bootindex={order['network']}"
+        argv += ["-netdev", f"tap,id={nid},ifname={tap},script=no,downscript=no", "-device", device]
     serial = files.path(vm.name, "serial")
     argv += [
         "-chardev", f"socket,id=ser0,path={serial},server=on,wait=off,logfile={files.path(vm.name, 'log')},logappend=on",
@@ -101,28 +113,64 @@ def qemu_argv(
     return argv
 
 
-def _disks(vm: VM, files: VmFiles) -> list[str]:
+def vars_drive(vm: VM) -> str:
+    """The UEFI variable store's drive id: the disk after the VM's last one."""
+    return f"disk{len(vm.disks)}"
+
+
+def boot_order(vm: VM, files: VmFiles) -> dict[str, int]:
+    """Device class -> bootindex, for VMs the firmware boots. Set only where the choice matters
+    (an explicit order, or a CD the firmware could otherwise pick), so the argv of every other
+    VM stays as it always was (saved memory states compare it)."""
+    if vm.kernel_boot or vm.boot is None and not (vm.cdroms or files.seed):
+        return {}
+    order = vm.boot.order if vm.boot is not None else ("disk",)
+    return {dev: i + 1 for i, dev in enumerate(order)}
+
+
+def _cdroms(vm: VM, files: VmFiles, order: dict[str, int]) -> list[str]:
+    """The VM's ISO images, then its cloud-init seed, as read-only CD drives: SATA on q35 (its
+    built-in AHCI controller), IDE on the pc machine (after the IDE disks)."""
+    argv: list[str] = []
+    images = list(vm.cdroms) + ([files.seed] if files.seed else [])
+    ide_used = sum(d.bus == "ide" for d in vm.disks)
+    for i, path in enumerate(images):
+        drive = f"cd{i}"
+        argv += ["-drive", f"file={path},if=none,id={drive},media=cdrom,readonly=on,format=raw"]
+        slot = ide_used + i
+        bus = f"ide.{slot // 2},unit={slot % 2}" if machine_type(vm) == "pc" else f"ide.{i}"
+        boot = f",bootindex={order['cdrom']}" if i == 0 and "cdrom" in order and vm.cdroms else ""
+        argv += ["-device", f"ide-cd,drive={drive},bus={bus}{boot}"]
+    return argv
+
+
+def machine_type(vm: VM) -> str:
+    return "pc" if any(d.bus == "ide" for d in vm.disks) else "q35"
+
+
+def _disks(vm: VM, files: VmFiles, order: dict[str, int]) -> list[str]:
     argv: list[str] = []
     controllers: dict[str, str] = {}
     sata_port = ide_slot = 0
     for i, (disk, path) in enumerate(zip(vm.disks, files.disks)):
         drive = f"disk{i}"
+        boot = f",bootindex={order['disk']}" if i == 0 and "disk" in order else ""
         argv += ["-drive", f"file={path},if=none,id={drive},format=qcow2,cache=writeback,discard=unmap"]
         if disk.bus == "virtio":
-            argv += ["-device", f"virtio-blk-pci,drive={drive}"]
+            argv += ["-device", f"virtio-blk-pci,drive={drive}{boot}"]
         elif disk.bus in SCSI_CONTROLLER:
             ctl = controllers.get(disk.bus)
             if ctl is None:
                 ctl = controllers[disk.bus] = f"scsi{sum(c.startswith('scsi') for c in controllers.values())}"
                 argv += ["-device", f"{SCSI_CONTROLLER[disk.bus]},id={ctl}"]
-            argv += ["-device", f"scsi-hd,drive={drive},bus={ctl}.0"]
+            argv += ["-device", f"scsi-hd,drive={drive},bus={ctl}.0{boot}"]
         elif disk.bus == "sata":
             if "sata" not in controllers:
                 controllers["sata"] = "ahci0"
                 argv += ["-device", "ahci,id=ahci0"]
-            argv += ["-device", f"ide-hd,drive={drive},bus=ahci0.{sata_port}"]
+            argv += ["-device", f"ide-hd,drive={drive},bus=ahci0.{sata_port}{boot}"]
             sata_port += 1
         else:  # ide, on the pc machine's PIIX controller: two buses, master and slave on each
-            argv += ["-device", f"ide-hd,drive={drive},bus=ide.{ide_slot // 2},unit={ide_slot % 2}"]
+            argv += ["-device", f"ide-hd,drive={drive},bus=ide.{ide_slot // 2},unit={ide_slot % 2}{boot}"]
             ide_slot += 1
     return argv

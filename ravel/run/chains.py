@@ -66,12 +66,16 @@ def qcow2_backing(header: bytes) -> tuple[str, str | None] | None:
 
 
 def sniff_format(head: bytes) -> str:
-    """Pure: an image's format from its first bytes (what QEMU would probe, for the three ravel
-    takes as base images)."""
+    """Pure: an image's format from its first bytes, as QEMU probes it (blueprint names: a VHD
+    is "vhd", QEMU's "vpc"); "raw" when nothing else matches."""
     if head[:4] == QCOW2_MAGIC:
         return "qcow2"
     if head[:4] == VMDK_MAGIC or head.startswith(b"# Disk DescriptorFile"):
         return "vmdk"
+    if head.startswith(b"vhdxfile"):
+        return "vhdx"
+    if head.startswith(b"conectix"):  # a dynamic VHD's copy of its footer
+        return "vhd"
     return "raw"
 
 

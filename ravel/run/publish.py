@@ -71,7 +71,7 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
     plan = checked_plan(bp, load_catalogue(provider_name))
     provider = get_provider(provider_name, ctx.paths)
     provider.preflight()
-    check_files(bp)
+    bp = check_files(bp)
     ctx.emit(Event("plan", f"{len(bp.vms)} VMs on {len(plan.placement.hosts)} hosts", done=True))
     text = Path(blueprint_path).read_text(encoding="utf-8")
     with ctx.state.lock(app, "publish"):
@@ -124,7 +124,7 @@ def set_running(ctx: Context, app: str, vms: list[str] | None, running: bool) ->
                 raise StateError(f"app {app!r} has no VM {vm!r} (VMs: {', '.join(known)})")
         targets = set(vms or known)
         flags = {name: (running if name in targets else v.state == "running") for name, v in known.items()}
-        bp = stored_blueprint(ctx, app)
+        bp = check_files(stored_blueprint(ctx, app))  # base image formats, as at publish
         plan = make_plan(bp, load_catalogue(rec.provider))
         result = converge(ctx, app, bp, plan, provider, flags)
         ctx.state.set_app_status(app, "running" if any(flags.values()) else "stopped")

@@ -77,9 +77,13 @@ def test_qemu_argv_tcg_nested_devices():
 def test_qemu_argv_kvm_ide_uefi():
     bp, net = setup()
     vm = bp.vm("y")
-    files = VmFiles("/r", ("/d/0", "/d/1", "/d/2"))
+    files = VmFiles("/r", ("/d/0", "/d/1", "/d/2"), vars="/d/y-uefivars.qcow2")
     argv = " ".join(qemu_argv("t", vm, net.of_vm("y"), ["rt1n0"], files, "kvm"))
-    assert "-machine pc -accel kvm -cpu host -smp 1 -m 512M -bios /usr/share/ovmf/OVMF.fd" in argv
+    # UEFI: the firmware read-only and shared, the variable store the VM's own (drive id: the
+    # disk after its last, so snapshots and moves carry it like a disk)
+    assert ("-machine pc -accel kvm -cpu host -smp 1 -m 512M "
+            "-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd "
+            "-drive if=pflash,format=qcow2,unit=1,id=disk3,file=/d/y-uefivars.qcow2 ") in argv
     assert "bus=ide.0,unit=0" in argv and "bus=ide.0,unit=1" in argv and "bus=ide.1,unit=0" in argv
     assert "-device e1000,netdev=net0" in argv
     assert "-accel tcg" not in argv and "-kernel" not in argv
