@@ -1,5 +1,5 @@
-"""SSH keys ravel makes itself: one host key per host (pinned before first contact) and the
-user key ravel logs in with. Private keys are written 0600 and never stored in the state."""
+"""SSH keys ravel makes itself: one host key per host and one per cloud-init guest (pinned
+before first contact) and the user key ravel logs in with. Private keys are written 0600 and never stored in the state."""
 
 from __future__ import annotations
 
@@ -85,6 +85,15 @@ def host_key(directory: Path, app: str, host: str) -> KeyPair:
     return KeyPair(path.read_text(), _wait_public(path))
 
 
+def guest_key(directory: Path, app: str, vm: str) -> KeyPair:
+    """The SSH host key of one cloud-init guest, made once and kept (0600) like a host's: ravel's
+    seed installs it in the guest, so the guest's SSH is pinned, never learned."""
+    path = directory / "guestkeys" / app / f"{vm}_ed25519"
+    if not path.exists():
+        write_private(path, generate(f"ravel-{app}-{vm}"))
+    return KeyPair(path.read_text(), _wait_public(path))
+
+
 def directory(state: Path) -> Path:
     """Where a ravel set-up keeps its keys: next to the state (a 0700 directory), never in it."""
     return state / "keys"
@@ -94,6 +103,18 @@ def forget_host_key(directory: Path, app: str, host: str) -> None:
     """Remove a host's key once the host is gone (and the app's key folder once empty)."""
     folder = directory / "hostkeys" / app
     for path in (folder / f"{host}_ed25519", folder / f"{host}_ed25519.pub"):
+        path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def forget_guest_key(directory: Path, app: str, vm: str) -> None:
+    """Remove a guest's key once its VM is gone (a re-created VM gets a new key, and so a new
+    cloud-init instance-id), and the app's folder once empty."""
+    folder = directory / "guestkeys" / app
+    for path in (folder / f"{vm}_ed25519", folder / f"{vm}_ed25519.pub"):
         path.unlink(missing_ok=True)
     try:
         folder.rmdir()

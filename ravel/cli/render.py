@@ -41,17 +41,25 @@ def vm_table(app: str, vms) -> Table:  # vms: list[VmStatus]
     exposing = any(getattr(v, "services", None) for v in vms)
     # one caption instead of a console column repeating `ravel console APP VM` on every row: on
     # an 80-column terminal (or a pipe) that column cut the forwarded ports short ("127.0.0.1:40…")
-    cols = ["VM", "state", "host", "accel", "addresses"] + (["services"] if exposing else [])
+    cols = ["VM", "state", "ready", "host", "accel", "addresses"] + (["services"] if exposing else [])
     for col in cols:
         # an address or a forwarded port is what the user copies: never cut it short
         t.add_column(col, no_wrap=col in ("addresses", "services"))
     for v in vms:
-        row = [v.name, v.state, v.host, v.accel, "\n".join(v.ips) or "-"]
+        row = [v.name, v.state, readiness(v), v.host, v.accel, "\n".join(v.ips) or "-"]
         if exposing:
             row.append("\n".join(v.services) or "-")
         t.add_row(*row)
     t.caption, t.caption_justify = f"console: ravel console {app} VM", "left"
     return t
+
+
+def readiness(v) -> str:  # v: VmStatus
+    """ready, "booting 42s (ssh)", "not checked"; "-" for a VM that is not running."""
+    if v.ready == "booting":
+        took = f" {v.booting_s:.0f}s" if v.booting_s is not None else ""
+        return f"booting{took} ({v.check})"
+    return v.ready
 
 
 def apps_table(rows) -> Table:  # rows: list[(AppRecord, hosts, vms)]

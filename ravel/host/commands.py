@@ -5,6 +5,7 @@
     python3 -m ravel.host observe < desired  what exists versus desired; changes nothing
     python3 -m ravel.host destroy < target   remove an app ({"app","run_dir","prefixes"?} or
                                              the desired document)
+    python3 -m ravel.host ready   < checks   which guests are ready (host/ready.py); changes nothing
     python3 -m ravel.host version
     python3 -m ravel.host snapshot           pause this host's VMs together and freeze their
                                              disks (a line protocol: see host/snapshot.py)
@@ -76,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("destroy", "remove an app's VMs, links and run_dir (idempotent)")):
         c = sub.add_parser(name, help=text)
         c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
+    c = sub.add_parser("ready", help="which guests are ready (checks on stdin; see host/ready.py)")
+    c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
     sub.add_parser("version", help="runtime and desired-document versions")
     sub.add_parser("snapshot", help="freeze this host's VM disks in one pause (line protocol on stdin)")
     c = sub.add_parser("console", help="relay stdin/stdout to a VM's serial console socket")
@@ -124,6 +127,14 @@ def _run(args: argparse.Namespace) -> int:
         return console.relay(args.socket)
 
     doc = _read_input(args.input)
+    if args.cmd == "ready":
+        from . import ready
+
+        problems = ready.checks_of(doc)
+        if problems:
+            raise _Invalid(problems)
+        _emit(ready.check_all(doc))
+        return EXIT_OK
     try:
         if args.cmd == "destroy":
             app, run_dir, prefixes, desired = parse_target(doc)

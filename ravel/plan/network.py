@@ -132,6 +132,8 @@ def plan_network(bp: Blueprint, app: str, vnis: Mapping[str, int]) -> NetworkPla
             target = next((nic for nic in vm.nics if nic.ip is not None or bp.network(nic.network).dhcp), None)
             if target is not None:
                 needs.add(target.network)
+        if vm.ready.kind in ("ssh", "tcp", "ping") and vm.nics:
+            needs.add(vm.nics[0].network)  # the host checks readiness from an address of its own there
     services: dict[str, NetService] = {}
     for n in bp.networks:
         if n.name not in needs:

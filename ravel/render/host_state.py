@@ -153,6 +153,25 @@ def desired_docs(
     return docs
 
 
+def ready_check(ap: AppPlan, vm: str, site: HostSite) -> dict[str, Any]:
+    """How the VM's host tells that it is ready (ravel/host/ready.py): its check, and where to
+    look (first address, MAC and tap, console log, pidfile)."""
+    v = ap.blueprint.vm(vm)
+    check: dict[str, Any] = {"vm": vm, "kind": v.ready.kind, "log": f"{site.run_dir}/{vm}.log",
+                             "pidfile": f"{site.run_dir}/{vm}.pid"}
+    if v.ready.port:
+        check["port"] = v.ready.port
+    if v.ready.pattern:
+        check["pattern"] = v.ready.pattern
+    nics = ap.nics(vm)
+    if nics:
+        first = nics[0]
+        check.update(mac=first.mac, tap=tap_name(ap.ordinals[vm], first.index))
+        if first.ip is not None:
+            check["ip"] = str(first.ip.ip)
+    return check
+
+
 def app_domain(app: str) -> str:
     return f"{app}.lab"
 

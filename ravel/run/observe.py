@@ -7,19 +7,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import RavelError, StateError, TransportError
+from ..errors import RavelError, StateError
 from ..host.desired import Desired
 from ..providers import get_provider
 from ..providers.base import Host, Provider
-from ..transport.base import Transport
+from ..state import VmRecord
 from . import exposure
 from ..events import Event
 from .fanout import parallel
 
 from .sessions import Context, applied_hosts
 
-READY_MARKERS = ("RAVEL-READY", "login:", "RAVEL-RESUMED")  # resumed: noted by the host runtime
 STATUS_S = 10.0  # status: how long to wait for a host's observation
+READY_POLL_S = 1.0  # --wait: how often each host checks its guests
 
 
 @dataclass
@@ -34,12 +34,24 @@ class VmStatus:
     log: str
     pid: int | None = None
     services: list[str] = field(default_factory=list)  # exposed: "127.0.0.1:40123->80/tcp"
+    ready: str = "-"  # ready, booting, not checked; "-" when not running or not known
+    check: str = ""  # what readiness means for this VM: ssh, lease, console /regex/...
+    booting_s: float | None = None  # how long it has been booting (not yet ready)
+    seen: str = ""  # what its check saw last
 
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    seen: str
+    booting_s: float | None
+    last_line: str
 
 
 def status(ctx: Context, app: str) -> list[VmStatus]:
     """Each VM as it is: pid files where the host shares this machine's files, else what the
-    host runtime observes through the host's transport ("unreachable" if it does not answer)."""
+    host runtime observes through the host's transport ("unreachable" if it does not answer);
+    and, for running VMs, whether their readiness check passes (asked on their hosts)."""
     ctx.state.require_app(app)
     hosts = remote_hosts(ctx, app)
 
@@ -51,8 +63,10 @@ def status(ctx: Context, app: str) -> list[VmStatus]:
             return None
 
     observed = dict(zip(hosts, parallel(observe, list(hosts))))
+    records = ctx.state.vms(app)
+    checked = readiness(ctx, app, [v for v in records if v.state == "running"])
     out = []
-    for v in ctx.state.vms(app):
+    for v in records:
         d = v.detail
         state = v.state
         if v.host in observed:
@@ -65,8 +79,60 @@ def status(ctx: Context, app: str) -> list[VmStatus]:
             pid = _live_pid(d["console"].rsplit(".", 1)[0] + ".pid")
         if state == "running" and pid is None:
             state = "missing"
-        out.append(VmStatus(v.name, v.host or "", state, d.get("accel", ""), [ip for ip in d["ips"] if ip],
-                            d["macs"], d["console"], d["log"], pid, exposure.labels(d)))
+        status = VmStatus(v.name, v.host or "", state, d.get("accel", ""), [ip for ip in d["ips"] if ip],
+                          d["macs"], d["console"], d["log"], pid, exposure.labels(d), check=describe(_check(v)))
+        r = checked.get(v.name)
+        if state == "running" and r is not None:
+            status.ready = "not checked" if _check(v)["kind"] == "none" else "ready" if r.ready else "booting"
+            status.booting_s = None if r.ready else r.booting_s
+            status.seen = r.seen
+        out.append(status)
+    return out
+
+
+def _check(v: VmRecord) -> dict[str, Any]:
+    """The VM's readiness check as recorded at publish; an app published before checks were
+    recorded is ready, as it was then, when its console shows the usual markers."""
+    return v.detail.get("ready") or {"vm": v.name, "kind": "console", "log": v.detail["log"],
+                                     "pidfile": v.detail["console"].rsplit(".", 1)[0] + ".pid"}
+
+
+def describe(check: Mapping[str, Any]) -> str:
+    kind = check.get("kind", "")
+    if kind == "tcp":
+        return f"tcp port {check.get('port')}"
+    if kind == "console" and check.get("pattern"):
+        return f"console /{check['pattern']}/"
+    return str(kind)
+
+
+def readiness(ctx: Context, app: str, vms: list[VmRecord], timeout: float = STATUS_S) -> dict[str, Readiness]:
+    """Each VM's readiness, asked on its host (every provider: the guest networks exist only
+    there); VMs whose host does not answer are left out."""
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for v in vms:
+        if v.host:
+            by_host.setdefault(v.host, []).append(_check(v))
+    if not by_host:
+        return {}
+    provider = get_provider(ctx.state.require_app(app).provider, ctx.paths)
+    applied = {a.host.name: a for a in applied_hosts(ctx.state, app)}
+
+    def ask(host: str) -> dict[str, Any]:
+        a = applied.get(host)
+        if a is None:
+            return {}
+        try:
+            rt = ctx.hosts.runtime(provider, a.host, reach_s=timeout)
+            return rt.ready(a.desired.run_dir, by_host[host], timeout=timeout).get("vms") or {}
+        except (RavelError, KeyError, TypeError):
+            return {}
+
+    out: dict[str, Readiness] = {}
+    for report in parallel(ask, list(by_host)):
+        for name, r in report.items():
+            out[name] = Readiness(bool(r.get("ready")), str(r.get("seen") or ""), r.get("booting_s"),
+                                  str(r.get("last_line") or ""))
     return out
 
 
@@ -91,55 +157,39 @@ def remote_hosts(ctx: Context, app: str) -> dict[str, RemoteHost]:
 
 
 def wait_ready(ctx: Context, app: str, timeout: float) -> float:
-    """Wait until every running VM's console shows a ready line; bounded by `timeout`.
-    Console logs are read here on hosts that share this machine's files, else through the
-    host's transport."""
+    """Wait until every running VM passes its readiness check (checked on its own host);
+    bounded by `timeout`. A VM that never gets there fails with one line: the VM, its check
+    and the last thing it showed."""
     start = time.monotonic()
     deadline = start + max(timeout, 1.0)
-    remote = {name: ctx.hosts.transport(r.provider, r.host) for name, r in remote_hosts(ctx, app).items()}
-    pending: dict[str, dict[str, str]] = {}  # host -> VM -> console log
-    for v in status(ctx, app):
-        if v.state == "running":
-            pending.setdefault(v.host, {})[v.name] = v.log
-    while pending and time.monotonic() < deadline:
-        for host, logs in list(pending.items()):
-            for vm in _ready_vms(remote.get(host), logs, deadline):
-                del logs[vm]
-                ctx.emit(Event("wait", f"{vm} ready", vm=vm, done=True))
-            if not logs:
-                del pending[host]
-        if pending:
-            time.sleep(0.5 if remote else 0.1)
+    pending = {v.name: v for v in ctx.state.vms(app) if v.state == "running"}
+    last: dict[str, Readiness] = {}
+    while pending:
+        left = deadline - time.monotonic()
+        got = readiness(ctx, app, list(pending.values()), timeout=max(1.0, min(STATUS_S, left)))
+        last.update(got)
+        for name, r in got.items():
+            if r.ready and name in pending:
+                del pending[name]
+                ctx.emit(Event("wait", f"{name} ready", vm=name, done=True))
+        if not pending or time.monotonic() + READY_POLL_S > deadline:
+            break
+        time.sleep(READY_POLL_S)
     if pending:
-        late = sorted(vm for logs in pending.values() for vm in logs)
-        raise StateError(f"VMs not ready after {timeout:.0f} s: {', '.join(late)}",
-                         hint=f"see `ravel logs {app} VM` for their consoles")
+        late = sorted(pending)
+        name = late[0]
+        r = last.get(name)
+        what = f"{describe(_check(pending[name]))} check"
+        if r is None:
+            seen = "its host did not answer"
+        else:
+            line = f"last console line {r.last_line!r}" if r.last_line else "no console output"
+            seen = f"{r.seen}; {line}" if "console" not in r.seen else r.seen
+        others = f" (and {len(late) - 1} more: {', '.join(late[1:])})" if len(late) > 1 else ""
+        raise StateError(f"VM {name} not ready after {timeout:.0f} s{others}: {what}: {seen}",
+                         hint=f"see `ravel logs {app} {name}` for its console; `ready:` in the blueprint "
+                              "chooses the check")
     return time.monotonic() - start
-
-
-def _ready_vms(t: Transport | None, logs: Mapping[str, str], deadline: float) -> list[str]:
-    """VMs whose console log shows a ready marker: read here (t None), or on the host."""
-    if t is None:
-        found = []
-        for vm, log in logs.items():
-            try:
-                with open(log, "rb") as fh:
-                    text = fh.read().decode(errors="replace")
-            except FileNotFoundError:
-                continue
-            if any(m in text for m in READY_MARKERS):
-                found.append(vm)
-        return found
-    patterns = [arg for m in READY_MARKERS for arg in ("-e", m)]
-    try:
-        # -l: the names of the logs that match; a log not written yet is not an error here
-        result = t.run(["grep", "-l", "-F", *patterns, "--", *logs.values()],
-                       timeout=max(1.0, min(10.0, deadline - time.monotonic())), check=False)
-    except TransportError:
-        return []  # not answering right now: the overall deadline decides
-    matched = set(result.stdout.splitlines())
-    return [vm for vm, log in logs.items() if log in matched]
-
 
 
 def _live_pid(pidfile: str) -> int | None:

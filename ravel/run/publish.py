@@ -26,7 +26,7 @@ from ..plan.fit import check_fit
 from ..plan.plan import Plan, make_plan
 from ..providers import get_provider
 from ..providers.base import Host, Provider
-from ..render.host_state import HostSite, desired_states
+from ..render.host_state import HostSite, desired_states, ready_check
 from ..snapshot import memory
 from ..snapshot.memory import Resume
 from ..snapshot.restore import restore_snapshot, restored_blueprint
@@ -87,6 +87,7 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
         ctx.state.set_app_status(app, "running")
     if wait:
         result.ready_s = wait_ready(ctx, app, timeout - (time.monotonic() - started))
+        result.vms = status(ctx, app)  # as they are now: ready
     return result
 
 
@@ -198,6 +199,7 @@ def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running
             "log": f"{site.run_dir}/{vm.name}.log",
             "vnc": f"{site.run_dir}/{vm.name}.vnc",
             "accel": site.accel,
+            "ready": ready_check(ap, vm.name, site),
         })
     names = {vm.name for vm in ap.vms}
     for rec in ctx.state.vms(app):

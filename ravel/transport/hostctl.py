@@ -101,3 +101,7 @@ class HostRuntime:
 
     def destroy(self, desired: Desired) -> dict[str, Any]:
         return self._call("destroy", to_doc(desired))
+
+    def ready(self, run_dir: str, checks: list[dict[str, Any]], timeout: float = 30) -> dict[str, Any]:
+        """Each guest's readiness, checked on the host (ravel/host/ready.py)."""
+        return self._call("ready", {"run_dir": run_dir, "checks": checks}, timeout=timeout)

@@ -1,0 +1,186 @@
+"""Is each guest ready? Checked here, on the VM's own host, because the guest networks exist
+only inside the hosts. Standard library only; every check is bounded and changes nothing.
+
+Request (JSON): {"run_dir": ..., "checks": [{"vm", "kind", "ip"?, "port"?, "pattern"?, "tap"?,
+"mac"?, "log", "pidfile"}]}. Report: {"vms": {name: {"ready": bool, "seen": what was seen last,
+"booting_s": seconds since its QEMU started (or null), "last_line": the console's last line}}}.
+
+Kinds: ssh (an SSH banner on the port), tcp (the port accepts), ping (ICMP echo), lease (the
+guest took its DHCP lease from this host's dnsmasq), link (the guest has sent a frame: its tap
+received one), console (a regex over the serial output; default: the markers ravel's own guest
+image prints), none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import time
+from typing import Any, Dict, List, Optional
+
+from .netconf import dnsmasq_paths
+from .resume import RESUMED_NOTE
+
+CONNECT_S = 1.0
+BANNER_S = 2.0
+PING_S = 1.0
+LOG_TAIL = 1 << 20  # the console is searched in its last MiB
+DEFAULT_MARKERS = ("RAVEL-READY", "login:")
+# a VM resumed from a saved memory state does not boot again: it prints, leases and announces
+# nothing new, so what only a boot shows counts once the host noted the resume
+SHOWN_BY_BOOT = ("console", "lease", "link")
+
+
+def check_all(request: Dict[str, Any]) -> Dict[str, Any]:
+    run_dir = str(request.get("run_dir") or "")
+    leases = _read(dnsmasq_paths(run_dir)["leases"]).decode(errors="replace") if run_dir else ""
+    out = {}
+    for c in request.get("checks") or []:
+        log = _tail(str(c.get("log") or ""))
+        ok, seen = check(c, log, leases)
+        out[str(c["vm"])] = {"ready": ok, "seen": seen, "booting_s": _age(str(c.get("pidfile") or "")),
+                             "last_line": last_line(log)}
+    return {"vms": out}
+
+
+def check(c: Dict[str, Any], log: str, leases: str) -> "tuple[bool, str]":
+    kind = c.get("kind")
+    if kind == "none":
+        return True, "not checked"
+    if kind in SHOWN_BY_BOOT and RESUMED_NOTE in log:
+        return True, "resumed from a saved memory state"
+    if kind == "console":
+        pattern = c.get("pattern")
+        found = re.search(pattern, log, re.MULTILINE) is not None if pattern else any(m in log for m in DEFAULT_MARKERS)
+        return found, "matched" if found else "no match in its output yet" if log else "no console output yet"
+    if kind == "lease":
+        mac = str(c.get("mac") or "").lower()
+        taken = any(len(f) >= 3 and f[1].lower() == mac for f in (line.split() for line in leases.splitlines()))
+        return taken, "lease taken" if taken else f"no DHCP lease for {mac} yet"
+    if kind == "link":
+        frames = tap_frames(str(c.get("tap") or ""))
+        if frames is None:
+            return False, f"tap {c.get('tap')} not there"
+        return frames > 0, f"{frames} frames from the guest"
+    ip, port = str(c.get("ip") or ""), int(c.get("port") or 0)
+    if kind == "ping":
+        return ping(ip)
+    if kind in ("ssh", "tcp"):
+        return probe_tcp(ip, port, banner=kind == "ssh")
+    return False, f"unknown check {kind!r}"
+
+
+def probe_tcp(ip: str, port: int, banner: bool) -> "tuple[bool, str]":
+    try:
+        with socket.create_connection((ip, port), timeout=CONNECT_S) as s:
+            if not banner:
+                return True, f"{ip}:{port} accepts"
+            s.settimeout(BANNER_S)
+            got = s.recv(256)
+    except socket.timeout:
+        return False, f"{ip}:{port} {'sent no banner' if banner else 'did not answer'}"
+    except OSError as exc:
+        return False, f"{ip}:{port} {exc.strerror or exc}"
+    if got.startswith(b"SSH-"):
+        return True, got.split(b"\r", 1)[0].decode(errors="replace")
+    return False, f"{ip}:{port} answered {got[:40]!r}, not an SSH banner"
+
+
+def ping(ip: str) -> "tuple[bool, str]":
+    """One ICMP echo, without the ping binary (a raw socket: the runtime runs as root)."""
+    ident = os.getpid() & 0xFFFF
+    body = b"ravel-ready"
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+    packet = header[:2] + struct.pack("!H", _checksum(header + body)) + header[4:] + body
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+            s.settimeout(PING_S)
+            s.sendto(packet, (ip, 0))
+            deadline = time.monotonic() + PING_S
+            while time.monotonic() < deadline:
+                data, (src, _) = s.recvfrom(2048)
+                hl = (data[0] & 0x0F) * 4
+                kind, _, _, rid, _ = struct.unpack("!BBHHH", data[hl:hl + 8])
+                if src == ip and kind == 0 and rid == ident:
+                    return True, f"{ip} answers ping"
+    except socket.timeout:
+        pass
+    except OSError as exc:
+        return False, f"{ip}: {exc.strerror or exc}"
+    return False, f"{ip} does not answer ping"
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def tap_frames(tap: str) -> Optional[int]:
+    """Frames the guest has sent: what the tap received (QEMU writes the guest's frames into it).
+    From /proc/net/dev, which always shows the reader's own network namespace."""
+    for line in _read("/proc/net/dev").decode(errors="replace").splitlines():
+        name, sep, rest = line.partition(":")
+        if sep and name.strip() == tap:
+            fields = rest.split()
+            return int(fields[1]) if len(fields) > 1 else None
+    return None
+
+
+_ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-_])")  # terminal control sequences
+
+
+def last_line(log: str) -> str:
+    for line in reversed(log.splitlines()):
+        text = "".join(ch for ch in _ESCAPES.sub("", line) if ch.isprintable()).strip()
+        if text:
+            return text[:200]
+    return ""
+
+
+def _age(pidfile: str) -> Optional[float]:
+    """Seconds since the VM's QEMU started (from its /proc entry), None when it is not running."""
+    try:
+        pid = int(_read(pidfile).decode().strip())
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError):
+        return None
+    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def _tail(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - LOG_TAIL))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def checks_of(request: Any) -> List[str]:
+    """Problems with a request (empty: fine)."""
+    if not isinstance(request, dict) or not isinstance(request.get("checks"), list):
+        return ["ready: the request must be an object with a list of `checks`"]
+    return [f"checks[{i}]: needs `vm` and `kind`" for i, c in enumerate(request["checks"])
+            if not isinstance(c, dict) or "vm" not in c or "kind" not in c]
