@@ -1,5 +1,6 @@
 """SSH keys ravel makes itself: one host key per host and one per cloud-init guest (pinned
-before first contact) and the user key ravel logs in with. Private keys are written 0600 and never stored in the state."""
+before first contact) and the user key ravel logs in with. Private keys are written 0600 and
+never stored in the state."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from ..keys import KeyPair
+from ..model.blueprint import DEFAULT_USER
 from ..plan.app import AppPlan
 from .host_state import app_domain
 
@@ -125,7 +126,7 @@ def render_meta_data(ap: AppPlan, vm: str, instance_id: str) -> str:
 
 def ravel_config(ap: AppPlan, vm: str, login_key: str, host_key: KeyPair) -> str:
     """ravel's own `#cloud-config` part."""
-    login = ap.blueprint.vm(vm).login or "ravel"
+    login = ap.blueprint.vm(vm).login or DEFAULT_USER
     doc = {
         "hostname": vm,
         "fqdn": fqdn(ap.app, vm),

@@ -30,6 +30,7 @@ import yaml
 
 from .. import keys
 from ..errors import RavelError
+from ..model.blueprint import DEFAULT_USER
 from ..paths import Paths
 from ..plan.app import AppPlan
 from ..render.seed import ISO_NAMES, VOLUME_ID, SeedFiles, part_type, seed_files
@@ -70,7 +71,7 @@ def ensure_seeds(paths: Paths, ap: AppPlan) -> dict[str, Seed]:
         text = ci.user_data if ci.user_data_file is None else read_user_data(vm.name, ci.user_data_file)
         files = seed_files(ap, vm.name, iid, login_key, pair, text)
         path = write_seed(seeds_dir(paths, ap.app), vm.name, files)
-        out[vm.name] = Seed(str(path), vm.login or "ravel", pair.public_line, iid)
+        out[vm.name] = Seed(str(path), vm.login or DEFAULT_USER, pair.public_line, iid)
     return out
 
 
@@ -150,8 +151,8 @@ def _check(text: str) -> tuple[str, ...]:
     ctype = part_type(text)
     if ctype is None:
         first = text.lstrip().split("\n", 1)[0][:60]
-        return (f"user-data must start with a cloud-init header (#cloud-config, #!, #cloud-boothook, "
-                f"#include, ... or a MIME multipart), not {first!r}",)
+        return ((f"user-data must start with a cloud-init header (#cloud-config, #!, #cloud-boothook, "
+                 f"#include, ... or a MIME multipart), not {first!r}"),)
     if ctype == "multipart/mixed":
         return tuple(_check_mime(text))
     return tuple(_check_part(text, ctype))
@@ -174,8 +175,8 @@ def _check_part(text: str, ctype: str) -> list[str]:
     if ctype == "text/jinja2":
         rest = text.lstrip().split("\n", 1)[1] if "\n" in text.lstrip() else ""
         if part_type(rest) in (None, "multipart/mixed", "text/jinja2"):
-            return ["after `## template: jinja`, the next line must be a cloud-init header "
-                    "(#cloud-config, #!, ...)"]
+            return [("after `## template: jinja`, the next line must be a cloud-init header "
+                     "(#cloud-config, #!, ...)")]
     return []
 
 
@@ -220,7 +221,7 @@ def _check_cloud_config(text: str) -> list[str]:
     if exe is None:
         return []  # YAML checks alone
     try:
-        p = subprocess.run([exe, "schema", "--config-file", "/dev/stdin"], input=text,
+        p = subprocess.run([exe, "schema", "--config-file", "/dev/stdin"], input=text, check=False,
                            capture_output=True, text=True, timeout=SCHEMA_TIMEOUT)
     except (subprocess.TimeoutExpired, OSError):
         return []  # the schema could not be checked here; the YAML is fine
