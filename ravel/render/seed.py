@@ -200,6 +200,8 @@ def render_network_config(ap: AppPlan, vm: str) -> str:
         e: dict[str, Any] = {"match": {"macaddress": nic.mac}}
         if nic.dhcp:
             e["dhcp4"] = True
+            if net.dns:  # the server comes by DHCP; the search domain too, but networkd ignores it
+                e["nameservers"] = {"search": [app_domain(ap.app)]}
         else:
             e["dhcp4"] = False
             if nic.ip is not None:

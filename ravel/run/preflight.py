@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from ..errors import BlueprintError, Problem
+from ..errors import BlueprintError, Problem, RavelError
 from ..model.blueprint import Blueprint, Disk
 from .chains import sniff_format
+from .seeds import check_user_data, read_user_data
 
 HEAD = 4096
 ISO_MAGIC_AT = 0x8001  # "CD001": an ISO 9660 volume descriptor
@@ -63,9 +64,18 @@ def check_files(bp: Blueprint) -> Blueprint:
                 bad(key, f"CD-ROM image of VM {vm.name}: {iso} is not an ISO 9660 image")
         if vm.uefi_vars:
             need(vm.uefi_vars, _key(bp, f"{base}.uefi_vars", "defaults.uefi_vars"), f"UEFI variables of VM {vm.name}")
-        if vm.cloud_init and vm.cloud_init.user_data_file:
-            need(vm.cloud_init.user_data_file, _key(bp, f"{base}.cloud_init.user_data", "defaults.cloud_init.user_data"),
-                 f"user-data of VM {vm.name}")
+        if vm.cloud_init and (vm.cloud_init.user_data is not None or vm.cloud_init.user_data_file):
+            key = _key(bp, f"{base}.cloud_init.user_data", "defaults.cloud_init.user_data")
+            text = vm.cloud_init.user_data
+            if vm.cloud_init.user_data_file and need(vm.cloud_init.user_data_file, key, f"user-data of VM {vm.name}"):
+                try:
+                    text = read_user_data(vm.name, vm.cloud_init.user_data_file)
+                except RavelError as exc:
+                    bad(key, exc.message)
+            if text is not None and key not in reported:  # the VMs of a `count` share one text
+                reported.add(key)
+                problems.extend(Problem(bp.source, *bp.where(key), key, f"user-data of VM {vm.name}: {why}")
+                                for why in check_user_data(text)[:3])
         vms.append(replace(vm, disks=tuple(disks)))
     if problems:
         raise BlueprintError(problems)

@@ -37,6 +37,7 @@ from .observe import VmStatus, status, wait_ready
 from .preflight import check_files
 from .provision import ProvisionOptions, provision, recorded_transport
 from .sessions import Context
+from .seeds import Seed, ensure_seeds, forget_seed
 from .ship import ship
 
 DEFAULT_PROVISION_S = 600.0  # stop/start: the bound on making and reaching hosts again
@@ -152,7 +153,9 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     ap = resolve_app(bp, app, plan, vnis)
     sites = host_sites(ctx, app, hosts)
     pending = memory.pending(ctx.paths, app)  # VMs that resume from a memory state
-    desired = desired_states(ap, sites, running, {vm: r.state for vm, r in pending.items()})
+    seeds = ensure_seeds(ctx.paths, ap)  # cloud-init: each VM's NoCloud seed, made once
+    desired = desired_states(ap, sites, running, {vm: r.state for vm, r in pending.items()},
+                             {vm: s.path for vm, s in seeds.items()})
     memory.check_machines(pending, desired)
     for name, h in hosts.items():
         if h.data_dir is None:  # a host's own data_dir lives on that host
@@ -179,13 +182,14 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     changed = sum(len(r.get("actions", [])) for r in reports)
     changed += teardown.retire_hosts(ctx, app, provider, set(ap.hosts))
     exposed = exposure.expose(ctx.state, app, provider, hosts, ap, ctx.emit)
-    record_vms(ctx, ap, sites, running, exposed)
+    record_vms(ctx, ap, sites, running, exposed, seeds)
     return PublishResult(app, plan, changed, status(ctx, app))
 
 
 def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running: Mapping[str, bool] | None,
-               exposed: Mapping[str, list[dict[str, Any]]]) -> None:
-    """Each VM as `ravel status`, console and logs find it; VMs the blueprint dropped go."""
+               exposed: Mapping[str, list[dict[str, Any]]], seeds: Mapping[str, Seed]) -> None:
+    """Each VM as `ravel status`, console and logs find it, with whom ravel logs in as and the
+    guest's SSH host key to pin; VMs the blueprint dropped go, with their seed and key."""
     app = ap.app
     for vm in ap.vms:
         nics = ap.nics(vm.name)
@@ -200,11 +204,17 @@ def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running
             "vnc": f"{site.run_dir}/{vm.name}.vnc",
             "accel": site.accel,
             "ready": ready_check(ap, vm.name, site),
+            **({"user": seeds[vm.name].user, "host_key": seeds[vm.name].host_key_public,
+                "instance_id": seeds[vm.name].instance_id} if vm.name in seeds else
+               {"user": vm.login} if vm.login else {}),
         })
     names = {vm.name for vm in ap.vms}
-    for rec in ctx.state.vms(app):
-        if rec.name not in names:
-            ctx.state.delete_vm(app, rec.name)
+    dropped = [rec.name for rec in ctx.state.vms(app) if rec.name not in names]
+    for name in dropped:
+        ctx.state.delete_vm(app, name)
+    # a VM gone, or without a seed now: one made again later is a new instance with a new key
+    for name in dropped + [vm.name for vm in ap.vms if vm.name not in seeds]:
+        forget_seed(ctx.paths, app, name)
 
 
 def publish_snapshot(ctx: Context, snapshot: str, name: str | None = None, provider_name: str = "local",

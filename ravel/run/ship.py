@@ -28,10 +28,20 @@ def referenced_files(desired: Desired) -> list[str]:
         for flag, value in zip(vm.argv, vm.argv[1:]):
             if flag in _FILE_FLAGS:
                 found.append(value)
+            elif flag == "-drive" and _media_file(value):
+                found.append(_media_file(value) or "")
         found += [d.base for d in vm.disks if d.base]
         if vm.incoming:
             found.append(vm.incoming)
     return sorted(set(found))
+
+
+def _media_file(drive: str) -> str | None:
+    """The file of a read-only CD drive (an ISO, a cloud-init seed): sent like a kernel."""
+    opts = drive.split(",")
+    if "media=cdrom" not in opts:
+        return None
+    return next((o[5:] for o in opts if o.startswith("file=")), None)
 
 
 def remote_path(images_dir: str, path: str, digest: str) -> str:
@@ -43,8 +53,16 @@ def rewrite(desired: Desired, mapping: Mapping[str, str]) -> Desired:
     def moved(path: str | None) -> str | None:
         return mapping.get(path, path) if path else path
 
+    def arg_here(prev: str, arg: str) -> str:
+        if prev in _FILE_FLAGS:
+            return mapping.get(arg, arg)
+        media = _media_file(arg) if prev == "-drive" else None
+        if media and media in mapping:
+            return ",".join(f"file={mapping[media]}" if o == f"file={media}" else o for o in arg.split(","))
+        return arg
+
     def vm_here(vm: VM) -> VM:
-        argv = tuple(mapping.get(a, a) if prev in _FILE_FLAGS else a for prev, a in zip(("",) + vm.argv[:-1], vm.argv))
+        argv = tuple(arg_here(prev, a) for prev, a in zip(("",) + vm.argv[:-1], vm.argv))
         return replace(vm, argv=argv, disks=tuple(replace(d, base=moved(d.base)) for d in vm.disks),
                        incoming=moved(vm.incoming))
 

@@ -63,6 +63,7 @@ def destroy(ctx: Context, app: str, provider_name: str | None = None) -> int:
         shutil.rmtree(ctx.paths.app_run(app), ignore_errors=True)
         shutil.rmtree(ctx.paths.app_data(app), ignore_errors=True)
         shutil.rmtree(keys.directory(ctx.paths.state) / "hostkeys" / app, ignore_errors=True)
+        shutil.rmtree(keys.directory(ctx.paths.state) / "guestkeys" / app, ignore_errors=True)
         ctx.state.delete_app(app)
         provider.cleanup()
     try:
