@@ -38,6 +38,8 @@ class VmStatus:
     check: str = ""  # what readiness means for this VM: ssh, lease, console /regex/...
     booting_s: float | None = None  # how long it has been booting (not yet ready)
     seen: str = ""  # what its check saw last
+    user: str = ""  # whom ravel logs in as (cloud_init or `user:`)
+    host_key: str = ""  # the guest's SSH host key ravel made and pins (public half)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def status(ctx: Context, app: str) -> list[VmStatus]:
         if state == "running" and pid is None:
             state = "missing"
         status = VmStatus(v.name, v.host or "", state, d.get("accel", ""), [ip for ip in d["ips"] if ip],
-                          d["macs"], d["console"], d["log"], pid, exposure.labels(d), check=describe(_check(v)))
+                          d["macs"], d["console"], d["log"], pid, exposure.labels(d), check=describe(_check(v)),
+                          user=d.get("user", ""), host_key=d.get("host_key", ""))
         r = checked.get(v.name)
         if state == "running" and r is not None:
             status.ready = "not checked" if _check(v)["kind"] == "none" else "ready" if r.ready else "booting"

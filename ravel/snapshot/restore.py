@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,9 +84,15 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     emit(Event("restore", f"{len(jobs)} disks{states} verified, {fetched / 2**20:.1f} MiB fetched in {took:.1f} s",
                done=True))
     disks: dict[str, list[Disk]] = {}
+    uefi_vars: dict[str, str] = {}
     for (vm, d), r in zip(jobs, restored):
-        original = bp.vm(vm.name).disks[d.index]
+        spec = bp.vm(vm.name)
+        if d.index == len(spec.disks) and spec.firmware == "uefi":
+            uefi_vars[vm.name] = str(r.path)  # its UEFI variable store: the drive after its disks
+            continue
+        original = spec.disks[d.index]
         disks.setdefault(vm.name, []).append(Disk(original.bus, str(r.path), r.format, None))
+    bp = replace(bp, vms=tuple(replace(vm, uefi_vars=uefi_vars.get(vm.name, vm.uefi_vars)) for vm in bp.vms))
     for vm in bp.vms:
         if len(disks.get(vm.name, [])) != len(vm.disks):
             raise StoreError(f"snapshot {name}: VM {vm.name} has {len(vm.disks)} disks in its blueprint "
