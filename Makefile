@@ -11,7 +11,7 @@ GUEST    := $(CACHE)/guest
 # iperf3 for the overlay benchmark; dnsmasq and nftables for the lab's network services;
 # openssh-server for the local provider's SSH mode; cloud-init to validate generated user-data.
 APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod \
-            dnsmasq-base nftables openssh-server cloud-init
+            dnsmasq-base nftables openssh-server cloud-init grub-pc-bin grub-common xorriso mtools
 
 .PHONY: setup system venv guest demo test test-unit bench cloud-smoke clean distclean
 
