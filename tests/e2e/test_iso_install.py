@@ -64,7 +64,7 @@ def device_with(argv: list[str], drive_id: str) -> str:
     return next(a for a in argv if f"drive={drive_id}," in a + ",")
 
 
-def publish(r: Ravel, bp: Path, timeout: int = 180) -> subprocess.CompletedProcess[str]:
+def publish(r: Ravel, bp: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     return r("publish", str(bp), "--name", APP, "--wait", "--timeout", str(timeout),
              timeout=timeout + 60)
 
