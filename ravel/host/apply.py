@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import proc, resume, services, snapshot
+from . import proc, ready, resume, services, snapshot
 from .desired import Desired
 from .facts import (
     OWNED_FILE, Facts, Owned, OwnedVM, argv_sha256, gather, owned_document,
@@ -200,6 +200,7 @@ def _start_vm(p: Dict[str, Any]) -> str:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         proc.unlink_quiet(path)  # stale: QEMU is not running with this argv
     snapshot.settle(snapshot.drive_files(argv))  # after a snapshot, if QEMU ended on its own
+    ready.mark_boot(resume.console_log(argv))  # readiness reads only what this boot prints
     if p.get("incoming"):
         return _resumed(lambda: resume.start(p))
     # the record is written first: it is the identity the next run checks /proc against

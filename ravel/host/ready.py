@@ -38,7 +38,7 @@ def check_all(request: Dict[str, Any]) -> Dict[str, Any]:
     leases = _read(dnsmasq_paths(run_dir)["leases"]).decode(errors="replace") if run_dir else ""
     out = {}
     for c in request.get("checks") or []:
-        log = _tail(str(c.get("log") or ""))
+        log = this_boot(str(c.get("log") or ""))
         ok, seen = check(c, log, leases)
         out[str(c["vm"])] = {"ready": ok, "seen": seen, "booting_s": _age(str(c.get("pidfile") or "")),
                              "last_line": last_line(log)}
@@ -157,14 +157,34 @@ def _age(pidfile: str) -> Optional[float]:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def _tail(path: str) -> str:
+def mark_boot(log: Optional[str]) -> None:
+    """Note where the console log ends before a VM starts: the log is appended to across
+    restarts, and what an earlier boot printed must not make the new one look ready."""
+    if not log:
+        return
+    try:
+        size = os.path.getsize(log)
+    except OSError:
+        size = 0
+    tmp = f"{log}.boot.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(str(size))
+    os.replace(tmp, f"{log}.boot")
+
+
+def this_boot(path: str) -> str:
+    """What the console printed since the VM last started (at most its last MiB)."""
     if not path:
         return ""
+    try:
+        start = int(_read(f"{path}.boot").decode().strip() or 0)
+    except ValueError:
+        start = 0
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - LOG_TAIL))
+            fh.seek(max(start if start <= size else 0, size - LOG_TAIL))
             return fh.read().decode(errors="replace")
     except OSError:
         return ""
