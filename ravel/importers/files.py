@@ -114,6 +114,13 @@ def import_vmx(path: Path) -> ImportResult:
         fmt = "vmdk" if disk.suffix.lower() == ".vmdk" else ("qcow2" if disk.suffix.lower() == ".qcow2" else "raw")
         check_disk(disk, fmt, str(path), key)
         vm.disks.append(ImportedDisk(bus, str(disk), fmt))
+    isos, vm.cdroms = vm.cdroms, []
+    for name in isos:
+        iso = Path(name) if os.path.isabs(name) else path.parent / name
+        if iso.is_file():
+            vm.cdroms.append(str(iso))
+        else:
+            notes.append(f"{vm.name}: CD/DVD image {name} is not there; not imported")
     return ImportResult(str(path), [vm], notes)
 
 
@@ -151,6 +158,12 @@ def _result(source: Path, vms: list[ImportedVM], refs, notes: list[str], disk_di
     by_name = {vm.name: vm for vm in vms}
     for ref in refs:
         disk = disk_dir / ref.href
+        if ref.format == "iso":  # a CD/DVD image in the package
+            if disk.is_file():
+                by_name[ref.vm].cdroms.append(str(disk.absolute()))
+            else:
+                notes.append(f"{ref.vm}: CD/DVD image {ref.href} is not in the package; not imported")
+            continue
         check_disk(disk, ref.format, str(source), f"References.File[{ref.href}]")
         by_name[ref.vm].disks.append(ImportedDisk(ref.bus, str(disk.absolute()), ref.format))
     return ImportResult(str(source), vms, notes)

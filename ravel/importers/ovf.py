@@ -163,7 +163,11 @@ def parse_ovf(text: str | bytes, source: str) -> tuple[list[ImportedVM], list[Di
             elif rtype == DISK:
                 pending.append((ikey, item))
             elif rtype == CDROM:
-                notes.append(f"{name}: CD/DVD drive {iid} not imported")
+                m = re.fullmatch(r"(?:ovf:)?/file/(.+)", _text(item, "HostResource") or "")
+                if m and m.group(1) in files:  # an ISO shipped in the package: kept as a CD drive
+                    refs.append(DiskRef(name, "cdrom", files[m.group(1)][0], "iso"))
+                else:
+                    notes.append(f"{name}: CD/DVD drive {iid} has no image in the package; not imported")
         for ikey, item in pending:
             parent = _text(item, "Parent") or ""
             if parent not in controllers:

@@ -66,6 +66,7 @@ class ImportedVM:
     nested: bool = False
     disks: list[ImportedDisk] = field(default_factory=list)
     nics: list[ImportedNic] = field(default_factory=list)
+    cdroms: list[str] = field(default_factory=list)  # ISO images on this machine
 
 
 @dataclass
@@ -93,6 +94,7 @@ class ImportResult:
             "cpus": vm.cpus, "memory_mib": vm.memory_mib, "firmware": vm.firmware, "nested": vm.nested,
             "nics": [{"model": n.model, "network": nets[n.network]} for n in vm.nics],
             "disks": [{"bus": d.bus, "image": d.image} for d in vm.disks],
+            **({"cdroms": list(vm.cdroms)} if vm.cdroms else {}),
         } for vm in self.vms}}
 
     def blueprint(self) -> dict[str, Any]:
@@ -109,6 +111,8 @@ class ImportResult:
                 entry["disks"] = [{"image": d.image, "format": d.format, "bus": d.bus} for d in vm.disks]
             if vm.nics:
                 entry["nics"] = [{"network": nets[n.network], "model": n.model} for n in vm.nics]
+            if vm.cdroms:
+                entry["cdroms"] = list(vm.cdroms)
             vms[vm.name] = entry
         doc: dict[str, Any] = {"name": safe_name(self.vms[0].name if len(self.vms) == 1 else "imported",
                                                  "imported", 40)}

@@ -73,8 +73,11 @@ def parse_vmx(text: str, source: str) -> tuple[ImportedVM, list[tuple[str, str, 
                 if f"{slot}.filename" not in conf or conf.get(f"{slot}.present", "true").lower() != "true":
                     continue
                 dtype = conf.get(f"{slot}.devicetype", "disk").lower()
+                if dtype == "cdrom-image":  # an ISO file: kept as a CD drive of the VM
+                    vm.cdroms.append(conf[f"{slot}.filename"])
+                    continue
                 if "cdrom" in dtype or "atapi" in dtype:
-                    notes.append(f"{name}: CD/DVD {slot} not imported")
+                    notes.append(f"{name}: CD/DVD {slot} is this host's drive ({dtype}); not imported")
                     continue
                 if kind == "nvme":
                     notes.append(f"{name}: {slot} is NVMe; imported as a virtio disk")

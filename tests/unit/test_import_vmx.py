@@ -42,7 +42,7 @@ def test_vmx_devices_are_kept():
     assert (vm.name, vm.cpus, vm.memory_mib, vm.firmware, vm.nested) == ("esxi-host-a", 4, 8192, "uefi", True)
     assert [(n.model, n.network) for n in vm.nics] == [("e1000e", "Mgmt Net"), ("vmxnet3", "vMotion")]
     assert disks == [("pvscsi", "esxi.vmdk", "scsi0:0.fileName")]
-    assert any("CD/DVD sata0:1" in n for n in notes)
+    assert vm.cdroms == ["installer.iso"] and not any("CD/DVD" in n for n in notes)  # an ISO file is kept
 
 
 def test_vmx_bad_values_are_located():
@@ -109,3 +109,20 @@ def test_bare_disks(tmp_path):
         import_path(tmp_path / "c.qcow2")
     with pytest.raises(BlueprintError, match="no such file"):
         import_path(tmp_path / "none.ova")
+
+
+def test_vmx_import_keeps_its_iso_as_a_cd_drive(tmp_path):
+    from ravel.importers import import_path
+    from ravel.model.resolve import load_blueprint
+    from tests.unit.importfixtures import make_vmdk
+
+    make_vmdk(tmp_path / "esxi.vmdk")
+    (tmp_path / "installer.iso").write_bytes(b"\0" * 0x8001 + b"CD001" + b"\0" * 2042)
+    (tmp_path / "esxi.vmx").write_text(VMX)
+    r = import_path(tmp_path / "esxi.vmx")
+    assert r.vms[0].cdroms == [str(tmp_path / "installer.iso")]
+    bp = load_blueprint(r.yaml(), "imported.yaml")
+    assert bp.vms[0].cdroms == (str(tmp_path / "installer.iso"),)
+    (tmp_path / "installer.iso").unlink()
+    r = import_path(tmp_path / "esxi.vmx")
+    assert r.vms[0].cdroms == [] and any("installer.iso is not there" in n for n in r.notes)

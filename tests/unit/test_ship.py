@@ -66,3 +66,13 @@ def test_ship_sends_each_file_once_by_content(tmp_path):
     (src / "vmlinuz").write_bytes(b"a new kernel")
     ship(host, doc, "/var/lib/ravel/images")
     assert len(host.sent) == 4  # changed content, new name
+
+
+def test_cd_images_are_sent_and_renamed_in_their_drive():
+    drive = "file=/img/seed.iso,if=none,id=cd0,media=cdrom,readonly=on,format=raw"
+    doc = Desired("t", "/r", vms=(vm("a", ["qemu", "-drive", drive,
+                                           "-drive", "file=/d/a0.qcow2,if=none,id=disk0,format=qcow2"]),))
+    assert referenced_files(doc) == ["/img/seed.iso"]  # a disk overlay is the host's own: not sent
+    out = rewrite(doc, {"/img/seed.iso": "/h/ab-seed.iso"})
+    assert out.vms[0].argv[2] == "file=/h/ab-seed.iso,if=none,id=cd0,media=cdrom,readonly=on,format=raw"
+    assert out.vms[0].argv[4] == "file=/d/a0.qcow2,if=none,id=disk0,format=qcow2"
