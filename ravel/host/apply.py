@@ -160,7 +160,7 @@ def _execute(action: Action) -> str:
     if kind == "vm.stop":
         detail = "not running"
         if p.get("pid") and p.get("argv"):
-            detail = proc.stop_qemu(p["pid"], p["argv"], p.get("qmp"))
+            detail = proc.stop_qemu(p["pid"], p["argv"], p.get("qmp"), shutdown_s=float(p.get("shutdown_s") or 0))
         pidfile = p.get("pidfile") or ""
         if not proc.is_ours(proc.read_pidfile(pidfile), p.get("argv") or ()):
             for path in (pidfile, p.get("qmp")):

@@ -326,6 +326,10 @@ class VM:
     disks: Tuple[Disk, ...] = _f(tuple, (), item=Disk)
     # a saved memory state to resume from instead of booting, the first time only (resume.py)
     incoming: Optional[str] = _f(str, None, check=_abspath)
+    # stopping it (stop, a restart for a new configuration, a move): the guest is asked to shut
+    # down (ACPI power button) and given this long to flush its disks before power is pulled
+    shutdown_s: int = _f(int, 0, check=_rule(lambda v: 0 <= v <= 3600, "{v!r} is not 0..3600 seconds"),
+                         sparse=True)
 
     def _checked(self, bad: Callable[[str, str], None]) -> VM:
         if self.argv and all(isinstance(a, str) for a in self.argv):

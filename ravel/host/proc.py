@@ -223,8 +223,10 @@ def start_qemu(argv: Sequence[str], pidfile: str, timeout: float = QEMU_START_TI
 
 
 def stop_qemu(pid: int, argv: Sequence[str], qmp: Optional[str],
-              quit_wait: float = QUIT_WAIT) -> str:
-    """Stop a QEMU we started: QMP quit, bounded wait, then SIGTERM, then SIGKILL.
+              quit_wait: float = QUIT_WAIT, shutdown_s: float = 0) -> str:
+    """Stop a QEMU we started: with `shutdown_s`, the guest's own shutdown first (ACPI power
+    button; QEMU exits when the guest powers off), bounded; then QMP quit, bounded wait, then
+    SIGTERM, then SIGKILL.
 
     Returns a short description of how it stopped; raises CommandFailed if it would not die.
     """
@@ -236,16 +238,24 @@ def stop_qemu(pid: int, argv: Sequence[str], qmp: Optional[str],
     starttime = st[1]
     started = time.monotonic()
     why = ""
+    if shutdown_s > 0 and qmp and os.path.exists(qmp):
+        try:
+            qmp_command(qmp, "system_powerdown")
+            if wait_gone(pid, shutdown_s, starttime):
+                return f"shut down by its guest in {time.monotonic() - started:.1f} s"
+            why = f"the guest did not shut down within {shutdown_s:g} s; "
+        except QMPError as exc:
+            why = f"{exc}; "
     if qmp and os.path.exists(qmp):
         try:
             qmp_command(qmp, "quit", expect_eof=True)
             if wait_gone(pid, quit_wait, starttime):
                 return f"quit via QMP in {time.monotonic() - started:.1f} s"
-            why = f"still running {quit_wait:g} s after QMP quit"
+            why += f"still running {quit_wait:g} s after QMP quit"
         except QMPError as exc:
-            why = str(exc)
+            why += str(exc)
     else:
-        why = "no QMP socket"
+        why += "no QMP socket"
     for sig, wait in ((signal.SIGTERM, TERM_WAIT), (signal.SIGKILL, KILL_WAIT)):
         st = stat(pid)
         if st is None or st[1] != starttime or not argv_matches(cmdline(pid), argv):

@@ -190,7 +190,7 @@ def reconcile(desired: Desired, facts: Facts) -> List[Action]:
         if not f or not f.running:
             continue
         if not vm.running:
-            actions.append(_stop(f, "running=false"))
+            actions.append(_stop(f, "running=false", vm.shutdown_s))
             continue
         if f.record is not None and f.record.resume == "pending":
             # the guest never ran: its disks are as the snapshot left them, try again
@@ -202,7 +202,7 @@ def reconcile(desired: Desired, facts: Facts) -> List[Action]:
             if used:
                 restart[vm.name] = f"tap {', '.join(used)} was (re)created"
         if vm.name in restart:
-            actions.append(_stop(f, restart[vm.name]))
+            actions.append(_stop(f, restart[vm.name], vm.shutdown_s))
     gone = [(name, f) for name, f in sorted(facts.vms.items()) if name not in wanted_vms]
     for name, f in gone:
         if f.running:
@@ -373,11 +373,13 @@ def _tap_action(tap: Tap, link: Optional[Link], owned: bool, bridge_fresh: bool
     return Action("tap.update", name, "; ".join(diffs), tuple(cmds)) if cmds else None
 
 
-def _stop(f: Any, reason: str) -> Action:
-    return Action("vm.stop", f.name, reason, params={
-        "pid": f.pid, "starttime": f.starttime, "argv": list(f.argv), "qmp": f.qmp,
-        "pidfile": f.pidfile,
-    })
+def _stop(f: Any, reason: str, shutdown_s: int = 0) -> Action:
+    """Stop a VM; `shutdown_s` > 0 asks its guest to shut down first (its disks are kept, so
+    what it has not written yet matters; a VM being removed is just powered off)."""
+    params = {"pid": f.pid, "starttime": f.starttime, "argv": list(f.argv), "qmp": f.qmp, "pidfile": f.pidfile}
+    if shutdown_s:
+        params["shutdown_s"] = shutdown_s
+    return Action("vm.stop", f.name, reason, params=params)
 
 
 def _vm_files(facts: Facts, name: str) -> List[str]:

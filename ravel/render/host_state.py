@@ -17,6 +17,7 @@ from ..plan.app import AppPlan
 from ..plan.network import egress_mac
 from .qemu import OVMF_VARS, VmFiles, qemu_argv, tap_name
 
+SHUTDOWN_S = 60  # how long a stopping guest may take to shut down before its power is pulled
 UNDERLAY_MTU = 1550  # VXLAN adds 50 bytes: guests keep MTU 1500 only if the underlay carries 1550
 
 
@@ -128,6 +129,9 @@ def desired_docs(
                 "qmp": files.path(name, "qmp"),
                 "disks": disks,
                 **({"incoming": incoming[name]} if name in incoming else {}),
+                # a guest booting its own OS gets to shut down cleanly (its page cache reaches
+                # the disk); a direct-kernel-boot appliance is powered off at once
+                **({} if vm.kernel_boot else {"shutdown_s": SHUTDOWN_S}),
             })
         docs[host.name] = {
             "version": 1,
