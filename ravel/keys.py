@@ -80,18 +80,19 @@ def user_key(directory: Path) -> tuple[Path, str]:
 
 def host_key(directory: Path, app: str, host: str) -> KeyPair:
     """The host key for one host, made once and kept (0600) so the host can be re-verified."""
-    path = directory / "hostkeys" / app / f"{host}_ed25519"
-    if not path.exists():
-        write_private(path, generate(f"ravel-{app}-{host}"))
-    return KeyPair(path.read_text(), _wait_public(path))
+    return _pinned(directory, "hostkeys", app, host)
 
 
 def guest_key(directory: Path, app: str, vm: str) -> KeyPair:
     """The SSH host key of one cloud-init guest, made once and kept (0600) like a host's: ravel's
     seed installs it in the guest, so the guest's SSH is pinned, never learned."""
-    path = directory / "guestkeys" / app / f"{vm}_ed25519"
+    return _pinned(directory, "guestkeys", app, vm)
+
+
+def _pinned(directory: Path, kind: str, app: str, name: str) -> KeyPair:
+    path = directory / kind / app / f"{name}_ed25519"
     if not path.exists():
-        write_private(path, generate(f"ravel-{app}-{vm}"))
+        write_private(path, generate(f"ravel-{app}-{name}"))
     return KeyPair(path.read_text(), _wait_public(path))
 
 
@@ -102,20 +103,18 @@ def directory(state: Path) -> Path:
 
 def forget_host_key(directory: Path, app: str, host: str) -> None:
     """Remove a host's key once the host is gone (and the app's key folder once empty)."""
-    folder = directory / "hostkeys" / app
-    for path in (folder / f"{host}_ed25519", folder / f"{host}_ed25519.pub"):
-        path.unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+    _forget(directory, "hostkeys", app, host)
 
 
 def forget_guest_key(directory: Path, app: str, vm: str) -> None:
     """Remove a guest's key once its VM is gone (a re-created VM gets a new key, and so a new
     cloud-init instance-id), and the app's folder once empty."""
-    folder = directory / "guestkeys" / app
-    for path in (folder / f"{vm}_ed25519", folder / f"{vm}_ed25519.pub"):
+    _forget(directory, "guestkeys", app, vm)
+
+
+def _forget(directory: Path, kind: str, app: str, name: str) -> None:
+    folder = directory / kind / app
+    for path in (folder / f"{name}_ed25519", folder / f"{name}_ed25519.pub"):
         path.unlink(missing_ok=True)
     try:
         folder.rmdir()
