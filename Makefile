@@ -6,16 +6,19 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 CACHE    := .cache
 GUEST    := $(CACHE)/guest
+REALGUEST := $(CACHE)/realguest
 # Debian packages the project needs: QEMU (the nested hypervisor), qemu-img, busybox and a C
 # compiler for the demo guest image, OVMF for UEFI guests, iproute2 for bridges/VXLAN/namespaces,
 # iperf3 for the overlay benchmark; dnsmasq and nftables for the lab's network services;
-# openssh-server for the local provider's SSH mode; cloud-init to validate generated user-data.
+# openssh-server for the local provider's SSH mode; cloud-init to validate generated user-data;
+# mmdebstrap, fdisk (sfdisk), e2fsprogs, dosfstools and mtools build the real Debian test images.
 APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod \
-            dnsmasq-base nftables openssh-server cloud-init grub-pc-bin grub-common xorriso mtools
+            dnsmasq-base nftables openssh-server cloud-init grub-pc-bin grub-common xorriso mtools \
+            mmdebstrap fdisk e2fsprogs dosfstools
 
-.PHONY: setup system venv guest demo test test-unit bench cloud-smoke clean distclean
+.PHONY: setup system venv guest realguest demo test test-unit bench cloud-smoke clean distclean
 
-setup: system venv guest
+setup: system venv guest realguest
 
 system: $(CACHE)/system.stamp
 $(CACHE)/system.stamp: Makefile
@@ -38,6 +41,13 @@ $(VENV)/.stamp: pyproject.toml
 guest: $(GUEST)/.stamp
 $(GUEST)/.stamp: guest/build.sh guest/init guest/udhcpc.script guest/kvmtest.c guest/udpsend.c $(CACHE)/system.stamp
 	bash guest/build.sh $(GUEST)
+	@touch $@
+
+# Stock Debian 12 cloud-style images (BIOS and UEFI, cloud-init, no ravel files), built from
+# Debian packages; see guest/debian/README.md.
+realguest: $(REALGUEST)/.stamp
+$(REALGUEST)/.stamp: guest/debian/build.sh $(CACHE)/system.stamp
+	bash guest/debian/build.sh $(REALGUEST)
 	@touch $@
 
 demo: setup
