@@ -21,10 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 GUEST = ROOT / ".cache" / "guest"
 
 
+# the longest modules (real OS guests under TCG) start first, so under `-n 2 --dist loadfile`
+# the rest of the suite runs beside them instead of after them
+FIRST = ("test_real_guests.py", "test_iso_install.py")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: 0 if Path(str(item.fspath)).name in FIRST else 1)
 
 
 @pytest.fixture(scope="session", autouse=True)

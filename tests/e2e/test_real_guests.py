@@ -227,13 +227,13 @@ def checks(lab, tmp_path_factory):
 def test_a_guest_that_never_boots_fails_wait_with_its_check_and_console(checks):
     r, bp = checks
     started = time.monotonic()
-    p = r("publish", str(bp), "--wait", "--timeout", "40", check=False, timeout=120)
+    p = r("publish", str(bp), "--wait", "--timeout", "30", check=False, timeout=120)
     assert p.returncode == 7, p.stdout + p.stderr
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 50
     err = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and err[0].startswith("error: VM blank not ready after"), p.stderr
     assert "ssh check: 10.92.0.9:22" in err[0] and ("console" in err[0]), err[0]
     status = r.status("rgc")
     assert status["con"]["ready"] == "ready" and status["con"]["check"] == "console /RAVEL-READY con/"
     assert status["idle"]["ready"] == "not checked"
-    assert status["blank"]["ready"] == "booting" and status["blank"]["booting_s"] >= 30
+    assert status["blank"]["ready"] == "booting" and status["blank"]["booting_s"] >= 20
