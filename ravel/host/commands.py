@@ -6,6 +6,8 @@
     python3 -m ravel.host destroy < target   remove an app ({"app","run_dir","prefixes"?} or
                                              the desired document)
     python3 -m ravel.host ready   < checks   which guests are ready (host/ready.py); changes nothing
+    python3 -m ravel.host wait-ready         the same, a report line every half second until all
+                                             are ready or stdin ends (a line protocol)
     python3 -m ravel.host version
     python3 -m ravel.host snapshot           pause this host's VMs together and freeze their
                                              disks (a line protocol: see host/snapshot.py)
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
     c = sub.add_parser("ready", help="which guests are ready (checks on stdin; see host/ready.py)")
     c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
+    sub.add_parser("wait-ready", help="report readiness every half second until all are ready (line protocol)")
     sub.add_parser("version", help="runtime and desired-document versions")
     sub.add_parser("snapshot", help="freeze this host's VM disks in one pause (line protocol on stdin)")
     c = sub.add_parser("console", help="relay stdin/stdout to a VM's serial console socket")
@@ -121,6 +124,10 @@ def _run(args: argparse.Namespace) -> int:
         from . import snapshot
 
         return snapshot.main()
+    if args.cmd == "wait-ready":
+        from . import ready
+
+        return ready.watch()
     if args.cmd == "console":
         from . import console
 

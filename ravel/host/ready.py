@@ -13,10 +13,12 @@ image prints), none.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import struct
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -196,6 +198,42 @@ def _read(path: str) -> bytes:
             return fh.read()
     except OSError:
         return b""
+
+
+WATCH_INTERVAL_S = 0.5
+WATCH_MAX_S = 3600.0
+REQUEST_WAIT_S = 60.0
+
+
+def watch(stdin_fd: int = 0, stdout: Any = None) -> int:
+    """`ravel-host wait-ready`: the request as one JSON line on stdin, then a report line every
+    `interval` seconds until every guest is ready, the caller hangs up (stdin ends), or
+    `max_s` passes. One process for a whole --wait: checking costs a socket and a few file
+    reads here, where starting the runtime for each look would cost a Python start-up."""
+    from .snapshot import LineReader
+
+    out = stdout or sys.stdout
+    reader = LineReader(stdin_fd)
+    try:
+        request = json.loads(reader.readline(REQUEST_WAIT_S) or "")
+    except ValueError as exc:
+        request, problems = None, [f"the request is not JSON: {exc}"]
+    else:
+        problems = checks_of(request)
+    if problems or request is None:
+        out.write(json.dumps({"error": "; ".join(problems)}) + "\n")
+        out.flush()
+        return 2
+    interval = float(request.get("interval") or WATCH_INTERVAL_S)
+    deadline = time.monotonic() + float(request.get("max_s") or WATCH_MAX_S)
+    while True:
+        report = check_all(request)
+        out.write(json.dumps(report) + "\n")
+        out.flush()
+        if all(v["ready"] for v in report["vms"].values()) or time.monotonic() > deadline:
+            return 0
+        if reader.readline(interval) is not None:  # a line or the end of stdin: the caller is done
+            return 0
 
 
 def checks_of(request: Any) -> List[str]:

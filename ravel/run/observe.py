@@ -12,6 +12,7 @@ from ..host.desired import Desired
 from ..providers import get_provider
 from ..providers.base import Host, Provider
 from ..state import VmRecord
+from ..transport.hostrun import HostRun
 from . import exposure
 from ..events import Event
 from .fanout import parallel
@@ -19,7 +20,8 @@ from .fanout import parallel
 from .sessions import Context, applied_hosts
 
 STATUS_S = 10.0  # status: how long to wait for a host's observation
-READY_POLL_S = 1.0  # --wait: how often each host checks its guests
+READY_POLL_S = 1.0  # --wait: how soon a host's watch that ended early is started again
+WATCH_S = 0.5  # --wait: how often each host checks its guests (in one process on the host)
 
 
 @dataclass
@@ -160,36 +162,69 @@ def remote_hosts(ctx: Context, app: str) -> dict[str, RemoteHost]:
 
 
 def wait_ready(ctx: Context, app: str, timeout: float) -> float:
-    """Wait until every running VM passes its readiness check (checked on its own host);
-    bounded by `timeout`. A VM that never gets there fails with one line: the VM, its check
-    and the last thing it showed."""
+    """Wait until every running VM passes its readiness check, bounded by `timeout`. Each host
+    checks its own guests in one long-running `ravel-host wait-ready` (a report line every half
+    second, through the host's transport), so waiting costs the guests no CPU. A VM that never
+    gets there fails with one line: the VM, its check and the last thing it showed."""
     start = time.monotonic()
     deadline = start + max(timeout, 1.0)
     pending = {v.name: v for v in ctx.state.vms(app) if v.state == "running"}
     last: dict[str, Readiness] = {}
-    while pending:
-        left = deadline - time.monotonic()
-        got = readiness(ctx, app, list(pending.values()), timeout=max(1.0, min(STATUS_S, left)))
-        last.update(got)
-        for name, r in got.items():
-            if r.ready and name in pending:
-                del pending[name]
-                ctx.emit(Event("wait", f"{name} ready", vm=name, done=True))
-        if not pending or time.monotonic() + READY_POLL_S > deadline:
-            break
-        time.sleep(READY_POLL_S)
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for v in pending.values():
+        by_host.setdefault(v.host or "", []).append(_check(v))
+    provider = get_provider(ctx.state.require_app(app).provider, ctx.paths)
+    applied = {a.host.name: a for a in applied_hosts(ctx.state, app)}
+    runs: dict[str, HostRun] = {}
+    seen: dict[str, int] = {}
+    retry_at: dict[str, float] = {host: start for host in by_host if host in applied}
+    try:
+        while pending and time.monotonic() < deadline:
+            for host, when in list(retry_at.items()):  # (re)start a host's watch
+                if time.monotonic() < when:
+                    continue
+                del retry_at[host]
+                a = applied[host]
+                try:
+                    rt = ctx.hosts.runtime(provider, a.host, reach_s=max(1.0, deadline - time.monotonic()))
+                    runs[host] = HostRun(host, rt, {"run_dir": a.desired.run_dir, "checks": by_host[host],
+                                                    "interval": WATCH_S, "max_s": deadline - time.monotonic()},
+                                         command="wait-ready")
+                    seen[host] = 0
+                except RavelError:
+                    retry_at[host] = time.monotonic() + READY_POLL_S
+            for host, run in list(runs.items()):
+                while seen[host] < run.received():
+                    doc = run.next(seen[host], 0)
+                    seen[host] += 1
+                    if not isinstance(doc.get("vms"), dict):  # it ended (all ready) or failed: again
+                        runs.pop(host).finish()
+                        if any(c["vm"] in pending for c in by_host[host]):
+                            retry_at[host] = time.monotonic() + READY_POLL_S
+                        break
+                    for name, r in doc["vms"].items():
+                        last[name] = Readiness(bool(r.get("ready")), str(r.get("seen") or ""), r.get("booting_s"),
+                                               str(r.get("last_line") or ""))
+                        if last[name].ready and name in pending:
+                            del pending[name]
+                            ctx.emit(Event("wait", f"{name} ready", vm=name, done=True))
+            if pending:
+                time.sleep(min(WATCH_S / 2, max(0.0, deadline - time.monotonic())))
+    finally:
+        for run in runs.values():
+            run.finish()
     if pending:
         late = sorted(pending)
         name = late[0]
         r = last.get(name)
         what = f"{describe(_check(pending[name]))} check"
         if r is None:
-            seen = "its host did not answer"
+            seen_text = "its host did not answer"
         else:
             line = f"last console line {r.last_line!r}" if r.last_line else "no console output"
-            seen = f"{r.seen}; {line}" if "console" not in r.seen else r.seen
+            seen_text = f"{r.seen}; {line}" if "console" not in r.seen else r.seen
         others = f" (and {len(late) - 1} more: {', '.join(late[1:])})" if len(late) > 1 else ""
-        raise StateError(f"VM {name} not ready after {timeout:.0f} s{others}: {what}: {seen}",
+        raise StateError(f"VM {name} not ready after {timeout:.0f} s{others}: {what}: {seen_text}",
                          hint=f"see `ravel logs {app} {name}` for its console; `ready:` in the blueprint "
                               "chooses the check")
     return time.monotonic() - start

@@ -83,6 +83,11 @@ class HostRun:
             self.lines.append({"error": "exited", "_eof": True})
             self.cond.notify_all()
 
+    def received(self) -> int:
+        """How many lines have arrived (the end of the command counts as one)."""
+        with self.cond:
+            return len(self.lines)
+
     def next(self, index: int, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         with self.cond:
