@@ -16,17 +16,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional
 
 from .netconf import dnsmasq_paths
 from .resume import RESUMED_NOTE
 
-CONNECT_S = 1.0
-BANNER_S = 2.0
+CONNECT_S = 3.0
+BANNER_S = 5.0
+KEYSCAN_S = 5.0
 PING_S = 1.0
 LOG_TAIL = 1 << 20  # the console is searched in its last MiB
 DEFAULT_MARKERS = ("RAVEL-READY", "login:")
@@ -38,13 +42,16 @@ SHOWN_BY_BOOT = ("console", "lease", "link")
 def check_all(request: Dict[str, Any]) -> Dict[str, Any]:
     run_dir = str(request.get("run_dir") or "")
     leases = _read(dnsmasq_paths(run_dir)["leases"]).decode(errors="replace") if run_dir else ""
-    out = {}
-    for c in request.get("checks") or []:
+    def one(c: Dict[str, Any]) -> Dict[str, Any]:
         log = this_boot(str(c.get("log") or ""))
         ok, seen = check(c, log, leases)
-        out[str(c["vm"])] = {"ready": ok, "seen": seen, "booting_s": _age(str(c.get("pidfile") or "")),
-                             "last_line": last_line(log)}
-    return {"vms": out}
+        return {"ready": ok, "seen": seen, "booting_s": _age(str(c.get("pidfile") or "")), "last_line": last_line(log)}
+
+    checks = list(request.get("checks") or [])
+    # at once: a guest that does not answer yet costs its timeouts, not its neighbours'
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(checks)))) as pool:
+        results = list(pool.map(one, checks))
+    return {"vms": {str(c["vm"]): r for c, r in zip(checks, results)}}
 
 
 def check(c: Dict[str, Any], log: str, leases: str) -> "tuple[bool, str]":
@@ -69,9 +76,36 @@ def check(c: Dict[str, Any], log: str, leases: str) -> "tuple[bool, str]":
     ip, port = str(c.get("ip") or ""), int(c.get("port") or 0)
     if kind == "ping":
         return ping(ip)
-    if kind in ("ssh", "tcp"):
-        return probe_tcp(ip, port, banner=kind == "ssh")
+    if kind == "ssh":
+        ok, seen = probe_tcp(ip, port, banner=True)
+        if ok and c.get("host_key"):
+            return pinned_key(ip, port, str(c["host_key"]))
+        return ok, seen
+    if kind == "tcp":
+        return probe_tcp(ip, port, banner=False)
     return False, f"unknown check {kind!r}"
+
+
+def pinned_key(ip: str, port: int, want: str) -> "tuple[bool, str]":
+    """SSH counts as ready only once the guest shows the host key ravel made for it: a guest
+    whose cloud-init has not yet installed it (a first boot, or a restored snapshot's disk with
+    the old key) is still booting, and a connection would be refused as a mismatch."""
+    keyscan = shutil.which("ssh-keyscan")
+    if keyscan is None:
+        return True, "SSH banner (ssh-keyscan is not on this host: the key was not compared)"
+    try:
+        p = subprocess.run([keyscan, "-t", "ed25519", "-T", str(int(KEYSCAN_S)), "-p", str(port), ip],
+                           capture_output=True, text=True, timeout=KEYSCAN_S + 2)
+    except subprocess.TimeoutExpired:
+        return False, f"{ip}:{port} did not show its host key in time"
+    want_key = want.split()[:2]
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1:3] == want_key:
+            return True, "SSH answers with its pinned host key"
+    shown = next((line.split()[1:3] for line in p.stdout.splitlines() if len(line.split()) >= 3), None)
+    return False, (f"{ip}:{port} shows another host key ({shown[0]} ...{shown[1][-8:]}): cloud-init has not "
+                   "installed ravel's yet" if shown else f"{ip}:{port} showed no ed25519 host key")
 
 
 def probe_tcp(ip: str, port: int, banner: bool) -> "tuple[bool, str]":

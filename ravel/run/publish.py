@@ -203,7 +203,8 @@ def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running
             "log": f"{site.run_dir}/{vm.name}.log",
             "vnc": f"{site.run_dir}/{vm.name}.vnc",
             "accel": site.accel,
-            "ready": ready_check(ap, vm.name, site),
+            "ready": {**ready_check(ap, vm.name, site),
+                      **({"host_key": seeds[vm.name].host_key_public} if vm.name in seeds else {})},
             **({"user": seeds[vm.name].user, "host_key": seeds[vm.name].host_key_public,
                 "instance_id": seeds[vm.name].instance_id} if vm.name in seeds else
                {"user": vm.login} if vm.login else {}),
