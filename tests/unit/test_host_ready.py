@@ -86,3 +86,35 @@ def test_ssh_needs_a_banner_and_tcp_only_a_connection():
 
 def test_ping_answers_on_loopback():
     assert ready.ping("127.0.0.1")[0] is True
+
+
+def test_ssh_is_ready_only_with_the_pinned_host_key(tmp_path):
+    """A real sshd (Debian's, from `make setup`) on 127.0.0.1 with a key ravel made: the check
+    passes with that key pinned and fails with another (a guest cloud-init has not re-keyed)."""
+    import os
+    import subprocess
+    import time
+
+    from ravel import keys
+
+    pair, other = keys.generate("guest"), keys.generate("old")
+    key = tmp_path / "host_ed25519"
+    keys.write_private(key, pair)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null", "-h", str(key), "-p", str(port),
+                             "-o", "ListenAddress=127.0.0.1", "-o", f"PidFile={tmp_path}/sshd.pid"],
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # bounded: until it listens
+            if ready.probe_tcp("127.0.0.1", port, banner=True)[0]:
+                break
+            time.sleep(0.05)
+        assert ready.pinned_key("127.0.0.1", port, pair.public_line) == (True, "SSH answers with its pinned host key")
+        ok, seen = ready.pinned_key("127.0.0.1", port, other.public_line)
+        assert not ok and "shows another host key" in seen
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
