@@ -138,7 +138,6 @@ def ravel_config(ap: AppPlan, vm: str, login_key: str, host_key: KeyPair) -> str
             "lock_passwd": True,
             "ssh_authorized_keys": [login_key.strip()],
         }],
-        "ssh_pwauth": False,
         # the guest's host key, made and kept by ravel: its SSH is pinned, never learned
         "ssh_keys": {"ed25519_private": host_key.private_openssh.strip() + "\n",
                      "ed25519_public": host_key.public_line.strip()},
