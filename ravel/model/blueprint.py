@@ -101,6 +101,7 @@ class VM:
     user: str | None = None  # the guest user ravel logs in as (None: DEFAULT_USER with cloud_init)
     ready: Ready = Ready("console", pattern=None)  # resolved by the loader: see resolve._ready
     uefi_vars: str | None = None  # a UEFI variable store to start from (else the firmware's empty one)
+    agent: bool = True  # the QEMU guest agent's channel (virtio-serial), for `ravel exec`
 
     @property
     def kernel_boot(self) -> bool:

@@ -59,6 +59,8 @@ def vm_dict(vm: VM, macs: Mapping[int, str] | None = None) -> dict[str, Any]:
         out["uefi_vars"] = vm.uefi_vars
     if vm.cloud_init is not None:
         out["cloud_init"] = _cloud_init(vm.cloud_init)
+    if not vm.agent:
+        out["agent"] = False
     if vm.user:
         out["user"] = vm.user
     ready = _ready(vm.ready)

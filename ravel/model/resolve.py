@@ -500,6 +500,7 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                 cdroms=cdroms, cloud_init=cloud_init, user=spec.user,
                 ready=_ready(ctx, loc, spec, placed, networks, cloud_init is not None),
                 uefi_vars=_path(base_dir, spec.uefi_vars) if spec.uefi_vars else None,
+                agent=spec.agent,
             ), loc))
     return out
 

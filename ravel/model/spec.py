@@ -136,6 +136,8 @@ class VmSpec(_Spec):
         None, description="when the VM counts as ready (publish --wait, status); default: ssh with "
         "cloud_init, lease on a DHCP network, link with a NIC, else the console")
     uefi_vars: str | None = Field(None, description="UEFI variable store to start from (firmware: uefi)")
+    agent: bool = Field(True, description="a virtio-serial channel for the QEMU guest agent (`ravel exec`, "
+                        "`ravel cp --agent`)")
     services: list[ServiceSpec] = Field(default_factory=list)
 
 

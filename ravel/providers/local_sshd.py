@@ -71,7 +71,9 @@ def sshd_config(f: SshdFiles, address: str, port: int = 22) -> str:
         "StrictModes yes",
         f"PidFile {f.pidfile}",
         "Subsystem sftp internal-sftp",
-        "AllowTcpForwarding no",
+        # direct-tcpip only (`ravel ssh`, `ravel proxy`: a guest reached from its host); no -R listeners
+        "AllowTcpForwarding local",
+        "PermitListen none",
         "AllowAgentForwarding no",
         "X11Forwarding no",
         "PermitTunnel no",

@@ -105,12 +105,21 @@ def qemu_argv(
         "-chardev", f"socket,id=ser0,path={serial},server=on,wait=off,logfile={files.path(vm.name, 'log')},logappend=on",
         "-serial", "chardev:ser0",
         "-qmp", f"unix:{files.path(vm.name, 'qmp')},server=on,wait=off",
+        *(_agent(files.path(vm.name, "qga")) if vm.agent else ()),
         "-vnc", f"unix:{files.path(vm.name, 'vnc')}",
         "-pidfile", files.path(vm.name, "pid"),
     ]
     if daemonize:
         argv.append("-daemonize")
     return argv
+
+
+def _agent(socket: str) -> list[str]:
+    # the guest agent's channel: a virtio-serial port of the name qemu-guest-agent looks for
+    # (its udev rule starts the agent when the port appears), served on a unix socket here
+    return ["-device", "virtio-serial-pci,id=vser0",
+            "-chardev", f"socket,id=qga0,path={socket},server=on,wait=off",
+            "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"]
 
 
 def vars_drive(vm: VM) -> str:

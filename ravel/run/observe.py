@@ -52,10 +52,11 @@ class Readiness:
     last_line: str
 
 
-def status(ctx: Context, app: str) -> list[VmStatus]:
+def status(ctx: Context, app: str, known: Mapping[str, Readiness] | None = None) -> list[VmStatus]:
     """Each VM as it is: pid files where the host shares this machine's files, else what the
     host runtime observes through the host's transport ("unreachable" if it does not answer);
-    and, for running VMs, whether their readiness check passes (asked on their hosts)."""
+    and, for running VMs, whether their readiness check passes (asked on their hosts, unless
+    `known` already says, as right after `--wait`: asking again costs a probe per guest)."""
     ctx.state.require_app(app)
     hosts = remote_hosts(ctx, app)
 
@@ -68,7 +69,7 @@ def status(ctx: Context, app: str) -> list[VmStatus]:
 
     observed = dict(zip(hosts, parallel(observe, list(hosts))))
     records = ctx.state.vms(app)
-    checked = readiness(ctx, app, [v for v in records if v.state == "running"])
+    checked = dict(known) if known is not None else readiness(ctx, app, [v for v in records if v.state == "running"])
     out = []
     for v in records:
         d = v.detail
@@ -162,6 +163,11 @@ def remote_hosts(ctx: Context, app: str) -> dict[str, RemoteHost]:
 
 
 def wait_ready(ctx: Context, app: str, timeout: float) -> float:
+    """Seconds until every running VM is ready (see `await_ready`)."""
+    return await_ready(ctx, app, timeout)[0]
+
+
+def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str, Readiness]]:
     """Wait until every running VM passes its readiness check, bounded by `timeout`. Each host
     checks its own guests in one long-running `ravel-host wait-ready` (a report line every half
     second, through the host's transport), so waiting costs the guests no CPU. A VM that never
@@ -227,7 +233,7 @@ def wait_ready(ctx: Context, app: str, timeout: float) -> float:
         raise StateError(f"VM {name} not ready after {timeout:.0f} s{others}: {what}: {seen_text}",
                          hint=f"see `ravel logs {app} {name}` for its console; `ready:` in the blueprint "
                               "chooses the check")
-    return time.monotonic() - start
+    return time.monotonic() - start, last
 
 
 def _live_pid(pidfile: str) -> int | None:

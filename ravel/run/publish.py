@@ -33,7 +33,7 @@ from ..snapshot.restore import restore_snapshot, restored_blueprint
 from . import exposure, moves, teardown
 from .blueprints import read_blueprint
 from .fanout import parallel
-from .observe import VmStatus, status, wait_ready
+from .observe import VmStatus, await_ready, status
 from .preflight import check_files
 from .provision import ProvisionOptions, provision, recorded_transport
 from .sessions import Context
@@ -86,9 +86,10 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
         ctx.state.put_app(app, provider_name, "publishing", os.path.abspath(blueprint_path), text, plan.to_dict())
         result = converge(ctx, app, bp, plan, provider, running=None, deadline=started + timeout, options=options)
         ctx.state.set_app_status(app, "running")
+    seen = None
     if wait:
-        result.ready_s = wait_ready(ctx, app, timeout - (time.monotonic() - started))
-        result.vms = status(ctx, app)  # as they are now: ready
+        result.ready_s, seen = await_ready(ctx, app, timeout - (time.monotonic() - started))
+    result.vms = status(ctx, app, known=seen)  # as they are now (after --wait: ready, no need to ask again)
     return result
 
 
@@ -183,7 +184,7 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     changed += teardown.retire_hosts(ctx, app, provider, set(ap.hosts))
     exposed = exposure.expose(ctx.state, app, provider, hosts, ap, ctx.emit)
     record_vms(ctx, ap, sites, running, exposed, seeds)
-    return PublishResult(app, plan, changed, status(ctx, app))
+    return PublishResult(app, plan, changed)  # its VMs as seen: the caller looks when it is time
 
 
 def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running: Mapping[str, bool] | None,
@@ -202,6 +203,7 @@ def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running
             "console": f"{site.run_dir}/{vm.name}.serial",
             "log": f"{site.run_dir}/{vm.name}.log",
             "vnc": f"{site.run_dir}/{vm.name}.vnc",
+            **({"agent": f"{site.run_dir}/{vm.name}.qga"} if vm.agent else {}),
             "accel": site.accel,
             "ready": {**ready_check(ap, vm.name, site),
                       **({"host_key": seeds[vm.name].host_key_public} if vm.name in seeds else {})},

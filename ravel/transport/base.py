@@ -60,6 +60,21 @@ class CommandStream(Protocol):
 
 
 @runtime_checkable
+class Conn(Protocol):
+    """A TCP connection made from a host (a socket, or an SSH channel): what `ravel ssh`,
+    `ravel proxy` and `ravel cp` speak to a guest over. Both kinds have these, with socket
+    semantics (`shutdown(1)` ends writing)."""
+
+    def fileno(self) -> int: ...
+    def recv(self, size: int) -> bytes: ...
+    def send(self, data: bytes) -> int: ...
+    def sendall(self, data: bytes) -> None: ...
+    def settimeout(self, timeout: float | None) -> None: ...
+    def shutdown(self, how: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class Transport(Protocol):
     """Failures to reach the host raise TransportError (naming the host); a command that runs
     and exits non-zero raises CommandFailed when `check` is set."""
@@ -88,6 +103,11 @@ class Transport(Protocol):
         """Start argv on the host (arguments exactly as given) and connect to it both ways;
         `timeout` bounds starting it, not its run. TransportError (naming the host) when it
         cannot be started; a program that is not there is a command that exits non-zero."""
+
+    def connect(self, address: str, port: int, timeout: float = 10) -> Conn:
+        """A TCP connection from the host to `address:port` (a guest on one of its bridges),
+        carried to this machine: the guest is never exposed outside its host for it.
+        TransportError naming the host and the address when it cannot be made."""
 
     def close(self) -> None:
         """Let go of any connection; the transport reconnects if used again."""

@@ -332,6 +332,26 @@ class SSHTransport:
             raise TransportError(f"{self.host}: cannot start `{command_line(argv)}` over SSH: {exc}") from None
         return ChannelStream(chan)
 
+    def connect(self, address: str, port: int, timeout: float = 10) -> paramiko.Channel:
+        """A `direct-tcpip` channel of the kept connection (what OpenSSH's ProxyJump opens):
+        the host's sshd makes the TCP connection to the guest."""
+        deadline = time.monotonic() + timeout
+        for tries_left in (1, 0):
+            client = self._connected(deadline)
+            try:
+                chan = client.get_transport().open_channel(
+                    "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=max(deadline - time.monotonic(), 0.1))
+                chan.settimeout(None)
+                return chan
+            except paramiko.ChannelException as exc:  # the host answered: the guest did not
+                raise TransportError(f"{self.host}: cannot connect to {address}:{port}: {exc.text}") from None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                self.close()
+                if not tries_left or time.monotonic() >= deadline:
+                    raise TransportError(f"{self.host}: cannot open a channel to {address}:{port} on "
+                                         f"{self.where}: {exc}") from None
+        raise AssertionError("unreachable")
+
     def _collect(self, chan: paramiko.Channel, input: bytes | None, deadline: float,
                  argv: Sequence[str], timeout: float) -> CommandResult:
         writer = None

@@ -335,6 +335,65 @@ def test_closing_a_stream_hangs_up(t):
     assert not os.path.exists(f"/proc/{pid}"), "the command outlived its stream"
 
 
+# -- connections from the host -------------------------------------------------------------------
+
+ECHO_SERVER = (
+    "import socket,sys\n"
+    "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(1)\n"
+    "print(s.getsockname()[1], flush=True)\n"
+    "c,_=s.accept(); data=b''\n"
+    "while True:\n"
+    "    b=c.recv(65536)\n"
+    "    if not b: break\n"
+    "    data+=b\n"
+    "c.sendall(data[::-1]); c.close()\n")
+
+
+def test_a_connection_made_from_the_host_carries_bytes_both_ways(t):
+    # a listener on the host's own loopback: reachable only from inside the host
+    server = t.stream(["python3", "-c", ECHO_SERVER], timeout=30)
+    try:
+        port = int(next(server.lines()))
+        conn = t.connect("127.0.0.1", port, timeout=10)
+        try:
+            payload = NOT_UTF8 * 20000
+            conn.sendall(payload)
+            conn.shutdown(1)  # the end of what we send: the server answers then
+            got = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            assert got == payload[::-1]
+        finally:
+            conn.close()
+        assert server.wait(10) == 0
+    finally:
+        server.close()
+
+
+def test_a_connection_nothing_answers_is_a_transport_error_naming_the_host(t):
+    started = time.monotonic()
+    with pytest.raises(TransportError, match=f"^{t.host}: .*127.0.0.1:1"):
+        t.connect("127.0.0.1", 1, timeout=5)  # nothing listens on port 1
+    assert time.monotonic() - started < 8
+
+
+def test_a_connection_is_made_inside_the_host_not_here(lab):
+    # a listener on this machine's loopback is not what a namespace host's 127.0.0.1 reaches
+    import socket as socketlib
+    here = socketlib.socket()
+    here.bind(("127.0.0.1", 0))
+    here.listen(1)
+    try:
+        netns = lab[1]["netns"][1]
+        with pytest.raises(TransportError, match=f"^{netns.host}: .*(refused|did not answer)"):
+            netns.connect("127.0.0.1", here.getsockname()[1], timeout=3)
+    finally:
+        here.close()
+
+
 # -- SSH only --------------------------------------------------------------------------------------
 
 def _pin(t: SSHTransport) -> str:

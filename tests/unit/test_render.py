@@ -34,6 +34,7 @@ BP = textwrap.dedent("""\
       y:
         disks: [{size: 1GiB, bus: ide}, {size: 1GiB, bus: ide}, {size: 1GiB, bus: ide}]
         firmware: uefi
+        agent: false
         nics: [{network: a, model: e1000}]
     placement:
       anti_affinity: [[x, y]]
@@ -69,8 +70,10 @@ def test_qemu_argv_tcg_nested_devices():
         "-device virtio-net-pci,netdev=net1,mac=52:54:00:aa:bb:cc "
         "-chardev socket,id=ser0,path=/run/r/t/host-1/x.serial,server=on,wait=off,"
         "logfile=/run/r/t/host-1/x.log,logappend=on -serial chardev:ser0 "
-        "-qmp unix:/run/r/t/host-1/x.qmp,server=on,wait=off -vnc unix:/run/r/t/host-1/x.vnc "
-        "-pidfile /run/r/t/host-1/x.pid -daemonize"
+        "-qmp unix:/run/r/t/host-1/x.qmp,server=on,wait=off "
+        "-device virtio-serial-pci,id=vser0 -chardev socket,id=qga0,path=/run/r/t/host-1/x.qga,server=on,wait=off "
+        "-device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0 "
+        "-vnc unix:/run/r/t/host-1/x.vnc -pidfile /run/r/t/host-1/x.pid -daemonize"
     )
 
 
@@ -87,6 +90,7 @@ def test_qemu_argv_kvm_ide_uefi():
     assert "bus=ide.0,unit=0" in argv and "bus=ide.0,unit=1" in argv and "bus=ide.1,unit=0" in argv
     assert "-device e1000,netdev=net0" in argv
     assert "-accel tcg" not in argv and "-kernel" not in argv
+    assert "guest_agent" not in argv and "virtio-serial" not in argv  # agent: false
 
 
 def test_guest_cmdline_only_fixed_addresses():
