@@ -22,13 +22,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from ..errors import CommandFailed, HostKeyMismatch, MissingFile, TransportError
-from .base import READ_LIMIT, CommandResult, split_lines
+from .base import READ_LIMIT, CommandResult, Conn, split_lines
 from .copying import BLOCK, Blocks, pump
 
 # paramiko logs handshake failures from its own thread; without a handler Python's last-resort
@@ -143,16 +143,19 @@ class SSHTransport:
     is_local = False  # paths name files on the host, not on this machine
 
     def __init__(self, host: str, address: str, *, host_key: str, key_file: str | os.PathLike[str],
-                 user: str = "root", port: int = 22, device: str | None = None) -> None:
+                 user: str = "root", port: int = 22, device: str | None = None,
+                 dial: Callable[[float], Conn] | None = None) -> None:
         """`host_key`: the pinned public key line; `key_file`: ravel's private login key;
         `device`: bind the connection to this network device (the local provider's underlay
-        link), so it can never leave through another interface."""
+        link), so it can never leave through another interface; `dial`: how the TCP connection
+        is made instead (given the seconds it may take): a guest is reached through its host."""
         self.host = host
         self.address = address
         self.port = int(port)
         self.user = user
         self.key_file = Path(key_file)
         self.device = device
+        self.dial = dial
         try:
             self._pinned = public_key(host_key)
         except ValueError:
@@ -244,7 +247,12 @@ class SSHTransport:
                 raise _Retry("connection reset") from None
             raise TransportError(f"{self.host}: cannot connect to {self.where}: {exc.strerror or exc}") from None
 
-    def _socket(self, budget: float) -> socket.socket:
+    def _socket(self, budget: float) -> socket.socket | Conn:
+        if self.dial is not None:
+            try:
+                return self.dial(budget)
+            except TransportError as exc:  # the way there answered, the guest did not (yet)
+                raise _Retry(exc.message) from None
         try:
             family, kind, proto, _, addr = socket.getaddrinfo(self.address, self.port, type=socket.SOCK_STREAM)[0]
         except socket.gaierror as exc:

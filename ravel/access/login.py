@@ -1,0 +1,81 @@
+"""`ravel ssh APP VM [-- COMMAND...]`: the system's OpenSSH client (a real pty, window size,
+Ctrl-C to the guest, -L/-R forwards, escape keys: all of it OpenSSH's) with ravel's options:
+the login key, the guest's pinned host key and `ravel proxy` through the VM's host.
+
+ssh runs as a child: its stdin and stdout are this process's, untouched; its stderr passes
+through a pipe, byte for byte, so that a refused host key can be told apart from a command's
+own exit status 255 and said the way ravel says it for hosts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+from typing import Sequence
+
+from .. import keys
+from ..errors import EnvironmentProblem, HostKeyMismatch
+from ..run.sessions import Context
+from .guest import Guest, guest, guests, require_ssh
+from .openssh import ssh_argv, write_known_hosts
+
+REFUSED = b"Host key verification failed."
+TAIL = 16 << 10
+
+
+def fingerprint(public_line: str) -> str:
+    """OpenSSH's SHA256 fingerprint of "TYPE BASE64" (as `ssh-keygen -l` prints it)."""
+    blob = base64.b64decode(public_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def ssh(ctx: Context, app: str, vm: str, command: Sequence[str], extra: Sequence[str] = ()) -> int:
+    """Run ssh to the guest; its exit status (the remote command's, or 255 from ssh)."""
+    g = guest(ctx, app, vm)
+    require_ssh(g)
+    key_file, _ = keys.user_key(keys.directory(ctx.paths.state))
+    known = write_known_hosts(ctx.paths, app, guests(ctx, app))
+    argv = ssh_argv(g, known, key_file, command, extra)
+    ctx.close()  # nothing of ravel's stays open while the session lasts
+    return run_client(argv, g)
+
+
+def run_client(argv: Sequence[str], g: Guest) -> int:
+    try:
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise EnvironmentProblem("the OpenSSH client `ssh` is not installed", hint="apt-get install openssh-client") from None
+    tail = bytearray()
+
+    def copy() -> None:
+        assert proc.stderr is not None
+        out = sys.stderr.buffer
+        while chunk := proc.stderr.read1(65536):
+            out.write(chunk)
+            out.flush()
+            tail.extend(chunk)
+            del tail[:-TAIL]
+
+    t = threading.Thread(target=copy, daemon=True)
+    t.start()
+    # Ctrl-C belongs to the session: ssh (or, under a pty, the guest) decides what it does
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rc = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    t.join(5)
+    if rc == 255 and REFUSED in tail:
+        shown = re.search(rb"key sent by the remote host is\s*\n?\s*(SHA256:[A-Za-z0-9+/]+)", bytes(tail))
+        presented = f"it presented {shown.group(1).decode()}" if shown else "it presented another key"
+        assert g.host_key is not None
+        raise HostKeyMismatch(
+            f"VM {g.vm} of app {g.app!r}: HOST KEY MISMATCH: ravel made {g.host_key.split()[0]} "
+            f"{fingerprint(g.host_key)} for this guest, {presented}; refused (nothing was sent)",
+            hint="something else answers at the guest's address, or the guest's keys were changed "
+                 f"inside it; `ravel console {g.app} {g.vm}` reaches it without SSH")
+    return rc

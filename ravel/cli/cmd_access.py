@@ -1,0 +1,169 @@
+"""Ways into the guests: ssh, exec, cp, vnc, ssh-config, inventory (and proxy, for OpenSSH)."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from typing import List, Optional
+
+import typer
+
+from . import exits
+from .common import app, err, out
+from .common import lab as open_lab
+
+
+
+def _words(command: Optional[List[str]]) -> list[str]:
+    # options end at APP (so a command's own options are its own); a `--` before it is optional
+    words = list(command or [])
+    return words[1:] if words[:1] == ["--"] else words
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@exits.handled
+def ssh(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vm: str = typer.Argument(..., metavar="VM"),
+    command: Optional[List[str]] = typer.Argument(None, metavar="[-- COMMAND...]", show_default=False),
+    local: List[str] = typer.Option([], "-L", metavar="[BIND:]PORT:HOST:HOSTPORT",
+                                    help="Forward a local port to HOST:HOSTPORT as seen from the guest (like ssh -L)."),
+    remote: List[str] = typer.Option([], "-R", metavar="[BIND:]PORT:HOST:HOSTPORT",
+                                     help="Forward a port of the guest to HOST:HOSTPORT here (like ssh -R)."),
+    tty: bool = typer.Option(False, "-t", help="Give the command a terminal (like ssh -t)."),
+) -> None:
+    """Log in to a VM, or run one COMMAND in it (stdout, stderr and exit status pass through).
+
+    Goes through the VM's host with OpenSSH; the guest's host key is the one ravel made for it.
+    One COMMAND word is a shell command line; several are one command's exact arguments."""
+    extra = [a for f in local for a in ("-L", f)] + [a for f in remote for a in ("-R", f)] + (["-t"] if tty else [])
+    lab = open_lab(False)
+    try:
+        from ..access.login import ssh as run_ssh
+
+        rc = run_ssh(lab.ctx, app_name, vm, _words(command), extra)
+    finally:
+        lab.close()
+    raise typer.Exit(rc)
+
+
+@app.command("ssh-config")
+@exits.handled
+def ssh_config(app_name: str = typer.Argument(..., metavar="APP")) -> None:
+    """OpenSSH `Host <vm>.<app>` blocks for every VM: `ssh -F <(ravel ssh-config APP) VM.APP`."""
+    from ..access.sshconfig import ssh_config as render
+
+    lab = open_lab(False)
+    try:
+        text = render(lab.ctx, app_name)
+    finally:
+        lab.close()
+    sys.stdout.write(text)
+
+
+@app.command(hidden=True)
+def proxy(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vm: str = typer.Argument(..., metavar="VM"),
+    port: int = typer.Argument(..., metavar="PORT"),
+    fdpass: bool = typer.Option(False, "--fdpass"),
+) -> None:
+    """stdin/stdout to a guest's TCP PORT through its host (OpenSSH's ProxyCommand)."""
+    from ..access.proxy import main
+
+    raise typer.Exit(main([app_name, vm, str(port), *(["--fdpass"] if fdpass else [])]))
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+@exits.handled
+def exec_(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vm: str = typer.Argument(..., metavar="VM"),
+    command: List[str] = typer.Argument(..., metavar="-- COMMAND..."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds the command may run (then it is killed)."),
+) -> None:
+    """Run COMMAND in a VM through its QEMU guest agent: no network or SSH needed in the guest.
+
+    stdout, stderr and exit status pass through; stdin is sent when it is not a terminal."""
+    from ..access.execute import execute
+
+    data = None if sys.stdin.isatty() else sys.stdin.buffer.read()
+    lab = open_lab(False)
+    try:
+        done = execute(lab.ctx, app_name, vm, _words(command), data, timeout)
+    finally:
+        lab.close()
+    sys.stdout.buffer.write(done.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(done.stderr)
+    if done.truncated:
+        sys.stderr.write("ravel exec: the guest agent kept only the first part of the output\n")
+    sys.stderr.flush()
+    raise typer.Exit(done.status)
+
+
+@app.command()
+@exits.handled
+def cp(
+    src: str = typer.Argument(..., metavar="SRC"),
+    dst: str = typer.Argument(..., metavar="DST"),
+) -> None:
+    """Copy files or directories between here and a VM: one side is APP:VM:/path (like docker cp).
+
+    Over SSH through the VM's host; sizes and checksums are verified, and a partial copy is
+    never left behind."""
+    from ..access.copy import copy
+
+    lab = open_lab(False)
+    try:
+        done = copy(lab.ctx, src, dst)
+    finally:
+        lab.close()
+    err.print(f"copied {done.files} file{'s' if done.files != 1 else ''}, {done.bytes} bytes", markup=False)
+
+
+@app.command()
+@exits.handled
+def vnc(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    vm: str = typer.Argument(..., metavar="VM"),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port on 127.0.0.1 (default: a free one)."),
+) -> None:
+    """Forward a VM's VNC console to a port on 127.0.0.1 here, until Ctrl-C."""
+    from ..access.vnc import forward
+
+    def listening(url: str) -> None:
+        out.print(url, markup=False)
+        err.print("forwarding the VM's VNC console; Ctrl-C to stop", markup=False)
+
+    lab = open_lab(False)
+    try:
+        forward(lab.ctx, app_name, vm, port, listening)
+    except KeyboardInterrupt:
+        err.print("stopped", markup=False)
+    finally:
+        lab.close()
+
+
+class InventoryFormat(str, enum.Enum):
+    ini = "ini"
+    yaml = "yaml"
+    json = "json"
+
+
+@app.command()
+@exits.handled
+def inventory(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    fmt: InventoryFormat = typer.Option(InventoryFormat.ini, "--format", help="ini, yaml or json."),
+) -> None:
+    """An Ansible inventory of the app's VMs (groups per VM group and per network), reached
+    with the app's ssh-config: `ansible -i <(ravel inventory APP) all -m ping`."""
+    from ..access.inventory import inventory as render
+
+    lab = open_lab(False)
+    try:
+        text = render(lab.ctx, app_name, fmt.value)
+    finally:
+        lab.close()
+    sys.stdout.write(text)
