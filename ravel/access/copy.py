@@ -214,7 +214,7 @@ def _download_tree(t: SSHTransport, g: Guest, src: str, target: Path) -> Copied:
     try:
         tmp.mkdir(mode=0o700)
         with tarfile.open(fileobj=_FromStream(stream), mode="r|") as tar:
-            tar.extractall(tmp, filter="tar")
+            tar.extractall(tmp, filter=_here)
         rc = stream.wait(COPY_TIMEOUT_S)
         if rc != 0:
             raise CopyError(f"VM {g.vm}: tar could not read {src}: "
@@ -236,6 +236,13 @@ def _download_tree(t: SSHTransport, g: Guest, src: str, target: Path) -> Copied:
     finally:
         stream.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _here(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tar's safety rules (nothing outside the target), and owned by whoever runs ravel here:
+    the guest's user ids mean nothing on this machine."""
+    m = tarfile.tar_filter(member, dest)
+    return m.replace(uid=None, gid=None, uname=None, gname=None, deep=False) if m is not None else None
 
 
 def _mode_of(t: SSHTransport, path: str) -> int:

@@ -15,12 +15,11 @@ from .common import lab as open_lab
 
 
 def _words(command: Optional[List[str]]) -> list[str]:
-    # options end at APP (so a command's own options are its own); a `--` before it is optional
-    words = list(command or [])
-    return words[1:] if words[:1] == ["--"] else words
+    # what follows `--` arrives whole (a command's own options are its own)
+    return list(command or [])
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command()
 @exits.handled
 def ssh(
     app_name: str = typer.Argument(..., metavar="APP"),
@@ -74,7 +73,7 @@ def proxy(
     raise typer.Exit(main([app_name, vm, str(port), *(["--fdpass"] if fdpass else [])]))
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
+@app.command("exec")
 @exits.handled
 def exec_(
     app_name: str = typer.Argument(..., metavar="APP"),
@@ -155,7 +154,9 @@ class InventoryFormat(str, enum.Enum):
 @exits.handled
 def inventory(
     app_name: str = typer.Argument(..., metavar="APP"),
-    fmt: InventoryFormat = typer.Option(InventoryFormat.ini, "--format", help="ini, yaml or json."),
+    fmt: InventoryFormat = typer.Option(
+        InventoryFormat.yaml, "--format",
+        help="yaml (what Ansible reads from a pipe: `-i <(ravel inventory APP)`), ini or json."),
 ) -> None:
     """An Ansible inventory of the app's VMs (groups per VM group and per network), reached
     with the app's ssh-config: `ansible -i <(ravel inventory APP) all -m ping`."""

@@ -23,7 +23,7 @@ GUEST = ROOT / ".cache" / "guest"
 
 # the longest modules (real OS guests under TCG) start first, so under `-n 2 --dist loadfile`
 # the rest of the suite runs beside them instead of after them
-FIRST = ("test_real_guests.py", "test_iso_install.py")
+FIRST = ("test_real_guests.py", "test_iso_install.py", "test_guest_access_ssh.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import accesslib
 from conftest import ROOT, Ravel, force_cleanup, leftovers
 
 APP = "rg"
@@ -159,6 +160,37 @@ def test_second_publish_changes_nothing(lab):
     r, bp, _, _ = lab
     p = r("publish", str(bp))
     assert "nothing to do" in (p.stdout + p.stderr).lower() or " 0 change" in p.stdout, p.stdout + p.stderr
+
+
+# -- ways in: ravel ssh, exec, cp, vnc, ssh-config, inventory (accesslib.py; also over SSH hosts) ---
+
+def test_ravel_ssh_runs_commands_on_every_guest(lab):
+    accesslib.ssh_runs_commands_with_their_output_and_status(lab[0], APP, VMS)
+
+
+def test_ravel_ssh_is_interactive_under_a_pty(lab):
+    accesslib.ssh_is_interactive_under_a_pty(lab[0], APP, "uefi")
+
+
+def test_ravel_ssh_and_cp_refuse_a_changed_guest_key(lab):
+    accesslib.a_changed_guest_key_is_refused_and_nothing_sent(lab[0], APP, "vmw")
+
+
+def test_ravel_exec_works_with_the_guest_network_down(lab):
+    accesslib.exec_works_with_the_network_down(lab[0], APP, "vmw")
+
+
+def test_ravel_cp_round_trips_a_tree_and_leaves_nothing_when_interrupted(lab, tmp_path):
+    accesslib.cp_round_trips_a_tree_with_modes(lab[0], APP, "bios", tmp_path)
+    accesslib.an_interrupted_copy_leaves_no_partial_file(lab[0], APP, "bios", tmp_path)
+
+
+def test_ssh_config_and_inventory_for_openssh_and_ansible(lab, tmp_path):
+    accesslib.ssh_config_and_inventory_serve_openssh_and_ansible(lab[0], APP, "vmw", tmp_path)
+
+
+def test_ravel_vnc_forwards_the_console(lab):
+    accesslib.vnc_forwards_the_console_until_ctrl_c(lab[0], APP, "uefi")
 
 
 def test_stop_start_keeps_uefi_variables_and_the_disk(lab):
