@@ -70,6 +70,8 @@ bench: setup
 	$(BIN)/python bench/snapshot_ssh_bench.py
 	$(BIN)/python bench/move_bench.py
 	$(BIN)/python bench/seed_bench.py
+	$(BIN)/python bench/real_guest_bench.py
+	$(BIN)/python bench/access_bench.py
 
 # Opt-in, against a REAL account with your usual credentials (AWS profile/environment, GCP
 # application default credentials). It makes one small, billed instance for a few minutes and
