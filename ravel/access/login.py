@@ -8,6 +8,7 @@ own exit status 255 and said the way ravel says it for hosts."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import re
@@ -18,7 +19,8 @@ import threading
 from typing import Sequence
 
 from .. import keys
-from ..errors import EnvironmentProblem, HostKeyMismatch
+from ..errors import EnvironmentProblem, HostKeyMismatch, RavelError
+from ..paths import paths
 from ..run.sessions import Context
 from .guest import Guest, guest, guests, require_ssh
 from .openssh import ssh_argv, write_known_hosts
@@ -31,6 +33,43 @@ def fingerprint(public_line: str) -> str:
     """OpenSSH's SHA256 fingerprint of "TYPE BASE64" (as `ssh-keygen -l` prints it)."""
     blob = base64.b64decode(public_line.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ravel ssh", description="Log in to a VM, or run one COMMAND in it (stdout, stderr and exit status "
+        "pass through), with OpenSSH through the VM's host; the guest's host key is the one ravel made. One "
+        "COMMAND word is a shell command line; several are one command's exact arguments.")
+    p.add_argument("app", metavar="APP")
+    p.add_argument("vm", metavar="VM")
+    p.add_argument("command", metavar="-- COMMAND", nargs=argparse.REMAINDER)
+    p.add_argument("-L", dest="local", action="append", default=[], metavar="[BIND:]PORT:HOST:HOSTPORT",
+                   help="forward a port here to HOST:HOSTPORT as the guest sees it (like ssh -L)")
+    p.add_argument("-R", dest="remote", action="append", default=[], metavar="[BIND:]PORT:HOST:HOSTPORT",
+                   help="forward a port of the guest to HOST:HOSTPORT here (like ssh -R)")
+    p.add_argument("-t", dest="tty", action="store_true", help="give the command a terminal (like ssh -t)")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """`ravel ssh ...` (the CLI's launcher comes here directly: a light start-up)."""
+    args = parser().parse_args(list(argv))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    extra = [a for f in args.local for a in ("-L", f)] + [a for f in args.remote for a in ("-R", f)]
+    ctx = Context(paths())
+    try:
+        return ssh(ctx, args.app, args.vm, command, extra + (["-t"] if args.tty else []))
+    except RavelError as exc:
+        for line in exc.lines():
+            sys.stderr.write(f"error: {line}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    finally:
+        ctx.close()
 
 
 def ssh(ctx: Context, app: str, vm: str, command: Sequence[str], extra: Sequence[str] = ()) -> int:

@@ -14,36 +14,15 @@ from .common import lab as open_lab
 
 
 
-def _words(command: Optional[List[str]]) -> list[str]:
-    # what follows `--` arrives whole (a command's own options are its own)
-    return list(command or [])
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def ssh(ctx: typer.Context) -> None:
+    """Log in to a VM, or run one COMMAND in it: ravel ssh [-L SPEC] [-R SPEC] [-t] APP VM [-- COMMAND...]
 
+    With OpenSSH through the VM's host; the guest's host key is the one ravel made for it.
+    (`ravel` itself starts it without loading the CLI: see cli/launch.py; `ravel ssh --help`.)"""
+    from ..access.login import main
 
-@app.command()
-@exits.handled
-def ssh(
-    app_name: str = typer.Argument(..., metavar="APP"),
-    vm: str = typer.Argument(..., metavar="VM"),
-    command: Optional[List[str]] = typer.Argument(None, metavar="[-- COMMAND...]", show_default=False),
-    local: List[str] = typer.Option([], "-L", metavar="[BIND:]PORT:HOST:HOSTPORT",
-                                    help="Forward a local port to HOST:HOSTPORT as seen from the guest (like ssh -L)."),
-    remote: List[str] = typer.Option([], "-R", metavar="[BIND:]PORT:HOST:HOSTPORT",
-                                     help="Forward a port of the guest to HOST:HOSTPORT here (like ssh -R)."),
-    tty: bool = typer.Option(False, "-t", help="Give the command a terminal (like ssh -t)."),
-) -> None:
-    """Log in to a VM, or run one COMMAND in it (stdout, stderr and exit status pass through).
-
-    Goes through the VM's host with OpenSSH; the guest's host key is the one ravel made for it.
-    One COMMAND word is a shell command line; several are one command's exact arguments."""
-    extra = [a for f in local for a in ("-L", f)] + [a for f in remote for a in ("-R", f)] + (["-t"] if tty else [])
-    lab = open_lab(False)
-    try:
-        from ..access.login import ssh as run_ssh
-
-        rc = run_ssh(lab.ctx, app_name, vm, _words(command), extra)
-    finally:
-        lab.close()
-    raise typer.Exit(rc)
+    raise typer.Exit(main(ctx.args))
 
 
 @app.command("ssh-config")
@@ -89,7 +68,7 @@ def exec_(
     data = None if sys.stdin.isatty() else sys.stdin.buffer.read()
     lab = open_lab(False)
     try:
-        done = execute(lab.ctx, app_name, vm, _words(command), data, timeout)
+        done = execute(lab.ctx, app_name, vm, command, data, timeout)
     finally:
         lab.close()
     sys.stdout.buffer.write(done.stdout)
