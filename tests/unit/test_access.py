@@ -1,0 +1,192 @@
+"""The pure parts of the ways into guests: OpenSSH options and config, the remote command rule,
+`ravel cp`'s side parsing, the Ansible inventory, and the guest agent's wire handling."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ravel.access.agent import AgentError, GuestAgent
+from ravel.access.channel import Link
+from ravel.access.copy import parse
+from ravel.access.guest import Guest
+from ravel.access.inventory import group_name, render
+from ravel.access.openssh import config, proxy_command, remote_command, ssh_argv
+from ravel.errors import StateError
+from ravel.access.guest import require_ssh
+from ravel.providers.base import Host
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0wKn1g7+Y7xgDn2S2l7u8ZqUqXrS3yD0mhlGm4d9Hc"
+
+
+def guest(vm: str = "web-1", via: str = "netns", **kw) -> Guest:
+    base = dict(app="lab", vm=vm, host=Host("lab", "host-1", "rv-lab-host-1", "10.0.0.1", "u0", "/run/x"),
+                provider=None, running=True, address="10.1.0.5", user="ravel", host_key=KEY,
+                agent="/run/x/web-1.qga", vnc="/run/x/web-1.vnc", via=via)
+    base.update(kw)
+    return Guest(**base)  # type: ignore[arg-type]
+
+
+def test_one_word_is_a_command_line_several_are_exact_arguments():
+    assert remote_command([]) == []
+    assert remote_command(["ls /etc | wc -l"]) == ["ls /etc | wc -l"]
+    words = ["sh", "-c", "exit 7", "it's", "$HOME"]
+    (line,) = remote_command(words)
+    assert shlex.split(line) == words  # what the guest's shell sees
+
+
+def test_proxy_command_names_the_state_and_escapes_percent():
+    line = proxy_command(guest(), env={"RAVEL_HOME": "/tmp/a b%c"})
+    assert line.endswith(" proxy lab web-1 %p --fdpass")
+    assert "RAVEL_HOME='/tmp/a b%%c'" in line  # ssh expands %-tokens: a literal % is %%
+    assert not line.startswith("exec")  # ssh adds its own exec
+    assert proxy_command(guest(via="ssh"), env={}).endswith(" %p")  # no fd to hand over from an SSH host
+
+
+def test_config_pins_the_guest_key_and_goes_through_ravel(tmp_path):
+    text = config([guest(), guest("db", address=None), guest("win", host_key=None, user=None)],
+                  tmp_path / "known", tmp_path / "id", env={})
+    block = text.split("Host web-1.lab\n")[1].split("\n\n")[0]
+    opts = dict(line.strip().split(" ", 1) for line in block.splitlines())
+    assert opts["HostKeyAlias"] == "web-1.lab" and opts["StrictHostKeyChecking"] == "yes"
+    assert opts["UserKnownHostsFile"] == str(tmp_path / "known") and opts["User"] == "ravel"
+    assert opts["ProxyUseFdpass"] == "yes" and "ravel proxy lab web-1 %p" in opts["ProxyCommand"]
+    assert "# db.lab: no SSH" in text and "# win.lab: no SSH" in text
+    assert "Host db.lab" not in text
+
+
+def test_a_config_openssh_itself_accepts(tmp_path):
+    cfg = tmp_path / "cfg"
+    cfg.write_text(config([guest(), guest("b", via="ssh")], tmp_path / "known", tmp_path / "id", env={}))
+    out = subprocess.run(["ssh", "-G", "-F", str(cfg), "b.lab"], capture_output=True, text=True, check=True).stdout
+    assert "hostkeyalias b.lab" in out and "stricthostkeychecking true" in out and "user ravel" in out
+
+
+def test_ssh_argv_ends_with_the_alias_and_the_command(tmp_path):
+    argv = ssh_argv(guest(), tmp_path / "k", tmp_path / "id", ["sh", "-c", "exit 7"], ["-L", "8080:localhost:80"])
+    assert argv[:3] == ["ssh", "-F", "/dev/null"]
+    assert argv[-5:-1] == ["-L", "8080:localhost:80", "--", "web-1.lab"]
+    assert shlex.split(argv[-1]) == ["sh", "-c", "exit 7"]
+
+
+def test_no_ssh_without_a_key_ravel_made():
+    with pytest.raises(StateError, match="no SSH host key ravel made"):
+        require_ssh(guest(host_key=None))
+    with pytest.raises(StateError, match="no address"):
+        require_ssh(guest(address=None))
+    with pytest.raises(StateError, match="stopped"):
+        require_ssh(guest(running=False))
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("lab:web-1:/etc/hosts", ("lab", "web-1", "/etc/hosts")),
+    ("lab:web-1:relative/path", ("lab", "web-1", "relative/path")),
+    ("./a:b:c", (None, None, "./a:b:c")),
+    ("/abs:x:y", (None, None, "/abs:x:y")),
+    ("file.txt", (None, None, "file.txt")),
+])
+def test_cp_sides(spec, want):
+    w = parse(spec)
+    assert (w.app, w.vm, w.path) == want
+
+
+def test_inventory_groups_and_formats():
+    gs = [guest("web-1"), guest("web-2"), guest("db")]
+    groups = {"web": ["web-1.lab", "web-2.lab"], group_name("back-end"): ["db.lab"]}
+    doc = yaml.safe_load(render("lab", gs, groups, {"ansible_ssh_common_args": "-F /x"}, "yaml"))
+    assert doc == json.loads(render("lab", gs, groups, {"ansible_ssh_common_args": "-F /x"}, "json"))
+    assert doc["all"]["hosts"]["db.lab"] == {"ansible_host": "db.lab", "ansible_user": "ravel"}
+    assert doc["all"]["children"]["back_end"]["hosts"] == {"db.lab": {}}
+    ini = render("lab", gs, groups, {"ansible_ssh_common_args": "-F /x"}, "ini")
+    assert "[web]\nweb-1.lab\nweb-2.lab" in ini and "ansible_ssh_common_args='-F /x'" in ini
+    assert group_name("1st") == "_1st"
+
+
+# -- the guest agent's wire ---------------------------------------------------------------------------
+
+def _agent_peer(script):
+    """A socket pair: one end for GuestAgent, the other served by `script(sock)` in a thread."""
+    a, b = socket.socketpair()
+    t = threading.Thread(target=script, args=(b,), daemon=True)
+    t.start()
+    return Link(a), t
+
+
+def _lines(sock):
+    buf = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield json.loads(line.lstrip(b"\xff"))
+
+
+def test_sync_skips_stale_bytes_and_exec_passes_output_and_status():
+    def peer(sock):
+        sock.sendall(b'{"return": {"pid": 9}}\n')  # a reply an earlier client never read
+        for msg in _lines(sock):
+            cmd = msg["execute"]
+            if cmd == "guest-sync-delimited":
+                sock.sendall(b"\xff" + json.dumps({"return": msg["arguments"]["id"]}).encode() + b"\n")
+            elif cmd == "guest-exec":
+                assert msg["arguments"]["path"] == "cat" and base64.b64decode(msg["arguments"]["input-data"]) == b"in"
+                sock.sendall(b'{"return": {"pid": 42}}\n')
+            elif cmd == "guest-exec-status":
+                sock.sendall(json.dumps({"return": {"exited": True, "exitcode": 3,
+                                                    "out-data": base64.b64encode(b"\x00\xffout").decode(),
+                                                    "err-data": base64.b64encode(b"err").decode()}}).encode() + b"\n")
+        sock.close()
+
+    link, _ = _agent_peer(peer)
+    ga = GuestAgent(link, "vm1")
+    ga.sync(timeout=5)
+    done = ga.run(["cat"], b"in", timeout=5)
+    assert (done.status, done.stdout, done.stderr) == (3, b"\x00\xffout", b"err")
+    link.close()
+
+
+def test_an_agent_that_does_not_answer_is_said_in_one_line():
+    quiet = threading.Event()
+    link, _ = _agent_peer(lambda sock: (sock.recv(100), quiet.wait(5)))  # reads, never answers
+    with pytest.raises(AgentError, match="vm1: the guest agent did not answer guest-sync in time") as e:
+        GuestAgent(link, "vm1").sync(timeout=0.5)
+    assert "ravel ssh" in (e.value.hint or "")
+    quiet.set()
+    link.close()
+
+
+def test_a_refused_command_names_the_vm_and_the_reason():
+    def peer(sock):
+        for msg in _lines(sock):
+            if msg["execute"] == "guest-sync-delimited":
+                sock.sendall(b"\xff" + json.dumps({"return": msg["arguments"]["id"]}).encode() + b"\n")
+            else:
+                sock.sendall(b'{"error": {"class": "GenericError", "desc": "Failed to execute child process"}}\n')
+
+    link, _ = _agent_peer(peer)
+    ga = GuestAgent(link, "vm1")
+    ga.sync(timeout=5)
+    with pytest.raises(AgentError, match="vm1: the guest agent refused guest-exec: Failed to execute"):
+        ga.run(["nope"], None, timeout=5)
+    link.close()
+
+
+def test_the_known_hosts_file_is_private(tmp_path):
+    from ravel.access.openssh import write_known_hosts
+    from ravel.paths import paths
+
+    p = write_known_hosts(paths({"RAVEL_HOME": str(tmp_path)}), "lab", [guest(), guest("b", host_key=None)])
+    assert p.read_text() == f"web-1.lab {KEY}\n"
+    assert p.stat().st_mode & 0o777 == 0o600 and p.parent.stat().st_mode & 0o777 == 0o700
+    assert Path(p).exists()
