@@ -85,16 +85,18 @@ def exec_(
 def cp(
     src: str = typer.Argument(..., metavar="SRC"),
     dst: str = typer.Argument(..., metavar="DST"),
+    agent: bool = typer.Option(False, "--agent", help="Through the QEMU guest agent instead of SSH."),
 ) -> None:
     """Copy files or directories between here and a VM: one side is APP:VM:/path (like docker cp).
 
-    Over SSH through the VM's host; sizes and checksums are verified, and a partial copy is
-    never left behind."""
+    Over SSH through the VM's host (or the guest agent); sizes and checksums are verified, and a
+    partial copy is never left behind."""
+    from ..access.agentcopy import copy_by_agent
     from ..access.copy import copy
 
     lab = open_lab(False)
     try:
-        done = copy(lab.ctx, src, dst)
+        done = (copy_by_agent if agent else copy)(lab.ctx, src, dst)
     finally:
         lab.close()
     err.print(f"copied {done.files} file{'s' if done.files != 1 else ''}, {done.bytes} bytes", markup=False)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from conftest import ROOT, Ravel
 
+RUN_SH = b"#!/bin/sh\necho hi\n"
+
 
 def run(r: Ravel, *args: str, timeout: float = 120, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """The CLI with bytes in and out (a guest's output is not text)."""
@@ -113,7 +115,7 @@ def exec_works_with_the_network_down(r: Ravel, app: str, vm: str) -> None:
 def cp_round_trips_a_tree_with_modes(r: Ravel, app: str, vm: str, tmp: Path) -> None:
     src = tmp / "tree"
     (src / "sub" / "deeper").mkdir(parents=True)
-    (src / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    (src / "run.sh").write_bytes(RUN_SH)
     (src / "run.sh").chmod(0o751)
     (src / "sub" / "data.bin").write_bytes(os.urandom(3 << 20))
     (src / "sub" / "deeper" / "secret").write_bytes(b"s")
@@ -121,7 +123,7 @@ def cp_round_trips_a_tree_with_modes(r: Ravel, app: str, vm: str, tmp: Path) -> 
     assert run(r, "cp", str(src), f"{app}:{vm}:/tmp/").returncode == 0  # into an existing directory
     listing = run(r, "ssh", app, vm, "--", "sh", "-c", "cd /tmp/tree && find . -type f -exec stat -c '%a %s %n' {} + | sort")
     assert listing.stdout.decode().splitlines() == ["600 1 ./sub/deeper/secret", f"644 {3 << 20} ./sub/data.bin",
-                                                     "751 19 ./run.sh"], listing
+                                                     f"751 {len(RUN_SH)} ./run.sh"], listing
     back = tmp / "back"
     back.mkdir()
     assert run(r, "cp", f"{app}:{vm}:/tmp/tree", str(back)).returncode == 0
@@ -183,3 +185,26 @@ def vnc_forwards_the_console_until_ctrl_c(r: Ravel, app: str, vm: str) -> None:
     assert p.returncode == 0, err
     with socket.socket() as s:  # the port is closed again
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def cp_by_agent_round_trips_a_tree(r: Ravel, app: str, vm: str, tmp: Path) -> None:
+    src = tmp / "agenttree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "data.bin").write_bytes(os.urandom(5 << 20))  # more than one agent read/write
+    (src / "run.sh").write_bytes(RUN_SH)
+    (src / "run.sh").chmod(0o750)
+    assert run(r, "cp", "--agent", str(src), f"{app}:{vm}:/var/tmp/").returncode == 0
+    p = run(r, "exec", app, vm, "--", "sh", "-c", "cd /var/tmp/agenttree && stat -c '%a %s %n' run.sh sub/data.bin "
+                                                  "&& sha256sum sub/data.bin")
+    lines = p.stdout.decode().splitlines()
+    assert lines[:2] == [f"750 {len(RUN_SH)} run.sh", f"644 {5 << 20} sub/data.bin"], lines
+    assert lines[2].split()[0] == hashlib.sha256((src / "sub" / "data.bin").read_bytes()).hexdigest()
+    back = tmp / "agentback"
+    back.mkdir()
+    assert run(r, "cp", "--agent", f"{app}:{vm}:/var/tmp/agenttree", str(back)).returncode == 0
+    for f in ("run.sh", "sub/data.bin"):
+        assert (back / "agenttree" / f).read_bytes() == (src / f).read_bytes()
+    assert (back / "agenttree" / "run.sh").stat().st_mode & 0o777 == 0o750
+    assert run(r, "cp", "--agent", f"{app}:{vm}:/etc/hostname", str(tmp / "hn")).returncode == 0
+    assert (tmp / "hn").read_text() == f"{vm}\n"
+    assert not [p for p in tmp.rglob(".*.part")]

@@ -71,6 +71,10 @@ def test_ravel_cp(lab, tmp_path):
     accesslib.cp_round_trips_a_tree_with_modes(lab, APP, "web", tmp_path)
 
 
+def test_ravel_cp_through_the_guest_agent(lab, tmp_path):
+    accesslib.cp_by_agent_round_trips_a_tree(lab, APP, "web", tmp_path)
+
+
 def test_ssh_config_for_openssh_and_ansible(lab, tmp_path):
     accesslib.ssh_config_and_inventory_serve_openssh_and_ansible(lab, APP, "web", tmp_path)
 

@@ -185,6 +185,10 @@ def test_ravel_cp_round_trips_a_tree_and_leaves_nothing_when_interrupted(lab, tm
     accesslib.an_interrupted_copy_leaves_no_partial_file(lab[0], APP, "bios", tmp_path)
 
 
+def test_ravel_cp_through_the_guest_agent(lab, tmp_path):
+    accesslib.cp_by_agent_round_trips_a_tree(lab[0], APP, "uefi", tmp_path)
+
+
 def test_ssh_config_and_inventory_for_openssh_and_ansible(lab, tmp_path):
     accesslib.ssh_config_and_inventory_serve_openssh_and_ansible(lab[0], APP, "vmw", tmp_path)
 
