@@ -22,6 +22,11 @@ class RavelError(Exception):
     def lines(self) -> list[str]:
         return [self.message]
 
+    def plain(self, prefix: str = "error: ") -> str:
+        """What the CLI prints for it, as plain text: for the commands that start without the
+        CLI's libraries (cli/launch.py)."""
+        return "".join(f"{prefix}{line}\n" for line in self.lines()) + (f"hint: {self.hint}\n" if self.hint else "")
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -60,10 +60,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         return ssh(ctx, args.app, args.vm, command, extra + (["-t"] if args.tty else []))
     except RavelError as exc:
-        for line in exc.lines():
-            sys.stderr.write(f"error: {line}\n")
-        if exc.hint:
-            sys.stderr.write(f"hint: {exc.hint}\n")
+        sys.stderr.write(exc.plain("error: "))
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

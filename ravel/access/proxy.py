@@ -50,10 +50,7 @@ def main(argv: Sequence[str]) -> int:
             conn.close()
         return 0
     except RavelError as exc:
-        for line in exc.lines():
-            sys.stderr.write(f"ravel proxy: error: {line}\n")
-        if exc.hint:
-            sys.stderr.write(f"hint: {exc.hint}\n")
+        sys.stderr.write(exc.plain("ravel proxy: error: "))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
