@@ -14,12 +14,17 @@ from typing import Sequence
 
 from ..run.sessions import Context
 from .agent import FILE_CHUNK, GuestAgent
-from .copy import Copied, CopyError, parse
+from .copy import Copied, CopyError, check, interruptible, parse
 from .execute import agent_of
 from .guest import guest
 
 
 def copy_by_agent(ctx: Context, src: str, dst: str) -> Copied:
+    with interruptible():
+        return _copy(ctx, src, dst)
+
+
+def _copy(ctx: Context, src: str, dst: str) -> Copied:
     a, b = parse(src), parse(dst)
     if (a.app is None) == (b.app is None):
         raise CopyError("give one side as APP:VM:/path and the other as a path here")
@@ -52,6 +57,7 @@ def _put(ga: GuestAgent, local: Path, remote: str) -> str:
     try:
         with local.open("rb") as fh:
             while chunk := fh.read(FILE_CHUNK):
+                check()
                 h.update(chunk)
                 ga.write(handle, chunk)
     finally:
@@ -100,6 +106,7 @@ def _get(ga: GuestAgent, remote: str, local: Path) -> tuple[str, int]:
     try:
         with local.open("wb") as fh:
             while True:
+                check()
                 data, eof = ga.read(handle)
                 h.update(data)
                 size += len(data)

@@ -14,11 +14,14 @@ import os
 import posixpath
 import re
 import shutil
+import signal
 import tarfile
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterable, Iterator
 
 from .. import keys
 from ..errors import RavelError, StateError, TransportError
@@ -56,7 +59,52 @@ class Copied:
     bytes: int
 
 
+_stop = threading.Event()
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP (a CI job cancelled, a terminal closed) end a copy through
+    its clean-up. The signal only marks the copy stopped; the copy notices between two blocks
+    (`check`), where the SSH channel is between packets, so the temporary file can still be
+    closed and removed on it (an exception raised mid-packet would leave the guest's sftp-server
+    waiting for the rest, and the clean-up waiting on it). A second signal stops at once."""
+    def stop(signum: int, frame: object) -> None:
+        if _stop.is_set():
+            raise KeyboardInterrupt
+        _stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stop.clear()
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+        check()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        _stop.clear()
+
+
+def check() -> None:
+    if _stop.is_set():
+        raise KeyboardInterrupt
+
+
+def checked(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    for block in blocks:
+        check()
+        yield block
+
+
 def copy(ctx: Context, src: str, dst: str) -> Copied:
+    with interruptible():
+        return _copy(ctx, src, dst)
+
+
+def _copy(ctx: Context, src: str, dst: str) -> Copied:
     a, b = parse(src), parse(dst)
     if (a.app is None) == (b.app is None):
         raise StateError("give one side as APP:VM:/path and the other as a path here",
@@ -108,7 +156,7 @@ def upload(t: SSHTransport, g: Guest, src: Path, dst: str) -> Copied:
         return _upload_tree(t, g, src, target)
     with src.open("rb") as fh:
         with t.writing(target, mode=src.stat().st_mode & 0o7777) as sink:
-            sent = pump(iter(lambda: fh.read(BLOCK), b""), sink)
+            sent = pump(checked(iter(lambda: fh.read(BLOCK), b"")), sink)
     _verify_remote_file(t, g, target, sent)
     return Copied(1, sent.size)
 
@@ -130,6 +178,7 @@ class _ToStream(IO[bytes]):
         self.stream = stream
 
     def write(self, data) -> int:  # type: ignore[no-untyped-def,override]
+        check()
         self.stream.sendall(bytes(data))
         return len(data)
 
@@ -196,7 +245,7 @@ def download(t: SSHTransport, g: Guest, src: str, dst: Path) -> Copied:
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         with t.reading(src) as blocks, open(tmp, "wb") as fh:
-            got = pump(blocks, fh)
+            got = pump(checked(blocks), fh)
             mode = blocks.mode
         r = t.run(["sha256sum", "--", src])
         if r.stdout.split()[:1] != [got.sha256]:
@@ -256,6 +305,7 @@ class _FromStream(IO[bytes]):
         self.buf = b""
 
     def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        check()
         while size < 0 or len(self.buf) < size:
             chunk = self.stream.recv(max(size, 1 << 16) if size > 0 else 1 << 16)
             if not chunk:
