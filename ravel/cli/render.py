@@ -26,7 +26,7 @@ def plan_table(plan: Plan) -> Table:
     t.add_column("VMs")
     for h in p.hosts:
         t.add_row(h.name, h.type.name, str(h.type.cpus), format_mib(h.type.memory_mib), h.accel,
-                  money(h.type.hourly_cost), ", ".join(h.vms))
+                  money(h.type.hourly_cost), _vm_list(h.vms))
     ratio = plan.ratio
     t.caption = (
         f"cost {money(p.cost_per_hour)}/h  lower bound {money(p.lower_bound_per_hour)}/h  "
@@ -34,6 +34,15 @@ def plan_table(plan: Plan) -> Table:
     )
     t.caption_justify = "left"
     return t
+
+
+LISTED_VMS = 12  # per host; a host of a large plan carries hundreds (`--json` lists them all)
+
+
+def _vm_list(names) -> str:  # names: sequence of VM names
+    if len(names) <= LISTED_VMS:
+        return ", ".join(names)
+    return ", ".join(names[:LISTED_VMS]) + f" and {len(names) - LISTED_VMS} more ({len(names)} VMs)"
 
 
 def vm_table(app: str, vms) -> Table:  # vms: list[VmStatus]

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from types import MappingProxyType
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -258,6 +258,33 @@ def _positions(node: Any, loc: tuple[str | int, ...], out: dict[str, tuple[int, 
             _positions(v, loc + (i,), out, depth + 1)
 
 
+class _Positions(Mapping[str, tuple[int, int]]):
+    """Key path -> position, worked out on first use: only errors found after loading (missing
+    files, host-type fit) read it, and building it costs a third of loading a large blueprint."""
+
+    def __init__(self, raw: PosDict) -> None:
+        self._raw: PosDict | None = raw
+        self._paths: dict[str, tuple[int, int]] = {}
+
+    def _table(self) -> dict[str, tuple[int, int]]:
+        if self._raw is not None:
+            top = PosDict({k: v for k, v in self._raw.items() if not (isinstance(k, str) and k.startswith("x-"))})
+            top.key_pos, top.value_pos = self._raw.key_pos, self._raw.value_pos
+            with yamlpos.no_gc():
+                _positions(top, (), self._paths)
+            self._raw = None
+        return self._paths
+
+    def __getitem__(self, path: str) -> tuple[int, int]:
+        return self._table()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
 def _decode(data: bytes | str) -> str:
     if isinstance(data, str):
         text = data
@@ -281,11 +308,17 @@ def load_blueprint(data: bytes | str, file: str = "<blueprint>", base_dir: str |
         text = _decode(data)
     except ValueError as exc:
         raise BlueprintError([Problem(file, 0, 0, "", str(exc))]) from None
+    with yamlpos.no_gc():
+        return _load(text, file, base_dir)
+
+
+def _load(text: str, file: str, base_dir: str | None) -> Blueprint:
     try:
-        raw, _ = yamlpos.load(text)
+        raw, issues = yamlpos.load(text)
     except yamlpos.YamlSyntaxError as exc:
         raise BlueprintError([Problem(file, exc.pos[0], exc.pos[1], "", exc.message)]) from None
     ctx = _Ctx(file, raw)
+    ctx.problems.extend(Problem(file, i.pos[0], i.pos[1], "", i.message) for i in issues)
     if not isinstance(raw, PosDict):
         what = "nothing" if raw is None else _kind(raw)
         ctx.problems.append(
@@ -329,8 +362,6 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
 
     if ctx.problems or not isinstance(name, str):
         return None
-    positions: dict[str, tuple[int, int]] = {}
-    _positions(raw, (), positions)
     return Blueprint(
         name=name,
         description=description,
@@ -338,7 +369,7 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
         vms=tuple(vm for vm, _ in vms),
         placement=placement,
         source=ctx.file,
-        positions=MappingProxyType(positions),
+        positions=_Positions(raw),
         routing_deny=deny,
         firewall=firewall,
     )
