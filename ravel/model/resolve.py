@@ -432,7 +432,8 @@ def load_blueprint(data: bytes | str, file: str = "<blueprint>", base_dir: str |
 
 def _load(text: str, file: str, base_dir: str | None) -> Blueprint:
     try:
-        raw, issues = yamlpos.load(text)
+        loaded = yamlpos.load_document(text)
+        raw, issues = loaded.data, loaded.issues
     except yamlpos.YamlSyntaxError as exc:
         raise BlueprintError([Problem(file, exc.pos[0], exc.pos[1], "", exc.message)]) from None
     ctx = _Ctx(file, raw)
@@ -444,7 +445,8 @@ def _load(text: str, file: str, base_dir: str | None) -> Blueprint:
                     f"a blueprint must be a mapping with keys such as name, networks and vms; this document is {what}")
         )
         raise BlueprintError(ctx.problems)
-    _walk_duplicates(ctx, raw, ())
+    if loaded.duplicates:
+        _walk_duplicates(ctx, raw, ())
     bp = _resolve(ctx, raw, base_dir)
     if ctx.problems or bp is None:
         raise BlueprintError(ctx.problems)
@@ -637,7 +639,8 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
         spec = checked.spec
         if spec is None:
             continue
-        disks = _disks(ctx, loc, spec, base_dir, checked)
+        # most VMs set few keys: the helpers below run only for keys a VM has
+        disks = _disks(ctx, loc, spec, base_dir, checked) if spec.disks else ()
         nics_ok = checked.ok(("nics",))
         for i, nic in enumerate(spec.nics):
             if nic.network in broken_networks:
@@ -649,15 +652,15 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                         f"network {nic.network!r} is not defined{did_you_mean(nic.network, networks)}; defined networks: {known}")
         if not nics_ok:
             ctx.unsure.add(loc)  # checks of its addresses would be about NICs it does not have
-        boot = _boot(ctx, loc, spec, base_dir, checked)
-        cloud_init = _cloud_init(ctx, loc, spec, base_dir)
-        cdroms = tuple(_path(base_dir, c) for c in spec.cdroms)
+        boot = _boot(ctx, loc, spec, base_dir, checked) if spec.boot is not None else None
+        cloud_init = _cloud_init(ctx, loc, spec, base_dir) if spec.cloud_init is not False else None
+        cdroms = tuple([_path(base_dir, c) for c in spec.cdroms]) if spec.cdroms else ()
         if (spec.boot is not None and "cdrom" in (spec.boot.order or ()) and not cdroms
                 and checked.ok(("cdroms",))):
             ctx.add(loc + ("boot", "order"), "boots from `cdrom` but the VM has no `cdroms`")
         if spec.uefi_vars is not None and spec.firmware != "uefi" and checked.ok(("firmware",)):
             ctx.add(loc + ("uefi_vars",), "a UEFI variable store needs `firmware: uefi`")
-        line = ctx.locate(loc, key=True)[0][0]
+        line = raw.key_pos[group][0] if isinstance(raw, PosDict) else 0
         names = [group] if spec.count == 1 else [f"{group}-{i}" for i in range(1, spec.count + 1)]
         for index, vm_name in enumerate(names):
             if len(vm_name) > VM_NAME_MAX:
@@ -670,13 +673,14 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                 ctx.add(loc, f"VM name {vm_name!r}{origin} collides with VM {vm_name!r}{first} defined on line {other_line}", key=True)
                 continue
             taken[vm_name] = (group, line)
-            nics = tuple(_nic(ctx, loc + ("nics", i), nic, networks, index) if nic.network in networks else None
-                         for i, nic in enumerate(spec.nics))
-            placed = tuple(n for n in nics if n is not None)
+            nics = [_nic(ctx, loc + ("nics", i), nic, networks, index) if nic.network in networks else None
+                    for i, nic in enumerate(spec.nics)]
+            placed = tuple([n for n in nics if n is not None])
             out.append((VM(
                 name=vm_name, group=group, cpus=spec.cpus, memory_mib=spec.memory, nested=spec.nested,
                 firmware=spec.firmware, disks=disks, nics=placed, boot=boot,
-                services=_service_values(ctx, loc, spec, index), description=spec.description,
+                services=_service_values(ctx, loc, spec, index) if spec.services else (),
+                description=spec.description,
                 cdroms=cdroms, cloud_init=cloud_init, user=spec.user,
                 ready=_ready(ctx, loc, spec, placed, networks, cloud_init is not None,
                              nics_ok and checked.ok(("cloud_init",), ("ready",))),

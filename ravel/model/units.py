@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Binary multiples throughout: VMware and most lab tooling mean GiB when they write GB, and a
@@ -22,6 +23,18 @@ _LOOSE = re.compile(r"^\s*-?[\d.]+\s*([A-Za-z]*)\s*$")
 
 def parse_mib(value: object) -> int:
     """Return a whole, positive number of MiB, or raise ValueError with a message for users."""
+    if value.__class__ is str and len(value) <= 32:  # type: ignore[union-attr]
+        return _parse_text(value)  # type: ignore[arg-type]
+    return _parse(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_text(value: str) -> int:
+    # sizes repeat across VMs (`1GiB` a thousand times): each distinct text is read once
+    return _parse(value)
+
+
+def _parse(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512MiB or 4GiB, got a boolean")
     if isinstance(value, int):

@@ -64,6 +64,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 class PosDict(dict):
     """A mapping that knows the position of each key and of each value."""
 
+    __slots__ = ("key_pos", "value_pos", "start", "duplicates")  # a large blueprint has 100,000s
     key_pos: dict[Any, Pos]
     value_pos: dict[Any, Pos]
     start: Pos
@@ -80,6 +81,7 @@ class PosDict(dict):
 class PosList(list):
     """A sequence that knows the position of each item."""
 
+    __slots__ = ("item_pos", "start")
     item_pos: list[Pos]
     start: Pos
 
@@ -111,19 +113,29 @@ def _pos(node: Node) -> Pos:
 # -- composing ---------------------------------------------------------------------------------
 
 class _CachedResolver(Resolver):
-    """Plain scalars repeat (`cpus`, `memory`, `1GiB`...): resolve each distinct one once."""
+    """YAML 1.1's implicit tags, as SafeLoader resolves them, with each distinct plain scalar
+    resolved once: they repeat (`cpus`, `memory`, `1GiB`...) and the composer asks per node."""
 
     def __init__(self) -> None:
         super().__init__()
         self._tags: dict[str, str] = {}
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
-        if kind is ScalarNode and implicit[0] and len(value) <= 64:
+        if kind is ScalarNode:
+            if not implicit[0]:  # quoted, or a block scalar: a string (an explicit tag wins elsewhere)
+                return _STR
             tag = self._tags.get(value)
             if tag is None:
-                tag = self._tags[value] = super().resolve(kind, value, implicit)
+                tag = Resolver.resolve(self, kind, value, implicit)
+                if len(value) <= 64:
+                    self._tags[value] = tag
             return tag
-        return super().resolve(kind, value, implicit)
+        return _SEQ if kind is SequenceNode else _MAP
+
+    # No path resolvers are registered, yet the composer calls these for every node: make each
+    # call a builtin's instead of a Python function's (descend takes 2 arguments, ascend none).
+    descend_resolver = {}.get  # type: ignore[assignment]
+    ascend_resolver = tuple  # type: ignore[assignment]
 
 
 if CParser is not None:
@@ -179,6 +191,7 @@ class _Builder:
         self.alias_budget = alias_budget
         self.aliased = 0  # nodes added by aliases (and merged keys) so far
         self.issues: list[LoadIssue] = []
+        self.duplicates = False  # some mapping has a key twice (rare: then they are looked for)
         self._fallback = SafeConstructor()
 
     def build(self, node: Node, depth: int) -> tuple[Any, int, int]:
@@ -235,6 +248,8 @@ class _Builder:
             return value
         if tag == _NULL:
             return None
+        if tag == _INT and value.isdigit() and len(value) <= MAX_NUMBER and (value[0] != "0" or value == "0"):
+            return int(value)  # plain decimal (a leading 0 is YAML 1.1 octal: PyYAML's rules below)
         if tag in (_INT, _FLOAT):
             digits = len(value.replace("_", ""))
             if digits > MAX_NUMBER:
@@ -247,22 +262,16 @@ class _Builder:
             return self._fallback.bool_values[value.lower()]
         return self._fallback.construct_document(node)  # timestamps, binary; unknown tags raise
 
-    def child(self, node: Node, depth: int) -> tuple[Any, int, int]:
-        # most nodes are plain strings: no memo for scalars (an alias of one adds a single
-        # value, counted in the size like any other)
-        if node.__class__ is ScalarNode:
-            if node.tag == _STR and len(node.value) <= MAX_SCALAR:
-                return node.value, 1, 0
-            return self.build(node, depth)
-        return self.build(node, depth)
-
     def sequence(self, node: SequenceNode, depth: int) -> tuple[Any, int, int]:
         data = PosList()
         data.start = _pos(node)
         positions = data.item_pos
         size, height = 1, 0
         for child in node.value:
-            value, s, h = self.child(child, depth + 1)
+            if child.__class__ is ScalarNode and child.tag == _STR and len(child.value) <= MAX_SCALAR:
+                value, s, h = child.value, 1, 0  # most nodes: no memo for plain strings
+            else:
+                value, s, h = self.build(child, depth + 1)
             data.append(value)
             mark = child.start_mark
             positions.append((mark.line + 1, mark.column + 1))
@@ -281,8 +290,14 @@ class _Builder:
             if key_node.tag == _MERGE:
                 merges.extend(self.merge_sources(value_node, depth))
                 continue
-            key, ks, kh = self.child(key_node, depth + 1)
-            value, vs, vh = self.child(value_node, depth + 1)
+            if key_node.__class__ is ScalarNode and key_node.tag == _STR and len(key_node.value) <= MAX_SCALAR:
+                key, ks, kh = key_node.value, 1, 0
+            else:
+                key, ks, kh = self.build(key_node, depth + 1)
+            if value_node.__class__ is ScalarNode and value_node.tag == _STR and len(value_node.value) <= MAX_SCALAR:
+                value, vs, vh = value_node.value, 1, 0
+            else:
+                value, vs, vh = self.build(value_node, depth + 1)
             size += ks + vs
             if kh >= height or vh >= height:
                 height = max(kh, vh) + 1
@@ -290,6 +305,7 @@ class _Builder:
             try:
                 if key in data:
                     data.duplicates.append((key, (kmark.line + 1, kmark.column + 1), key_pos[key][0]))
+                    self.duplicates = True
                     continue
             except TypeError:  # unhashable
                 self.issues.append(LoadIssue(_pos(key_node), "a mapping key must be a plain value, "
@@ -351,9 +367,22 @@ def _anchor_name(text: str, node: Node) -> str:
     return ""
 
 
+@dataclass
+class Loaded:
+    data: Any
+    issues: list[LoadIssue]
+    duplicates: bool  # some mapping has a key twice: PosDict.duplicates say where
+
+
 def load(text: str) -> tuple[Any, list[LoadIssue]]:
     """Parse one YAML document. Raises YamlSyntaxError for text that is not YAML at all, or that
     exceeds a budget."""
+    loaded = load_document(text)
+    return loaded.data, loaded.issues
+
+
+def load_document(text: str) -> Loaded:
+    """`load`, and whether any mapping has a duplicate key."""
     try:
         composer = _CComposer(text) if CParser is not None else _PyComposer(text)
     except yaml.YAMLError as exc:
@@ -362,7 +391,7 @@ def load(text: str) -> tuple[Any, list[LoadIssue]]:
     try:
         node = composer.get_single_node()
         if node is None:
-            return None, []
+            return Loaded(None, [], False)
         data, size, _ = builder.build(node, 1)
         if size > MAX_NODES:
             raise YamlSyntaxError(_pos(node), f"the document has {size:,} values, more than the "
@@ -390,4 +419,4 @@ def load(text: str) -> tuple[Any, list[LoadIssue]]:
         raise YamlSyntaxError((0, 0), _too_deep()) from None
     finally:
         composer.dispose()
-    return data, builder.issues
+    return Loaded(data, builder.issues, builder.duplicates)
