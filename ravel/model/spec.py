@@ -128,7 +128,7 @@ class ReadyConsole(_Spec):
 
 class ServiceSpec(_Spec):
     port: int = Field(ge=1, le=65535, description="the port the guest listens on")
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp"] = Field("tcp", description="the guest port's protocol")
     host_port: int | None = Field(
         None, ge=1, le=65535,
         description="the port users connect to: on 127.0.0.1 of this machine (local provider), on the "
@@ -147,8 +147,8 @@ class VmDefaults(_Spec):
 
     model_config = ConfigDict(title="VM defaults")
 
-    description: str = ""
-    cpus: int = Field(1, ge=1, le=1024)
+    description: str = Field("", description="free text")
+    cpus: int = Field(1, ge=1, le=1024, description="vCPUs")
     memory: Size = Field(512, description="guest RAM; see Sizes")
     nested: bool = Field(False, description="the guest is itself a hypervisor (ESXi, KVM...): placed on "
                          "host types with hardware nested virtualization when the provider has them; "
@@ -156,8 +156,9 @@ class VmDefaults(_Spec):
     firmware: Literal["bios", "uefi"] = Field(
         "bios", description="uefi: Debian's OVMF (secure boot off), with a variable store of the VM's "
         "own that survives stop/start, moves and snapshots")
-    disks: list[DiskSpec] = Field(default_factory=list)
-    nics: list[NicSpec] = Field(default_factory=list)
+    disks: list[DiskSpec] = Field(default_factory=list, description="the VM's disks, in order; each has "
+                                  "`image` or `size`")
+    nics: list[NicSpec] = Field(default_factory=list, description="the VM's NICs, in order")
     boot: BootSpec | None = Field(None, description="direct kernel boot, or the firmware's boot order")
     cdroms: list[str] = Field(default_factory=list, description="ISO 9660 images as read-only CD drives "
                               "(SATA on q35, IDE with IDE disks)")
@@ -185,7 +186,7 @@ class VmSpec(VmDefaults):
 
 
 class NetworkSpec(_Spec):
-    description: str = ""
+    description: str = Field("", description="free text")
     subnet: CIDR = Field(description="IPv4 CIDR, /29 or larger, no host bits, e.g. 10.0.0.0/24")
     gateway: IPv4 | None = Field(None, description="inside the subnet, not its network or broadcast "
                                  "address; networks with one are routed to each other")
@@ -224,7 +225,7 @@ class FirewallRuleSpec(_Spec):
 
     from_: str = Field(alias="from", description="network the traffic comes from")
     to: str = Field(description="network the traffic goes to")
-    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
+    protocol: Literal["tcp", "udp", "icmp", "any"] = Field("any", description="replies always pass")
     ports: list[Port] = Field(
         default_factory=list, description="tcp/udp destination ports: 80 or \"8000-8100\"; empty = all"
     )
@@ -251,7 +252,7 @@ class BlueprintSpec(_Spec):
 
     name: Name = Field(description=f"lowercase letters, digits and dashes, starting and ending with a "
                        f"letter or digit, at most {NAME_MAX} characters")
-    description: str = ""
+    description: str = Field("", description="free text")
     defaults: VmDefaults | None = Field(None, description="VM keys (all but `count`) applied to every VM "
                                         "that does not set them")
     networks: dict[NetName, NetworkSpec] = Field(
@@ -260,9 +261,12 @@ class BlueprintSpec(_Spec):
     vms: dict[VmName, VmSpec] = Field(
         min_length=1, description=f"VM name (lowercase letters, digits and dashes, at most {VM_NAME_MAX} "
         "characters) -> settings; at least one")
-    placement: PlacementSpec = Field(default_factory=PlacementSpec)
-    routing: RoutingSpec = Field(default_factory=RoutingSpec)
-    firewall: FirewallSpec = Field(default_factory=FirewallSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="how VMs are packed onto "
+                                     "hosts (docs/architecture.md, plan)")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="routing between the networks "
+                                 "(docs/networking.md)")
+    firewall: FirewallSpec = Field(default_factory=FirewallSpec, description="traffic allowed between "
+                                   "routed networks (docs/networking.md)")
 
 
 def json_schema() -> dict[str, Any]:
