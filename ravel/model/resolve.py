@@ -143,10 +143,10 @@ _MISSING = object()
 
 def _key_in(node: dict, part: Any) -> Any:
     """The key of `node` that `part` names: itself, or a non-string key pydantic wrote as text."""
-    if part in node:
+    if isinstance(part, str) and part in node:
         return part
-    for k in node:
-        if not isinstance(k, str) and str(k) == str(part):
+    for k in node:  # `true` and `1` are equal keys to Python: match the kind too
+        if not isinstance(k, str) and (type(k) is type(part) and k == part or str(k) == str(part)):
             return k
     return _MISSING
 
@@ -252,6 +252,8 @@ def _clean(exc: ValidationError) -> list[dict[str, Any]]:
     for err in _one_branch(exc.errors(include_url=False)):
         # pydantic adds a trailing union/literal tag for Optional fields; drop non-input parts
         where = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if err["type"] == "invalid_key" and where:  # pydantic writes a `true` key as 1: the key itself
+            where = where[:-1] + (err.get("input"),)
         out.append({**err, "loc": where})
     return out
 

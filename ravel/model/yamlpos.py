@@ -48,6 +48,9 @@ ALIAS_FLOOR = 100_000  # aliases may add this many nodes, or as many as the text
 MAX_DEPTH = 64  # nested mappings/lists; a blueprint needs about 8
 MAX_SCALAR = 1 << 20  # characters of one scalar (an inline user_data is the largest real one)
 MAX_NUMBER = 40  # characters of an integer or a number: 10^39 is beyond every field's range
+# Without libyaml: PyYAML's pure-Python scanner takes ~2 s a MiB, and deep flow nesting makes it
+# look ahead at every level, so the fallback reads less, and checks nesting before it scans.
+MAX_PURE_TEXT = 256 << 10  # about 3,000 VMs
 
 LIBYAML = CParser is not None
 
@@ -171,6 +174,27 @@ def _too_deep() -> str:
     return f"nested more than {MAX_DEPTH} levels deep; a blueprint needs a handful"
 
 
+# flow openers where a value may start, closers, and what hides brackets: comments, quoted text
+_FLOW = re.compile(r"""(?:^|(?<=[\s:,\[{-]))[\[{]|[\]}]|(?:^|(?<=\s))#[^\n]*|"(?:[^"\\]|\\.)*"|'(?:[^']|'')*'""",
+                   re.M)
+
+
+def _check_flow_nesting(text: str) -> None:
+    """Refuse flow nesting past MAX_DEPTH before the pure-Python scanner sees it (an
+    approximation of YAML's flow context: it can only over-count brackets left unclosed)."""
+    depth = 0
+    for m in _FLOW.finditer(text):
+        c = m.group()[0]
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, m.start())
+                col = m.start() - (text.rfind("\n", 0, m.start()) + 1)
+                raise YamlSyntaxError((line + 1, col + 1), _too_deep())
+        elif c in "]}":
+            depth = max(0, depth - 1)
+
+
 # -- constructing ------------------------------------------------------------------------------
 
 class _OverBudget(Exception):
@@ -285,7 +309,7 @@ class _Builder:
         data.start = _pos(node)
         key_pos, value_pos = data.key_pos, data.value_pos
         size, height = 1, 0
-        merges: list[PosDict] = []
+        merges: list[tuple[PosDict, Node]] = []
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
                 merges.extend(self.merge_sources(value_node, depth))
@@ -316,19 +340,19 @@ class _Builder:
             value_pos[key] = (vmark.line + 1, vmark.column + 1)
         # `<<: *defaults` (or a list of them, earlier ones winning): keys written in the mapping
         # itself win over merged ones. A merged key is a copy, counted against the alias budget.
-        for src in merges:
+        for src, src_node in merges:
+            self.aliased += len(src)  # each merged mapping is a copy, whichever of its keys win
+            if self.aliased > self.alias_budget:
+                raise _OverBudget(src_node)
             for key, value in src.items():
                 if key in data:
                     continue
                 data[key] = value
                 key_pos[key] = src.key_pos[key]
                 value_pos[key] = src.value_pos[key]
-                self.aliased += 1
-            if self.aliased > self.alias_budget:
-                raise _OverBudget(node)
         return data, size, height
 
-    def merge_sources(self, node: Node, depth: int) -> list[PosDict]:
+    def merge_sources(self, node: Node, depth: int) -> list[tuple[PosDict, Node]]:
         nodes = node.value if isinstance(node, SequenceNode) else [node]
         out = []
         for src in nodes:
@@ -336,7 +360,7 @@ class _Builder:
             if not isinstance(value, PosDict):
                 raise YamlSyntaxError(_pos(src), "`<<` merges a mapping or a list of mappings "
                                                  "(e.g. `<<: *defaults`)")
-            out.append(value)
+            out.append((value, src))
         return out
 
 
@@ -383,6 +407,12 @@ def load(text: str) -> tuple[Any, list[LoadIssue]]:
 
 def load_document(text: str) -> Loaded:
     """`load`, and whether any mapping has a duplicate key."""
+    if CParser is None:
+        if len(text) > MAX_PURE_TEXT:
+            raise YamlSyntaxError((0, 0), f"{len(text):,} characters: without libyaml (PyYAML's C extension) "
+                                          f"ravel reads blueprints of at most {MAX_PURE_TEXT:,}; install PyYAML "
+                                          "with libyaml (`make setup` does)")
+        _check_flow_nesting(text)
     try:
         composer = _CComposer(text) if CParser is not None else _PyComposer(text)
     except yaml.YAMLError as exc:
