@@ -60,9 +60,13 @@ def allocation_bytes(units: str | None) -> int:
     if not units:
         return 2**20  # memory without units is MiB in practice
     u = units.replace(" ", "").lower()
-    m = re.fullmatch(r"byte(?:\*(\d+)\^(\d+))?", u)
+    # bounded before it is computed: `byte * 10^999999999` would otherwise take hours
+    m = re.fullmatch(r"byte(?:\*(\d{1,4})\^(\d{1,3}))?", u)
     if m:
-        return int(m.group(1)) ** int(m.group(2)) if m.group(1) else 1
+        value = int(m.group(1)) ** int(m.group(2)) if m.group(1) else 1
+        if not 1 <= value <= 2**60:
+            raise ValueError(units)
+        return value
     if u in _UNITS:
         return _UNITS[u]
     raise ValueError(units)
@@ -127,9 +131,11 @@ def parse_ovf(text: str | bytes, source: str) -> tuple[list[ImportedVM], list[Di
         seen: set[int] = set()
         for item in items:
             try:
-                rtype = int(_text(item, "ResourceType") or "0")
+                rtype = int((_text(item, "ResourceType") or "0")[:12])
+                if len(_text(item, "ResourceType") or "") > 12:
+                    raise ValueError
             except ValueError:
-                raise bad(source, f"ResourceType {_text(item, 'ResourceType')!r} is not a number",
+                raise bad(source, f"ResourceType {_short(_text(item, 'ResourceType'))} is not a number",
                           key=f"{where}.Item[{_text(item, 'InstanceID')}]") from None
             seen.add(rtype)
             iid = _text(item, "InstanceID") or ""

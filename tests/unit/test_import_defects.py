@@ -181,3 +181,36 @@ def test_vmx_disk_in_a_subfolder_is_fine(tmp_path):
     (tmp_path / "a.vmx").write_text(VMX.replace('"esxi.vmdk"', '"disks/esxi.vmdk"'))
     r = import_path(tmp_path / "a.vmx")
     assert r.vms[0].disks[0].image == str((tmp_path / "disks" / "esxi.vmdk").resolve())
+
+
+# -- budgets of the descriptors' numbers -------------------------------------------------------
+
+@pytest.mark.parametrize("units", ["byte * 10^999999999", "byte * 2^99999", "byte * 9999^999"])
+def test_allocation_units_are_bounded_before_they_are_computed(units):
+    text = ovf(memory=f"<rasd:AllocationUnits>{units}</rasd:AllocationUnits><rasd:VirtualQuantity>1</rasd:VirtualQuantity>")
+    start = time.perf_counter()
+    with pytest.raises(BlueprintError, match="unknown AllocationUnits"):
+        parse_ovf(text, "x.ovf")
+    assert time.perf_counter() - start < 1
+
+
+def test_a_huge_resource_type_is_named_short():
+    text = ovf().replace("<rasd:ResourceType>10</rasd:ResourceType>", f"<rasd:ResourceType>{'1' * 5000}</rasd:ResourceType>")
+    with pytest.raises(BlueprintError, match="is not a number") as info:
+        parse_ovf(text, "x.ovf")
+    assert len(info.value.lines()[0]) < 200
+
+
+def test_vmdk_descriptor_with_a_huge_extent_size_is_an_error():
+    from ravel.importers.vmdk import parse_descriptor
+    text = f'# Disk DescriptorFile\ncreateType="monolithicFlat"\nRW {"9" * 5000} FLAT "d-flat.vmdk" 0\n'
+    with pytest.raises(BlueprintError, match="not a VMDK descriptor line"):
+        parse_descriptor(text, "d.vmdk")
+
+
+def test_manifest_with_long_garbage_is_an_error_quickly():
+    from ravel.importers.ovf import parse_mf
+    start = time.perf_counter()
+    with pytest.raises(BlueprintError, match="not a manifest line"):
+        parse_mf("SHA256(" + ")" * 200_000 + "\n", "x.mf")
+    assert time.perf_counter() - start < 1
