@@ -43,6 +43,7 @@ except ImportError:  # PyYAML built without libyaml: the pure-Python composer be
 Pos = tuple[int, int]  # 1-based (line, column)
 
 # -- budgets (documented in docs/blueprint.md, "Limits") --------------------------------------
+MAX_TEXT = 16 << 20  # characters of a document (run/blueprints.py reads at most as many bytes)
 MAX_NODES = 4_000_000  # nodes of the document with every alias expanded: what later steps walk
 ALIAS_FLOOR = 100_000  # aliases may add this many nodes, or as many as the text has characters
 MAX_DEPTH = 64  # nested mappings/lists; a blueprint needs about 8
@@ -407,6 +408,8 @@ def load(text: str) -> tuple[Any, list[LoadIssue]]:
 
 def load_document(text: str) -> Loaded:
     """`load`, and whether any mapping has a duplicate key."""
+    if len(text) > MAX_TEXT:
+        raise YamlSyntaxError((0, 0), f"larger than {MAX_TEXT >> 20} MiB; this is not a blueprint")
     if CParser is None:
         if len(text) > MAX_PURE_TEXT:
             raise YamlSyntaxError((0, 0), f"{len(text):,} characters: without libyaml (PyYAML's C extension) "

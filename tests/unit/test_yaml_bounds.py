@@ -239,3 +239,12 @@ def test_fuzz_huge_scalars(size, style):
         bounded(f"name: a\nvms: {{a: {{}}}}\nx-k: {{{s}: 1}}\n")
     else:
         bounded(f"name: a\nvms: {{a: {{}}}}\ndescription: {value}\n")
+
+
+def test_text_larger_than_16_mib_is_refused_before_parsing():
+    text = "name: a\nvms: {a: {}}\ndescription: x\n" + "#" * (yamlpos.MAX_TEXT + 1)
+    start = time.perf_counter()
+    with pytest.raises(BlueprintError) as info:
+        load_blueprint(text, "big.yaml")
+    assert time.perf_counter() - start < TIME_S
+    assert info.value.lines() == ["big.yaml: larger than 16 MiB; this is not a blueprint"]
