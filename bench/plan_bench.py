@@ -82,9 +82,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI_LIMITS_S = {10_000: 1.0, 100_000: 10.0}  # beyond start-up
 # the CLI as users run it, and the same with libyaml hidden (what `import yaml` without its C
 # extension gives: ravel's pure-Python fallback)
-CLI = "from ravel.cli.app import main; main()"
+CLI = "from ravel.cli.launch import main; main()"
 CLI_PURE = ("import ravel.model.yamlpos as y; y.CParser = None; y.MAX_PURE_TEXT = 1 << 40; "
-            "from ravel.cli.app import main; main()")
+            "from ravel.cli.launch import main; main()")
 
 
 def blueprint_yaml(n: int) -> str:
