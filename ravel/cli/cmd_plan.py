@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -62,6 +63,9 @@ def plan(
     """Show which hosts would run the blueprint, which VM goes where, and the hourly cost."""
     mode = optimize.value if optimize else None
     bp = read_blueprint(str(file))
+    # the blueprint lives until the command ends: stop the cyclic collector from walking its
+    # objects again and again while the planner allocates (a fifth of a 10,000-VM plan's time)
+    gc.freeze()
     catalogue = load_catalogue(provider)
     problems = check_fit(bp, catalogue, mode)
     if problems:

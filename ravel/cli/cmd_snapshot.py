@@ -140,7 +140,7 @@ def import_vm(
 ) -> None:
     """Read a VMware VM (CPUs, memory, firmware, disk controllers, NIC models) into a blueprint.
     Disks from an .ova are extracted next to the output file."""
-    from ..importers import import_path
+    from ..importers import import_path, write_blueprint
 
     result = import_path(path, output)
     for note in result.notes:
@@ -148,7 +148,7 @@ def import_vm(
     if as_json:
         sys.stdout.write(json.dumps(result.json(), indent=2) + "\n")
     if output is not None:
-        output.write_text(result.yaml())
+        write_blueprint(result, output)
         err.print(f"wrote {output}", markup=False)
     elif not as_json:
         sys.stdout.write(result.yaml())

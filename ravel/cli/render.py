@@ -24,9 +24,14 @@ def plan_table(plan: Plan) -> Table:
     t.add_column("accel")
     t.add_column("per hour", justify="right")
     t.add_column("VMs")
-    for h in p.hosts:
+    for h in p.hosts[:LISTED_HOSTS]:
         t.add_row(h.name, h.type.name, str(h.type.cpus), format_mib(h.type.memory_mib), h.accel,
-                  money(h.type.hourly_cost), ", ".join(h.vms))
+                  money(h.type.hourly_cost), _vm_list(h.vms))
+    if len(p.hosts) > LISTED_HOSTS:
+        rest = p.hosts[LISTED_HOSTS:]
+        t.add_row(f"... {len(rest)} more", "", str(sum(h.type.cpus for h in rest)),
+                  format_mib(sum(h.type.memory_mib for h in rest)), "", money(sum(h.type.hourly_cost for h in rest)),
+                  f"{sum(len(h.vms) for h in rest)} VMs (--json lists every host)")
     ratio = plan.ratio
     t.caption = (
         f"cost {money(p.cost_per_hour)}/h  lower bound {money(p.lower_bound_per_hour)}/h  "
@@ -34,6 +39,16 @@ def plan_table(plan: Plan) -> Table:
     )
     t.caption_justify = "left"
     return t
+
+
+LISTED_VMS = 12  # per host; a host of a large plan carries hundreds (`--json` lists them all)
+LISTED_HOSTS = 100  # a plan of 100,000 VMs has ~1,000 hosts: unreadable, and seconds to lay out
+
+
+def _vm_list(names) -> str:  # names: sequence of VM names
+    if len(names) <= LISTED_VMS:
+        return ", ".join(names)
+    return ", ".join(names[:LISTED_VMS]) + f" and {len(names) - LISTED_VMS} more ({len(names)} VMs)"
 
 
 def vm_table(app: str, vms) -> Table:  # vms: list[VmStatus]

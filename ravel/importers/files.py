@@ -4,25 +4,32 @@ OVA, verify its manifest. Parsing itself is pure (ovf.py, vmx.py, vmdk.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import EnvironmentProblem
 from .ovf import parse_mf, parse_ovf
 from .vm import ImportedDisk, ImportedVM, ImportResult, bad, safe_name
 from .vmdk import embedded_descriptor, looks_like_descriptor, parse_descriptor
 from .vmx import parse_vmx
 
 HEAD = 1 << 20  # the embedded VMDK descriptor sits in the first sectors
-MAX_DESCRIPTOR = 16 << 20
+MAX_DESCRIPTOR = 16 << 20  # .ovf, .vmx, .mf and VMDK descriptors: text, never this large
+PROBE_TIMEOUT = 300  # seconds for `qemu-img check` of one disk (it reads the metadata, not the data)
+DISK_SUFFIXES = {".vmdk": "vmdk", ".qcow2": "qcow2", ".img": "raw", ".raw": "raw", ".flat": "raw"}
 BUS_OF_ADAPTER = {"ide": "ide", "lsilogic": "lsilogic", "buslogic": "lsilogic", "legacyesx": "lsilogic",
                   "pvscsi": "pvscsi", "lsisas1068": "lsisas"}
 
 
 def import_path(path: Path, output: Path | None = None) -> ImportResult:
     path = Path(path)
+    if output is not None:
+        check_output(output)  # before anything is unpacked next to it
     if not path.exists():
         raise bad(str(path), "no such file")
     if path.is_dir():
@@ -80,6 +87,37 @@ def check_disk(path: Path, fmt: str, where: str, key: str = "") -> None:
                               key="extents")
         elif text:
             parse_descriptor(text, str(path))
+    probe_disk(path, fmt, where, key)
+
+
+def probe_disk(path: Path, fmt: str, where: str, key: str = "") -> None:
+    """QEMU can open the disk and its metadata is whole (`qemu-img check` where the format has
+    one, else `qemu-img info`): a truncated or damaged disk is refused at import, not at boot."""
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(["qemu-img", *argv, "-f", fmt, "--output=json", str(path)],
+                                  capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+        except FileNotFoundError:
+            raise EnvironmentProblem("qemu-img is not installed; it checks imported disks",
+                                     hint="apt-get install qemu-utils") from None
+        except subprocess.TimeoutExpired:
+            raise bad(where, f"disk {path}: `qemu-img {argv[0]}` took longer than {PROBE_TIMEOUT} s",
+                      key=key) from None
+
+    p = run("check") if fmt in ("qcow2", "vmdk", "vhdx") else run("info")
+    if p.returncode == 63:  # "this image format does not support checks"
+        p = run("info")
+    # check: 0 clean, 2 corrupted, 3 leaked clusters only (harmless), 1 could not check
+    if p.returncode not in (0, 3):
+        why = (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+        why = why.removeprefix("qemu-img: ").replace(f"Could not open '{path}': ", "")
+        try:
+            corrupt = json.loads(p.stdout).get("corruptions", 0) if p.stdout.strip() else 0
+        except ValueError:
+            corrupt = 0
+        if corrupt:
+            why = f"{corrupt} corruptions in its metadata"
+        raise bad(where, f"disk {path.name} is damaged or truncated ({why}); QEMU could not use it", key=key)
 
 
 def _vmdk_bus(path: Path) -> str:
@@ -110,18 +148,32 @@ def import_vmx(path: Path) -> ImportResult:
     text = _read_text(path)
     vm, disks, notes = parse_vmx(text, str(path))
     for bus, name, key in disks:
-        disk = Path(name) if os.path.isabs(name) else path.parent / name
-        fmt = "vmdk" if disk.suffix.lower() == ".vmdk" else ("qcow2" if disk.suffix.lower() == ".qcow2" else "raw")
+        disk = _inside(path, name, key)
+        fmt = DISK_SUFFIXES.get(disk.suffix.lower())
+        if fmt is None:
+            raise bad(str(path), f"{name!r} is not named like a disk image ({', '.join(sorted(DISK_SUFFIXES))})",
+                      key=key)
         check_disk(disk, fmt, str(path), key)
         vm.disks.append(ImportedDisk(bus, str(disk), fmt))
     isos, vm.cdroms = vm.cdroms, []
     for name in isos:
-        iso = Path(name) if os.path.isabs(name) else path.parent / name
+        iso = _inside(path, name, "cdrom")
         if iso.is_file():
             vm.cdroms.append(str(iso))
         else:
             notes.append(f"{vm.name}: CD/DVD image {name} is not there; not imported")
     return ImportResult(str(path), [vm], notes)
+
+
+def _inside(vmx: Path, name: str, key: str) -> Path:
+    """A file a .vmx names: in the VM's folder or below it. A descriptor is untrusted input, and
+    `../../etc/passwd` would otherwise become a "raw disk" of the blueprint."""
+    folder = vmx.parent.resolve()
+    target = (folder / name).resolve()
+    if target != folder and folder not in target.parents:
+        raise bad(str(vmx), f"{name!r} lies outside the VM's folder {folder}; copy the file into it",
+                  key=key)
+    return target
 
 
 def _read_text(path: Path) -> str:
@@ -231,6 +283,7 @@ def _import_tar(path: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo]
             raise bad(f"{path}:{mfs[0]}", f"{name}: listed in the manifest but not in the archive", key=name)
     made = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
     try:
         for ref in refs:
             member = files[ref.href]
@@ -246,16 +299,21 @@ def _import_tar(path: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo]
                 if ref.href in manifest:
                     _verify(ref.href, manifest[ref.href], h.hexdigest(), f"{path}:{mfs[0]}")
                 os.replace(tmp, out)
+                written.append(out)
             finally:
                 if tmp.exists():
                     tmp.unlink()
+        if not manifest:
+            notes.append(f"{path.name} has no manifest (.mf): its files were not checked")
+        return _result(path, vms, refs, notes, dest)
     except BaseException:
-        if made:  # a failed import leaves no disks folder behind (only what it made itself)
+        # a failed import leaves nothing behind: the disks folder if it made it, else its files
+        if made:
             shutil.rmtree(dest, ignore_errors=True)
+        else:
+            for f in written:
+                f.unlink(missing_ok=True)
         raise
-    if not manifest:
-        notes.append(f"{path.name} has no manifest (.mf): its files were not checked")
-    return _result(path, vms, refs, notes, dest)
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
@@ -278,3 +336,24 @@ def _copy(src: BinaryIO, dst: BinaryIO, h, size: int, path: Path, name: str) -> 
         h.update(chunk)
         dst.write(chunk)
         left -= len(chunk)
+
+
+# -- the blueprint written ---------------------------------------------------------------------
+
+def check_output(output: Path) -> None:
+    """`-o FILE` can be written: not a directory, in a directory that is there."""
+    if output.is_dir():
+        raise bad(str(output), "is a directory; give the blueprint file to write, e.g. -o lab.yaml")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise bad(str(output), f"cannot write here: directory {parent} does not exist")
+
+
+def write_blueprint(result: ImportResult, output: Path) -> None:
+    """Write the blueprint with its disk paths relative to the file (a blueprint resolves them
+    against its own folder), so the folder can be moved as a whole."""
+    check_output(output)
+    try:
+        output.write_text(result.yaml(base_dir=str(output.absolute().parent)))
+    except OSError as exc:
+        raise bad(str(output), f"cannot write: {exc.strerror}") from None

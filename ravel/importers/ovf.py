@@ -12,9 +12,12 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from ..model.units import MAX_MIB
 from .vm import NIC_MODELS, SCSI_BUSES, ImportedNic, ImportedVM, bad, safe_name
 
 CPU, MEMORY, IDE, SCSI, NIC, CDROM, DISK, SATA = 3, 4, 5, 6, 10, 15, 17, 20
+MAX_CPUS = 1024  # as a blueprint's `cpus`
+MAX_BYTES = 2**70  # any memory quantity in any unit: far above MAX_MIB, so its own message says why
 _UNITS = {"byte": 1, "kilobytes": 2**10, "megabytes": 2**20, "gigabytes": 2**30}
 
 
@@ -57,9 +60,13 @@ def allocation_bytes(units: str | None) -> int:
     if not units:
         return 2**20  # memory without units is MiB in practice
     u = units.replace(" ", "").lower()
-    m = re.fullmatch(r"byte(?:\*(\d+)\^(\d+))?", u)
+    # bounded before it is computed: `byte * 10^999999999` would otherwise take hours
+    m = re.fullmatch(r"byte(?:\*(\d{1,4})\^(\d{1,3}))?", u)
     if m:
-        return int(m.group(1)) ** int(m.group(2)) if m.group(1) else 1
+        value = int(m.group(1)) ** int(m.group(2)) if m.group(1) else 1
+        if not 1 <= value <= 2**60:
+            raise ValueError(units)
+        return value
     if u in _UNITS:
         return _UNITS[u]
     raise ValueError(units)
@@ -106,8 +113,10 @@ def parse_ovf(text: str | bytes, source: str) -> tuple[list[ImportedVM], list[Di
     refs: list[DiskRef] = []
     taken: set[str] = set()
     for i, vs in enumerate(systems):
-        raw_name = _text(vs, "Name") or _attr(vs, "id") or f"vm{i + 1}"
-        name = safe_name(raw_name, f"vm{i + 1}")
+        raw_name = _text(vs, "Name") or _attr(vs, "id")
+        if not raw_name:
+            notes.append(f"VirtualSystem {i + 1} has neither an ovf:id nor a Name; imported as vm{i + 1}")
+        name = safe_name(raw_name or "", f"vm{i + 1}")
         while name in taken:
             name = f"{name[:28]}-{len(taken) + 1}"
         taken.add(name)
@@ -119,25 +128,32 @@ def parse_ovf(text: str | bytes, source: str) -> tuple[list[ImportedVM], list[Di
         items = [c for c in hw if _local(c.tag) in ("Item", "EthernetPortItem", "StorageItem")]
         controllers: dict[str, str] = {}
         pending: list[tuple[str, ET.Element]] = []
+        seen: set[int] = set()
         for item in items:
             try:
-                rtype = int(_text(item, "ResourceType") or "0")
+                rtype = int((_text(item, "ResourceType") or "0")[:12])
+                if len(_text(item, "ResourceType") or "") > 12:
+                    raise ValueError
             except ValueError:
-                raise bad(source, f"ResourceType {_text(item, 'ResourceType')!r} is not a number",
+                raise bad(source, f"ResourceType {_short(_text(item, 'ResourceType'))} is not a number",
                           key=f"{where}.Item[{_text(item, 'InstanceID')}]") from None
+            seen.add(rtype)
             iid = _text(item, "InstanceID") or ""
             sub = (_text(item, "ResourceSubType") or "").strip()
             ikey = f"{where}.Item[{iid}]"
             if rtype == CPU:
-                vm.cpus = _int(_text(item, "VirtualQuantity"), source, ikey + ".VirtualQuantity")
+                vm.cpus = _int(_text(item, "VirtualQuantity"), source, ikey + ".VirtualQuantity", MAX_CPUS)
             elif rtype == MEMORY:
-                qty = _int(_text(item, "VirtualQuantity"), source, ikey + ".VirtualQuantity")
+                qty = _int(_text(item, "VirtualQuantity"), source, ikey + ".VirtualQuantity", MAX_BYTES)
                 try:
                     unit = allocation_bytes(_text(item, "AllocationUnits"))
                 except ValueError:
-                    raise bad(source, f"unknown AllocationUnits {_text(item, 'AllocationUnits')!r}",
+                    raise bad(source, f"unknown AllocationUnits {_short(_text(item, 'AllocationUnits'))}",
                               key=ikey + ".AllocationUnits") from None
                 vm.memory_mib = max(1, qty * unit // 2**20)
+                if vm.memory_mib > MAX_MIB:
+                    raise bad(source, f"{qty} x {unit} bytes of memory is more than a VM can have",
+                              key=ikey + ".VirtualQuantity")
             elif rtype == IDE:
                 controllers[iid] = "ide"
             elif rtype == SATA:
@@ -168,6 +184,12 @@ def parse_ovf(text: str | bytes, source: str) -> tuple[list[ImportedVM], list[Di
                     refs.append(DiskRef(name, "cdrom", files[m.group(1)][0], "iso"))
                 else:
                     notes.append(f"{name}: CD/DVD drive {iid} has no image in the package; not imported")
+        # a descriptor without them is hand-made or damaged: say what the VM gets instead
+        if CPU not in seen:
+            notes.append(f"{name}: the descriptor has no CPU item (ResourceType 3); imported with {vm.cpus} vCPU")
+        if MEMORY not in seen:
+            notes.append(f"{name}: the descriptor has no memory item (ResourceType 4); imported with "
+                         f"{vm.memory_mib} MiB")
         for ikey, item in pending:
             parent = _text(item, "Parent") or ""
             if parent not in controllers:
@@ -188,13 +210,22 @@ def parse_ovf(text: str | bytes, source: str) -> tuple[list[ImportedVM], list[Di
     return vms, refs, notes
 
 
-def _int(text: str | None, source: str, key: str) -> int:
-    try:
-        value = int(text or "")
-    except ValueError:
-        raise bad(source, f"expected a whole number, got {text!r}", key=key) from None
+def _short(text: str | None) -> str:
+    return repr(text) if text is None or len(text) <= 40 else repr(text[:37] + "...")
+
+
+def _int(text: str | None, source: str, key: str, limit: int) -> int:
+    """A positive whole number up to `limit`, range-checked before Python converts it."""
+    digits = (text or "").strip()
+    if not digits.isdigit() and not (digits[:1] in "+-" and digits[1:].isdigit()):
+        raise bad(source, f"expected a whole number, got {_short(text)}", key=key)
+    if len(digits.lstrip("+-0")) > len(str(limit)):
+        raise bad(source, f"{_short(text)} is out of range (at most {limit})", key=key)
+    value = int(digits)
     if value < 1:
         raise bad(source, f"must be positive, got {value}", key=key)
+    if value > limit:
+        raise bad(source, f"{value} is out of range (at most {limit})", key=key)
     return value
 
 

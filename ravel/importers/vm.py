@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,8 +98,13 @@ class ImportResult:
             **({"cdroms": list(vm.cdroms)} if vm.cdroms else {}),
         } for vm in self.vms}}
 
-    def blueprint(self) -> dict[str, Any]:
+    def blueprint(self, base_dir: str | None = None) -> dict[str, Any]:
+        """The blueprint; with `base_dir` (where it is written) file paths are relative to it."""
         nets = self.network_names()
+
+        def where(p: str) -> str:
+            return os.path.relpath(p, base_dir) if base_dir else p
+
         networks = {name: {"subnet": f"10.{200 + i}.0.0/24"} for i, name in enumerate(nets.values())}
         vms: dict[str, Any] = {}
         for vm in self.vms:
@@ -108,11 +114,11 @@ class ImportResult:
             if vm.nested:
                 entry["nested"] = True
             if vm.disks:
-                entry["disks"] = [{"image": d.image, "format": d.format, "bus": d.bus} for d in vm.disks]
+                entry["disks"] = [{"image": where(d.image), "format": d.format, "bus": d.bus} for d in vm.disks]
             if vm.nics:
                 entry["nics"] = [{"network": nets[n.network], "model": n.model} for n in vm.nics]
             if vm.cdroms:
-                entry["cdroms"] = list(vm.cdroms)
+                entry["cdroms"] = [where(c) for c in vm.cdroms]
             vms[vm.name] = entry
         doc: dict[str, Any] = {"name": safe_name(self.vms[0].name if len(self.vms) == 1 else "imported",
                                                  "imported", 40)}
@@ -121,13 +127,13 @@ class ImportResult:
         doc["vms"] = vms
         return doc
 
-    def yaml(self) -> str:
+    def yaml(self, base_dir: str | None = None) -> str:
         header = f"imported by `ravel import` from {self.source}"
         if self.network_names():
             header += "\nnetwork subnets are placeholders: set the ones your VMs use"
         for note in self.notes:
             header += f"\nnote: {note}"
-        return to_yaml(self.blueprint(), header=header)
+        return to_yaml(self.blueprint(base_dir), header=header)
 
 
 class ImportProblem(BlueprintError):

@@ -16,7 +16,8 @@ SUPPORTED = {"monolithicsparse", "monolithicflat", "twogbmaxextentsparse", "twog
              "streamoptimized", "vmfs", "vmfssparse", "vmfsthin", "sesparse"}
 DEVICE_BACKED = {"vmfsraw", "vmfsrawdevicemap", "vmfspassthroughrawdevicemap", "fulldevice",
                  "partitioneddevice", "custom"}
-_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?(?:\s+(\d+))?\s*$')
+# sector counts and offsets bounded (20 digits) before Python converts them
+_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d{1,20})\s+(\w+)(?:\s+"([^"]*)")?(?:\s+(\d{1,20}))?\s*$')
 
 
 @dataclass(frozen=True)

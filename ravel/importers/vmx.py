@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ..model.units import MAX_MIB
 from .vm import NIC_MODELS, SCSI_BUSES, ImportedNic, ImportedVM, bad, safe_name
 
 _LINE = re.compile(r'^\s*([A-Za-z0-9_.:]+)\s*=\s*"?(.*?)"?\s*$')
@@ -28,13 +29,12 @@ def parse_vmx(text: str, source: str) -> tuple[ImportedVM, list[tuple[str, str, 
     vm = ImportedVM(name)
     for key, attr in (("numvcpus", "cpus"), ("memsize", "memory_mib")):
         if key in conf:
-            try:
-                value = int(conf[key])
-                if value < 1:
-                    raise ValueError
-            except ValueError:
-                raise bad(source, f"expected a positive whole number, got {conf[key]!r}", key=key) from None
-            setattr(vm, attr, value)
+            text, limit = conf[key].strip(), (1024 if key == "numvcpus" else MAX_MIB)
+            # range-checked before Python converts it: a 5,000-digit value is an error, not a hang
+            if not text.isdigit() or len(text.lstrip("0")) > len(str(limit)) or not 1 <= int(text) <= limit:
+                shown = repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+                raise bad(source, f"expected a whole number from 1 to {limit}, got {shown}", key=key)
+            setattr(vm, attr, int(text))
     if conf.get("firmware", "").lower() == "efi":
         vm.firmware = "uefi"
     if conf.get("vhv.enable", "").lower() == "true":

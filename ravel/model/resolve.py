@@ -11,8 +11,7 @@ import difflib
 import os
 from dataclasses import dataclass, field
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
-from types import MappingProxyType
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,7 +23,10 @@ import json
 from .blueprint import (VM, Blueprint, Boot, CloudInit, Disk, FirewallRule, Network, Nic, Placement, Ready,
                         Service)
 from .spec import (
+    NAME_MAX,
     NAME_RE,
+    PORT_RANGE_RE,
+    VM_NAME_MAX,
     VM_NAME_RE,
     BlueprintSpec,
     BootSpec,
@@ -38,6 +40,7 @@ from .spec import (
     PlacementSpec,
     RoutingSpec,
     ServiceSpec,
+    VmDefaults,
     VmSpec,
 )
 from .yamlpos import PosDict, PosList
@@ -99,26 +102,59 @@ class _Ctx:
     file: str
     raw: Any
     problems: list[Problem] = field(default_factory=list)
+    unsure: set[tuple[str | int, ...]] = field(default_factory=set)  # VMs whose NICs are not all known
 
-    def locate(self, loc: tuple[str | int, ...], key: bool = False) -> tuple[int, int]:
-        """Position of the value at `loc` (or of its key), or of the nearest existing parent."""
+    def locate(self, loc: tuple[str | int, ...], key: bool = False) -> tuple[tuple[int, int], str]:
+        """Position of the value at `loc` (or of its key), or of the nearest existing parent, and
+        the key path as the user wrote it (`vms.web.nics[0]`, `vms.web.~` for a null key)."""
         node = self.raw
         pos = getattr(node, "start", (1, 1))
-        for i, part in enumerate(loc):
-            last = i == len(loc) - 1
-            if isinstance(node, PosDict) and part in node:
-                pos = node.key_pos[part] if (key and last) else node.value_pos[part]
-                node = node[part]
+        text = ""
+        parts = list(loc)
+        if parts and parts[-1] == "[key]":  # pydantic: the key itself is wrong, not its value
+            parts.pop()
+            key = True
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, PosDict):
+                found = _key_in(node, part)
+                if found is _MISSING:
+                    text += "." + "".join(_key_text(p) for p in parts[i:])
+                    break
+                pos = node.key_pos[found] if (key and last) else node.value_pos[found]
+                text += "." + _key_text(found)
+                node = node[found]
             elif isinstance(node, PosList) and isinstance(part, int) and 0 <= part < len(node):
                 pos = node.item_pos[part]
+                text += f"[{part}]"
                 node = node[part]
             else:
+                text += path_str(parts[i:]) if isinstance(parts[i], int) else "." + path_str(parts[i:])
                 break
-        return pos
+        return pos, text.lstrip(".")
 
     def add(self, loc: tuple[str | int, ...], message: str, key: bool = False) -> None:
-        line, col = self.locate(loc, key=key)
-        self.problems.append(Problem(self.file, line, col, path_str(loc), message))
+        (line, col), path = self.locate(loc, key=key)
+        self.problems.append(Problem(self.file, line, col, path, message))
+
+
+_MISSING = object()
+
+
+def _key_in(node: dict, part: Any) -> Any:
+    """The key of `node` that `part` names: itself, or a non-string key pydantic wrote as text."""
+    if isinstance(part, str) and part in node:
+        return part
+    for k in node:  # `true` and `1` are equal keys to Python: match the kind too
+        if not isinstance(k, str) and (type(k) is type(part) and k == part or str(k) == str(part)):
+            return k
+    return _MISSING
+
+
+def _key_text(k: Any) -> str:
+    if isinstance(k, str):
+        return k
+    return "~" if k is None else str(k).lower() if isinstance(k, bool) else str(k)
 
 
 def _fields_of(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
@@ -133,6 +169,8 @@ def _fields_of(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
 
 def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "invalid_key" or (loc and loc[-1] == "[key]"):
+        return "a key here is a name (text), not a number, a boolean or null"
     if kind == "extra_forbidden":
         return f"unknown key {loc[-1]!r}{did_you_mean(str(loc[-1]), _fields_of(model, loc))}"
     if kind == "missing":
@@ -167,17 +205,99 @@ def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[str | int, 
     return err["msg"]
 
 
-def _validate(ctx: _Ctx, model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> Any:
+class Checked:
+    """A part checked key by key: its spec with every wrong key left out (their defaults in their
+    place), and which keys those were, so checks that read them are skipped rather than fooled
+    by a default. `spec` is None when the part cannot be read at all."""
+
+    def __init__(self, spec: Any, dropped: frozenset[tuple[Any, ...]] = frozenset()) -> None:
+        self.spec = spec
+        self.dropped = dropped
+
+    def ok(self, *paths: tuple[Any, ...]) -> bool:
+        """None of `paths` (or anything under them) was left out."""
+        return not any(d[:len(p)] == p for d in self.dropped for p in paths)
+
+
+def _validate(ctx: _Ctx, model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> Checked:
+    """Check `data` against `model`, report every problem, and keep what is right: a misspelt key
+    must not hide a wrong network on the same VM, nor a bad MAC a bad IP on the same NIC."""
     try:
-        return model.model_validate(data)
+        return Checked(model.model_validate(data))
     except ValidationError as exc:
-        for err in _one_branch(exc.errors(include_url=False)):
-            full = loc + tuple(err["loc"])
-            # pydantic adds a trailing union/literal tag for Optional fields; drop non-input parts
-            full = tuple(p for p in full if not (isinstance(p, str) and p.startswith("function-")))
-            message = err.get("ravel_message") or _message(err, model, tuple(err["loc"]) or loc)
-            ctx.add(full, message, key=err["type"] == "extra_forbidden")
-        return None
+        errors = _clean(exc)
+    for err in errors:
+        full = loc + tuple(err["loc"])
+        message = err.get("ravel_message") or _message(err, model, tuple(err["loc"]) or loc)
+        ctx.add(full, message, key=err["type"] in ("extra_forbidden", "invalid_key"))
+    if not isinstance(data, dict):
+        return Checked(None)
+    pruned, dropped = data, set()
+    for _ in range(4):  # a left-out key rarely makes another error; bounded all the same
+        for err in errors:
+            cut = _cut_path(pruned, tuple(err["loc"]), err["type"])
+            if not cut:
+                return Checked(None)
+            pruned = _without(pruned, cut)
+            dropped.add(cut)
+        try:
+            return Checked(model.model_validate(pruned), frozenset(dropped))
+        except ValidationError as exc:
+            errors = _clean(exc)
+    return Checked(None)
+
+
+def _clean(exc: ValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in _one_branch(exc.errors(include_url=False)):
+        # pydantic adds a trailing union/literal tag for Optional fields; drop non-input parts
+        where = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if err["type"] == "invalid_key" and where:  # pydantic writes a `true` key as 1: the key itself
+            where = where[:-1] + (err.get("input"),)
+        out.append({**err, "loc": where})
+    return out
+
+
+def _cut_path(data: Any, where: tuple[Any, ...], kind: str) -> tuple[Any, ...]:
+    """What to leave out for an error at `where`: the key at fault, or (a required key missing,
+    a list item wrong as a whole) the part holding it; never a single list item, so that the
+    indices of the others, which later messages name, stay as written. () = the whole part."""
+    if where and where[-1] == "[key]":
+        where = where[:-1]
+    elif kind == "missing":
+        where = where[:-1]
+    node, path, items = data, [], []
+    for part in where:
+        if isinstance(node, dict):
+            found = _key_in(node, part)
+            if found is _MISSING:
+                break
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            found = part
+        else:
+            break
+        path.append(found)
+        items.append(isinstance(node, list))
+        node = node[found]
+    while items and items[-1]:  # the item itself: leave out the whole list
+        path.pop()
+        items.pop()
+    return tuple(path)
+
+
+def _without(data: Any, path: tuple[Any, ...]) -> Any:
+    """A copy of `data` without the key at `path` (copies only what lies on the way)."""
+    head, rest = path[0], path[1:]
+    if isinstance(data, list):
+        out_list = list(data)
+        out_list[head] = _without(out_list[head], rest)
+        return out_list
+    out = dict(data)
+    if not rest or not isinstance(out.get(head), (dict, list)):
+        out.pop(head, None)
+    else:
+        out[head] = _without(out[head], rest)
+    return out
 
 
 # pydantic names the branch of a union in an error's location (`bool`, `CloudInitSpec`,
@@ -258,6 +378,33 @@ def _positions(node: Any, loc: tuple[str | int, ...], out: dict[str, tuple[int, 
             _positions(v, loc + (i,), out, depth + 1)
 
 
+class _Positions(Mapping[str, tuple[int, int]]):
+    """Key path -> position, worked out on first use: only errors found after loading (missing
+    files, host-type fit) read it, and building it costs a third of loading a large blueprint."""
+
+    def __init__(self, raw: PosDict) -> None:
+        self._raw: PosDict | None = raw
+        self._paths: dict[str, tuple[int, int]] = {}
+
+    def _table(self) -> dict[str, tuple[int, int]]:
+        if self._raw is not None:
+            top = PosDict({k: v for k, v in self._raw.items() if not (isinstance(k, str) and k.startswith("x-"))})
+            top.key_pos, top.value_pos = self._raw.key_pos, self._raw.value_pos
+            with yamlpos.no_gc():
+                _positions(top, (), self._paths)
+            self._raw = None
+        return self._paths
+
+    def __getitem__(self, path: str) -> tuple[int, int]:
+        return self._table()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
 def _decode(data: bytes | str) -> str:
     if isinstance(data, str):
         text = data
@@ -281,11 +428,18 @@ def load_blueprint(data: bytes | str, file: str = "<blueprint>", base_dir: str |
         text = _decode(data)
     except ValueError as exc:
         raise BlueprintError([Problem(file, 0, 0, "", str(exc))]) from None
+    with yamlpos.no_gc():
+        return _load(text, file, base_dir)
+
+
+def _load(text: str, file: str, base_dir: str | None) -> Blueprint:
     try:
-        raw, _ = yamlpos.load(text)
+        loaded = yamlpos.load_document(text)
+        raw, issues = loaded.data, loaded.issues
     except yamlpos.YamlSyntaxError as exc:
         raise BlueprintError([Problem(file, exc.pos[0], exc.pos[1], "", exc.message)]) from None
     ctx = _Ctx(file, raw)
+    ctx.problems.extend(Problem(file, i.pos[0], i.pos[1], "", i.message) for i in issues)
     if not isinstance(raw, PosDict):
         what = "nothing" if raw is None else _kind(raw)
         ctx.problems.append(
@@ -293,7 +447,8 @@ def load_blueprint(data: bytes | str, file: str = "<blueprint>", base_dir: str |
                     f"a blueprint must be a mapping with keys such as name, networks and vms; this document is {what}")
         )
         raise BlueprintError(ctx.problems)
-    _walk_duplicates(ctx, raw, ())
+    if loaded.duplicates:
+        _walk_duplicates(ctx, raw, ())
     bp = _resolve(ctx, raw, base_dir)
     if ctx.problems or bp is None:
         raise BlueprintError(ctx.problems)
@@ -304,33 +459,36 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
     top = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
     for key in top:
         if key not in TOP_KEYS:
-            ctx.add((str(key),), f"unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)}", key=True)
+            ctx.add((key,), f"unknown key {_key_text(key)!r}{did_you_mean(_key_text(key), TOP_KEYS)}", key=True)
+    for key in ("networks", "placement", "routing", "firewall"):  # the schema's `type: object`
+        if key in top and not isinstance(top[key], dict):
+            ctx.add((key,), f"expected a mapping, got {_kind(top[key])}")
+            del top[key]
     name = top.get("name")
     if "name" not in top:
         ctx.problems.append(Problem(ctx.file, *raw.start, "name", "required key 'name' is missing"))
     elif not isinstance(name, str):
         ctx.add(("name",), f"expected a string, got {_kind(name)}")
     elif not re.match(NAME_RE, name):
-        ctx.add(("name",), f"{name!r} is not a valid name: use lowercase letters, digits and dashes (at most 40)")
+        ctx.add(("name",), f"{name!r} is not a valid name: use lowercase letters, digits and dashes, starting "
+                           f"and ending with a letter or digit (at most {NAME_MAX})")
     description = top.get("description", "")
     if not isinstance(description, str):
         ctx.add(("description",), f"expected a string, got {_kind(description)}")
 
-    networks = _networks(ctx, top.get("networks", PosDict()))
+    networks, broken_networks = _networks(ctx, top.get("networks", PosDict()))
     defaults = _defaults(ctx, top.get("defaults"))
-    vms = _vms(ctx, top, defaults, networks, base_dir)
+    vms = _vms(ctx, top, defaults, networks, broken_networks, base_dir)
     declared = set(top["vms"]) if isinstance(top.get("vms"), dict) else set()
     placement = _placement(ctx, top.get("placement", PosDict()), vms, declared)
     _address_plan(ctx, vms, networks)
     _services(ctx, vms, networks)
-    deny = _routing(ctx, top.get("routing"), networks)
+    deny = _routing(ctx, top.get("routing"), networks, broken_networks)
     _routed_subnets(ctx, networks, deny)
-    firewall = _firewall(ctx, top.get("firewall"), networks, deny)
+    firewall = _firewall(ctx, top.get("firewall"), networks, deny, broken_networks)
 
     if ctx.problems or not isinstance(name, str):
         return None
-    positions: dict[str, tuple[int, int]] = {}
-    _positions(raw, (), positions)
     return Blueprint(
         name=name,
         description=description,
@@ -338,26 +496,33 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
         vms=tuple(vm for vm, _ in vms),
         placement=placement,
         source=ctx.file,
-        positions=MappingProxyType(positions),
+        positions=_Positions(raw),
         routing_deny=deny,
         firewall=firewall,
     )
 
 
-def _networks(ctx: _Ctx, raw: Any) -> dict[str, Network]:
+def _networks(ctx: _Ctx, raw: Any) -> tuple[dict[str, Network], set[str]]:
+    """The usable networks, and the names of those declared but wrong (their own problems are
+    reported; a NIC on one is not also told the network is undefined)."""
     out: dict[str, Network] = {}
+    broken: set[str] = set()
     if raw is None:
-        return out
+        return out, broken
     if not isinstance(raw, dict):
         ctx.add(("networks",), f"expected a mapping of network name -> settings, got {_kind(raw)}")
-        return out
+        return out, broken
     for name, body in raw.items():
-        loc = ("networks", str(name))
+        loc = ("networks", name)
         if not isinstance(name, str) or not re.match(VM_NAME_RE, name):
-            ctx.add(loc, f"{name!r} is not a valid network name: use lowercase letters, digits and dashes", key=True)
+            ctx.add(loc, f"{_key_text(name)!r} is not a valid network name: lowercase letters, digits and dashes, "
+                         f"at most {VM_NAME_MAX}", key=True)
+            broken.add(str(name))
             continue
-        spec = _validate(ctx, NetworkSpec, body, loc)
-        if spec is None:
+        checked = _validate(ctx, NetworkSpec, body, loc)
+        spec = checked.spec
+        if spec is None or not checked.ok(("subnet",)):
+            broken.add(name)
             continue
         try:
             subnet = IPv4Network(spec.subnet, strict=True)
@@ -369,17 +534,19 @@ def _networks(ctx: _Ctx, raw: Any) -> dict[str, Network]:
                 pass
             reason = "has host bits set" if "host bits" in str(exc) else "is not an IPv4 CIDR such as 10.0.0.0/24"
             ctx.add(loc + ("subnet",), f"{spec.subnet!r} {reason}{hint}")
+            broken.add(name)
             continue
         if subnet.prefixlen > 29:
             ctx.add(loc + ("subnet",), f"{subnet} is too small for a lab network; use a /29 or larger")
+            broken.add(name)
             continue
         gateway = None
         if spec.gateway is not None:
             gateway = _host_address(ctx, loc + ("gateway",), spec.gateway, subnet)
-        if spec.nat and spec.gateway is None:
+        if spec.nat and spec.gateway is None and checked.ok(("gateway",)):
             ctx.add(loc + ("nat",), "nat needs a `gateway`: guests send outside traffic to it")
         out[name] = Network(name, subnet, gateway, spec.dhcp, spec.dns, spec.mtu, spec.nat)
-    return out
+    return out, broken
 
 
 def _host_address(ctx: _Ctx, loc: tuple[str | int, ...], text: str, subnet: IPv4Network | None) -> IPv4Address | None:
@@ -400,15 +567,24 @@ def _host_address(ctx: _Ctx, loc: tuple[str | int, ...], text: str, subnet: IPv4
 
 
 def _defaults(ctx: _Ctx, raw: Any) -> PosDict | None:
+    """The keys of `defaults:` that are right (each wrong one is reported once, here)."""
     if raw is None:
         return None
-    spec = _validate(ctx, VmSpec, raw, ("defaults",))
-    if spec is None or not isinstance(raw, PosDict):
-        return None
-    if "count" in raw:
+    if isinstance(raw, PosDict) and "count" in raw:
         ctx.add(("defaults", "count"), "`count` cannot be a default; set it on each VM", key=True)
+        raw = _pos_without(raw, "count")
+    checked = _validate(ctx, VmDefaults, raw, ("defaults",))
+    if checked.spec is None or not isinstance(raw, PosDict):
         return None
+    for path in checked.dropped:
+        raw = _pos_without(raw, path[0])
     return raw
+
+
+def _pos_without(raw: PosDict, key: Any) -> PosDict:
+    out = PosDict({k: v for k, v in raw.items() if k != key})
+    out.key_pos, out.value_pos, out.start = raw.key_pos, raw.value_pos, raw.start
+    return out
 
 
 def _merged(vm_raw: Any, defaults: PosDict | None) -> Any:
@@ -441,7 +617,7 @@ def _path(base_dir: str | None, p: str) -> str:
 
 
 def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Network],
-         base_dir: str | None) -> list[tuple[VM, tuple[str | int, ...]]]:
+         broken_networks: set[str], base_dir: str | None) -> list[tuple[VM, tuple[str | int, ...]]]:
     """Expanded VMs with the raw location each came from."""
     raw = top.get("vms")
     if "vms" not in top:
@@ -456,33 +632,41 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
     out: list[tuple[VM, tuple[str | int, ...]]] = []
     taken: dict[str, tuple[str, int]] = {}  # expanded name -> (group, line)
     for group, body in raw.items():
-        loc = ("vms", str(group))
+        loc: tuple[str | int, ...] = ("vms", group)
         if not isinstance(group, str) or not re.match(VM_NAME_RE, group):
-            ctx.add(loc, f"{group!r} is not a valid VM name: lowercase letters, digits and dashes, at most 32", key=True)
+            ctx.add(loc, f"{_key_text(group)!r} is not a valid VM name: lowercase letters, digits and dashes, "
+                         f"at most {VM_NAME_MAX}", key=True)
             continue
-        spec = _validate(ctx, VmSpec, _merged(body, defaults), loc)
+        checked = _validate(ctx, VmSpec, _merged(body, defaults), loc)
+        spec = checked.spec
         if spec is None:
             continue
-        disks = _disks(ctx, loc, spec, base_dir)
-        nics_ok = True
+        # most VMs set few keys: the helpers below run only for keys a VM has
+        disks = _disks(ctx, loc, spec, base_dir, checked) if spec.disks else ()
+        nics_ok = checked.ok(("nics",))
         for i, nic in enumerate(spec.nics):
-            if nic.network not in networks:
+            if nic.network in broken_networks:
                 nics_ok = False
+            elif nic.network not in networks:
+                nics_ok = False  # reported here; its addresses are checked no further
                 known = ", ".join(sorted(networks)) or "none"
                 ctx.add(loc + ("nics", i, "network"),
                         f"network {nic.network!r} is not defined{did_you_mean(nic.network, networks)}; defined networks: {known}")
-        boot = _boot(ctx, loc, spec, base_dir)
-        cloud_init = _cloud_init(ctx, loc, spec, base_dir)
-        cdroms = tuple(_path(base_dir, c) for c in spec.cdroms)
-        if spec.boot is not None and "cdrom" in (spec.boot.order or ()) and not cdroms:
+        if not nics_ok:
+            ctx.unsure.add(loc)  # checks of its addresses would be about NICs it does not have
+        boot = _boot(ctx, loc, spec, base_dir, checked) if spec.boot is not None else None
+        cloud_init = _cloud_init(ctx, loc, spec, base_dir) if spec.cloud_init is not False else None
+        cdroms = tuple([_path(base_dir, c) for c in spec.cdroms]) if spec.cdroms else ()
+        if (spec.boot is not None and "cdrom" in (spec.boot.order or ()) and not cdroms
+                and checked.ok(("cdroms",))):
             ctx.add(loc + ("boot", "order"), "boots from `cdrom` but the VM has no `cdroms`")
-        if spec.uefi_vars is not None and spec.firmware != "uefi":
+        if spec.uefi_vars is not None and spec.firmware != "uefi" and checked.ok(("firmware",)):
             ctx.add(loc + ("uefi_vars",), "a UEFI variable store needs `firmware: uefi`")
-        line = ctx.locate(loc, key=True)[0]
+        line = raw.key_pos[group][0] if isinstance(raw, PosDict) else 0
         names = [group] if spec.count == 1 else [f"{group}-{i}" for i in range(1, spec.count + 1)]
         for index, vm_name in enumerate(names):
-            if len(vm_name) > 32:
-                ctx.add(loc + ("count",), f"expanded name {vm_name!r} is longer than 32 characters")
+            if len(vm_name) > VM_NAME_MAX:
+                ctx.add(loc + ("count",), f"expanded name {vm_name!r} is longer than {VM_NAME_MAX} characters")
                 break
             if vm_name in taken:
                 other, other_line = taken[vm_name]
@@ -491,26 +675,30 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                 ctx.add(loc, f"VM name {vm_name!r}{origin} collides with VM {vm_name!r}{first} defined on line {other_line}", key=True)
                 continue
             taken[vm_name] = (group, line)
-            nics = tuple(_nic(ctx, loc + ("nics", i), nic, networks, index) for i, nic in enumerate(spec.nics)) if nics_ok else ()
-            placed = tuple(n for n in nics if n is not None)
+            nics = [_nic(ctx, loc + ("nics", i), nic, networks, index) if nic.network in networks else None
+                    for i, nic in enumerate(spec.nics)]
+            placed = tuple([n for n in nics if n is not None])
             out.append((VM(
                 name=vm_name, group=group, cpus=spec.cpus, memory_mib=spec.memory, nested=spec.nested,
                 firmware=spec.firmware, disks=disks, nics=placed, boot=boot,
-                services=_service_values(ctx, loc, spec, index), description=spec.description,
+                services=_service_values(ctx, loc, spec, index) if spec.services else (),
+                description=spec.description,
                 cdroms=cdroms, cloud_init=cloud_init, user=spec.user,
-                ready=_ready(ctx, loc, spec, placed, networks, cloud_init is not None),
+                ready=_ready(ctx, loc, spec, placed, networks, cloud_init is not None,
+                             nics_ok and checked.ok(("cloud_init",), ("ready",))),
                 uefi_vars=_path(base_dir, spec.uefi_vars) if spec.uefi_vars else None,
                 agent=spec.agent,
             ), loc))
     return out
 
 
-def _boot(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None) -> Boot | None:
+def _boot(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None,
+          checked: Checked) -> Boot | None:
     b = spec.boot
     if b is None:
         return None
     if b.kernel is None:
-        for key in ("initrd", "cmdline"):
+        for key in ("initrd", "cmdline") if checked.ok(("boot", "kernel")) else ():
             if getattr(b, key):
                 ctx.add(loc + ("boot", key), f"`{key}` needs `kernel` (direct kernel boot)")
         return Boot(order=tuple(b.order or ("disk",)))
@@ -535,7 +723,7 @@ def _cloud_init(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: s
 
 
 def _ready(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, nics: tuple[Nic, ...],
-           networks: dict[str, Network], seeded: bool) -> Ready:
+           networks: dict[str, Network], seeded: bool, sure: bool = True) -> Ready:
     """The VM's readiness check: as written, else the best one its set-up allows (docs/guests.md)."""
     first = nics[0] if nics else None
     net = networks.get(first.network) if first else None
@@ -558,7 +746,9 @@ def _ready(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, nics: tuple[Nic,
                 ctx.add(loc + ("ready", "console"), f"not a regular expression: {exc}")
     else:
         kind, port, pattern = r, (22 if r == "ssh" else None), None
-    if kind in ("ssh", "tcp", "ping") and not addressed:
+    if not sure:  # the NICs it was checked against are not all there
+        pass
+    elif kind in ("ssh", "tcp", "ping") and not addressed:
         ctx.add(loc + ("ready",), f"`{kind}` is checked at the VM's first address, and its first NIC has none: "
                                   "give it an `ip`, or put it on a `dhcp: true` network")
     elif kind == "lease" and not (net is not None and net.dhcp):
@@ -568,10 +758,13 @@ def _ready(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, nics: tuple[Nic,
     return Ready(kind, port, pattern)  # type: ignore[arg-type]
 
 
-def _disks(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None) -> tuple[Disk, ...]:
+def _disks(ctx: _Ctx, loc: tuple[str | int, ...], spec: VmSpec, base_dir: str | None,
+           checked: Checked) -> tuple[Disk, ...]:
     disks = []
     for i, d in enumerate(spec.disks):
         dloc = loc + ("disks", i)
+        if not checked.ok(("disks", i, "image"), ("disks", i, "size")):
+            continue  # its wrong key is reported; the rest of the disk is fine or unknowable
         if (d.image is None) == (d.size is None):
             ctx.add(dloc, "a disk needs exactly one of `image` (a base image) or `size` (a blank disk)")
             continue
@@ -643,7 +836,8 @@ def _address_plan(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networ
 
 
 def _placement(ctx: _Ctx, raw: Any, vms: list[tuple[VM, tuple[str | int, ...]]], declared: set[Any]) -> Placement:
-    spec = _validate(ctx, PlacementSpec, raw, ("placement",)) if raw is not None else PlacementSpec()
+    checked = _validate(ctx, PlacementSpec, raw, ("placement",)) if raw is not None else Checked(PlacementSpec())
+    spec = checked.spec
     if spec is None:
         return Placement()
     if spec.optimize == "performance" and isinstance(raw, dict) and "cpu_overcommit" in raw and spec.cpu_overcommit != 1.0:
@@ -757,7 +951,8 @@ def _services(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networks: 
     for vm, loc in vms:
         first = loc not in groups  # instances of one `count` group share their problems
         groups.add(loc)
-        if first and vm.services and not any(n.ip is not None or networks[n.network].dhcp for n in vm.nics):
+        if first and vm.services and loc not in ctx.unsure and \
+                not any(n.ip is not None or networks[n.network].dhcp for n in vm.nics):
             ctx.add(loc + ("services",),
                     f"VM {vm.name!r} exposes services but none of its NICs has an address ravel knows: "
                     "give a NIC an `ip`, or put it on a network with `dhcp: true`")
@@ -781,10 +976,10 @@ def _services(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networks: 
                 used[key] = f"{vm.name}.services[{i}]"
 
 
-def _routing(ctx: _Ctx, raw: Any, networks: dict[str, Network]) -> tuple[tuple[str, str], ...]:
+def _routing(ctx: _Ctx, raw: Any, networks: dict[str, Network], broken: set[str]) -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
-    spec = _validate(ctx, RoutingSpec, raw, ("routing",))
+    spec = _validate(ctx, RoutingSpec, raw, ("routing",)).spec
     if spec is None:
         return ()
     pairs: list[tuple[str, str]] = []
@@ -797,7 +992,8 @@ def _routing(ctx: _Ctx, raw: Any, networks: dict[str, Network]) -> tuple[tuple[s
         for j, name in enumerate(pair):
             if name not in networks:
                 ok = False
-                ctx.add(loc + (j,), f"network {name!r} is not defined{did_you_mean(name, networks)}")
+                if name not in broken:  # a network with problems of its own is not also "undefined"
+                    ctx.add(loc + (j,), f"network {name!r} is not defined{did_you_mean(name, networks)}")
         if ok and pair[0] == pair[1]:
             ctx.add(loc, f"network {pair[0]!r} is paired with itself; traffic inside a network is never routed")
             ok = False
@@ -827,7 +1023,7 @@ def _ports(ctx: _Ctx, loc: tuple[str | int, ...], raw: list[int | str]) -> tuple
         if isinstance(item, int) and not isinstance(item, bool):
             lo = hi = item
         else:
-            m = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", str(item))
+            m = re.fullmatch(PORT_RANGE_RE, str(item))
             if not m:
                 ctx.add(where, f"{item!r} is not a port or a range such as \"8000-8100\"")
                 continue
@@ -843,13 +1039,13 @@ def _ports(ctx: _Ctx, loc: tuple[str | int, ...], raw: list[int | str]) -> tuple
 
 
 def _firewall(ctx: _Ctx, raw: Any, networks: dict[str, Network],
-              deny: tuple[tuple[str, str], ...]) -> tuple[FirewallRule, ...]:
+              deny: tuple[tuple[str, str], ...], broken: set[str]) -> tuple[FirewallRule, ...]:
     if raw is None:
         return ()
     # each rule is checked on its own, so one bad rule does not hide the others' problems
     items = raw.get("allow") if isinstance(raw, dict) else None
     shape = PosDict({k: v for k, v in raw.items() if k != "allow"}) if isinstance(raw, dict) else raw
-    if _validate(ctx, FirewallSpec, shape, ("firewall",)) is None:
+    if _validate(ctx, FirewallSpec, shape, ("firewall",)).spec is None:
         return ()
     if items is None:
         return ()
@@ -859,12 +1055,15 @@ def _firewall(ctx: _Ctx, raw: Any, networks: dict[str, Network],
     rules: list[FirewallRule] = []
     for i, item in enumerate(items):
         loc = ("firewall", "allow", i)
-        rule = _validate(ctx, FirewallRuleSpec, item, loc)
+        checked = _validate(ctx, FirewallRuleSpec, item, loc)
+        rule = checked.spec
         if rule is None:
             continue
-        ok = True
+        ok = checked.ok(("protocol",))
         for key, name in (("from", rule.from_), ("to", rule.to)):
-            if name not in networks:
+            if name in broken:
+                ok = False
+            elif name not in networks:
                 ctx.add(loc + (key,), f"network {name!r} is not defined{did_you_mean(name, networks)}")
                 ok = False
             elif networks[name].gateway is None:

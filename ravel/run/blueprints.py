@@ -7,8 +7,9 @@ import os
 from ..errors import BlueprintError, Problem
 from ..model.blueprint import Blueprint
 from ..model.resolve import load_blueprint
+from ..model.yamlpos import MAX_TEXT
 
-MAX_BLUEPRINT_BYTES = 16 * 1024 * 1024
+MAX_BLUEPRINT_BYTES = MAX_TEXT
 
 
 def read_blueprint(path: str) -> Blueprint:

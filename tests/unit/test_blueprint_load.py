@@ -119,7 +119,7 @@ def test_defaults_and_anchors_apply():
         ("name: a\nnetworks:\n  n: {subnet: 10.0.0.0/24}\nvms:\n  x: {nics: [{network: n, ip: 10.0.0.999}]}\n", "'10.0.0.999' is not an IPv4 address"),
         ("name: a\nnetworks:\n  n: {subnet: 10.0.0.0/24}\nvms:\n  x: {count: 3, nics: [{network: n, ip: 10.0.0.253}]}\n", "10.0.0.255 (address 3 of `count`"),
         ("name: a\nnetworks:\n  n: {subnet: 10.0.0.0/24, gateway: 10.0.0.1}\nvms:\n  x: {nics: [{network: n, ip: 10.0.0.1}]}\n", "is the gateway"),
-        ("name: a\nvms:\n  x: {nics: [{network: n, mac: zz}]}\n", "vms.x.nics[0].mac: 'zz' is not a MAC address"),
+        ("name: a\nnetworks: {n: {subnet: 10.0.0.0/24}}\nvms:\n  x: {nics: [{network: n, mac: zz}]}\n", "vms.x.nics[0].mac: 'zz' is not a MAC address"),
         ("name: a\nvms:\n  x: {}\n  x: {}\n", "bp.yaml:4:3: vms.x: duplicate key 'x' (first defined on line 3)"),
         ("name: a\nvms: {}\n", "vms: a blueprint needs at least one VM"),
         ("name: a\n", "required key 'vms' is missing"),
@@ -129,7 +129,7 @@ def test_defaults_and_anchors_apply():
         ("name: a\nvms:\n  x: {}\nplacement: {anti_affinity: [[x, y]]}\n", "placement.anti_affinity[0][1]: 'y' is neither a VM nor a VM group"),
         ("name: a\nvms:\n  x: {}\nplacement: {anti_affinity: [[x]]}\n", "needs at least two VMs"),
         ("name: a\nvms:\n  x: {services: [{port: 70000}]}\n", "vms.x.services[0].port: must be at most 65535"),
-        ("name: a\nvms:\n  x: {services: [{port: 22, protocol: sctp}]}\n", "must be one of tcp, udp"),
+        ("name: a\nnetworks: {n: {subnet: 10.0.0.0/24, dhcp: true}}\nvms:\n  x: {nics: [{network: n}], services: [{port: 22, protocol: sctp}]}\n", "must be one of tcp, udp"),
         ("name: a\nvms:\n  x: {cpus: 2}\ndefaults: {count: 2}\n", "`count` cannot be a default"),
     ],
 )
@@ -161,8 +161,10 @@ def test_every_problem_at_once_sorted_by_line():
           z: {nics: [{network: n, ip: 10.0.0.6, mac: "52:54:00:00:00:01"}]}
           w: {nics: [{network: n, ip: 10.0.0.6, mac: "52:54:00:00:00:01"}]}
         """)
-    assert len(lines) == 4, lines
-    assert [int(l.split(":")[1]) for l in lines] == [5, 6, 8, 8]
+    # x and y are checked on despite their wrong cpus and memory: y's IP is x's
+    assert len(lines) == 5, lines
+    assert [int(l.split(":")[1]) for l in lines] == [5, 6, 6, 8, 8]
+    assert any("vms.y.nics[0].ip: 10.0.0.5 is already used by x.nics[0]" in l for l in lines)
     assert any("vms.w.nics[0].ip: 10.0.0.6 is already used by z.nics[0] on network 'n'" in l for l in lines)
     assert any("MAC 52:54:00:00:00:01 is already used by z.nics[0]" in l for l in lines)
 

@@ -46,7 +46,7 @@ def test_vmx_devices_are_kept():
 
 
 def test_vmx_bad_values_are_located():
-    with pytest.raises(BlueprintError, match=r"a.vmx: memsize: expected a positive whole number, got 'lots'"):
+    with pytest.raises(BlueprintError, match=r"a.vmx: memsize: expected a whole number from 1 to 1073741824, got 'lots'"):
         parse_vmx(VMX.replace('memsize = "8192"', 'memsize = "lots"'), "a.vmx")
     with pytest.raises(BlueprintError, match=r"ethernet0.virtualDev: unsupported NIC model 'tulip'"):
         parse_vmx(VMX.replace('"e1000e"', '"tulip"'), "a.vmx")
