@@ -21,8 +21,8 @@ from . import spec as spec_models
 from . import yamlpos
 import json
 
-from .blueprint import (VM, Blueprint, Boot, CloudInit, Disk, FirewallRule, Network, Nic, Placement, Ready,
-                        Service)
+from .blueprint import (VM, Blueprint, Boot, CloudInit, Disk, FirewallRule, Lifetime, Network, Nic, Placement,
+                        Ready, Service)
 from .spec import (
     NAME_RE,
     VM_NAME_RE,
@@ -32,6 +32,7 @@ from .spec import (
     DiskSpec,
     FirewallRuleSpec,
     FirewallSpec,
+    LifetimeSpec,
     NetworkSpec,
     NicSpec,
     ReadyTcp,
@@ -56,6 +57,7 @@ _MODEL_AT = {
     "routing": RoutingSpec,
     "firewall": FirewallSpec,
     "allow": FirewallRuleSpec,
+    "lifetime": LifetimeSpec,
 }
 _MAX_ANTI_AFFINITY_SEARCH = 200_000
 
@@ -326,6 +328,7 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
     deny = _routing(ctx, top.get("routing"), networks)
     _routed_subnets(ctx, networks, deny)
     firewall = _firewall(ctx, top.get("firewall"), networks, deny)
+    lifetime = _lifetime(ctx, top.get("lifetime"))
 
     if ctx.problems or not isinstance(name, str):
         return None
@@ -341,7 +344,15 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
         positions=MappingProxyType(positions),
         routing_deny=deny,
         firewall=firewall,
+        lifetime=lifetime,
     )
+
+
+def _lifetime(ctx: _Ctx, raw: Any) -> Lifetime | None:
+    if raw is None:
+        return None
+    spec = _validate(ctx, LifetimeSpec, raw, ("lifetime",))
+    return Lifetime(spec.ttl, spec.action) if spec is not None else None
 
 
 def _networks(ctx: _Ctx, raw: Any) -> dict[str, Network]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from .durations import parse_duration
 from .units import parse_mib
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -186,6 +187,24 @@ class FirewallSpec(_Spec):
     )
 
 
+def _duration(value: Any) -> int:
+    return parse_duration(value)
+
+
+Duration = Annotated[int, BeforeValidator(_duration), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 1, "description": "seconds"},
+              {"type": "string", "pattern": r"^\s*(\d+|(\d+(\.\d+)?[smhdSMHD])+)\s*$"}],
+    "examples": ["20s", "90m", "2h", "1d", "1h30m"]})]
+
+
+class LifetimeSpec(_Spec):
+    ttl: Duration = Field(description="how long the app lives after its first publish (20s, 90m, 2h, 1d); "
+                          "`ravel publish --ttl` overrides it, `ravel extend` pushes it back")
+    action: Literal["destroy", "stop"] = Field(
+        "destroy", description="what happens at expiry, with no ravel process needed: destroy the app "
+        "(cloud hosts terminate themselves) or stop it (disks kept)")
+
+
 class BlueprintSpec(_Spec):
     model_config = ConfigDict(
         extra="forbid",
@@ -205,6 +224,7 @@ class BlueprintSpec(_Spec):
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     firewall: FirewallSpec = Field(default_factory=FirewallSpec)
+    lifetime: LifetimeSpec | None = Field(None, description="an expiry the app enforces on itself")
 
 
 def json_schema() -> dict[str, Any]:
