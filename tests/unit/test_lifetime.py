@@ -168,3 +168,25 @@ def test_run_names():
     assert snap == "a-very-long-appli-failed-20270115-080000" and re.match(NAME_RE, snap)
     opts = RunOptions("f.yaml", ["true"], provider="aws", store="s3://b/p")
     assert publish_line("s1", opts) == "ravel publish --from s1 --store s3://b/p --provider aws --wait"
+
+
+@pytest.mark.parametrize("example", ["github-actions.yml", "gitlab-ci.yml"])
+def test_ci_examples_use_ravel_run_with_options_it_has(example):
+    """The examples are YAML their CI reads, and every option of their `ravel run` line exists."""
+    from pathlib import Path
+
+    from typer.main import get_command
+
+    from ravel.cli.app import app
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / example).read_text()
+    doc = yaml.safe_load(text)
+    assert isinstance(doc, dict) and doc
+    flat = " ".join(text.split())
+    line = flat[flat.index("ravel run "):].split(" -- ")[0]
+    used = set(re.findall(r"(--[a-z-]+)", line))
+    assert {"--snapshot-on-failure", "--junit", "--ttl"} <= used
+    run = get_command(app).commands["run"]
+    known = {o for p in run.params for o in getattr(p, "opts", [])}
+    assert used <= known, used - known
+    assert "ravel-junit.xml" in flat.split(" -- ")[0] and "junit" in flat.split(" -- ")[-1]
