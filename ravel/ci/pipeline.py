@@ -122,14 +122,25 @@ class Run:
     def run(self) -> RunResult:
         opts = self.opts
         started = time.time()
-        bp = read_blueprint(opts.blueprint)
-        app = opts.name or default_app(bp.name)
-        if not re.match(NAME_RE, app):
-            raise StateError(f"{app!r} is not a valid app name: lowercase letters, digits and dashes")
-        if self.lab.state.app(app) is not None:
-            # ravel run destroys what it made: never an app someone else is using
-            raise StateError(f"app {app!r} already exists; ravel run makes a new app and destroys it after",
-                             hint="choose another --name (or leave it out for a unique one)")
+        try:
+            bp = read_blueprint(opts.blueprint)
+            app = opts.name or default_app(bp.name)
+            if not re.match(NAME_RE, app):
+                raise StateError(f"{app!r} is not a valid app name: lowercase letters, digits and dashes")
+            if self.lab.state.app(app) is not None:
+                # ravel run destroys what it made: never an app someone else is using
+                raise StateError(f"app {app!r} already exists; ravel run makes a new app and destroys it after",
+                                 hint="choose another --name (or leave it out for a unique one)")
+        except RavelError as exc:  # nothing was made; the CI server still gets its report
+            if opts.junit is not None:
+                detail = [line for line in exc.lines() if line != exc.message] + ([exc.hint] if exc.hint else [])
+                self.phases["publish"].done("error", 0.0, exc.message, "\n".join(detail))
+                self._skip_after("publish", "publish failed")
+                for name in ("snapshot", "destroy"):
+                    self.phases[name].done("skipped", 0.0, "nothing was made")
+                write_atomically(opts.junit, report(opts.name or "-", list(self.phases.values()), started,
+                                                    socket.gethostname()))
+            raise
         result = RunResult(app, 0, list(self.phases.values()))
         previous = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
         try:

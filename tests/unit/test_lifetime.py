@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -190,3 +191,19 @@ def test_ci_examples_use_ravel_run_with_options_it_has(example):
     known = {o for p in run.params for o in getattr(p, "opts", [])}
     assert used <= known, used - known
     assert "ravel-junit.xml" in flat.split(" -- ")[0] and "junit" in flat.split(" -- ")[-1]
+
+
+def test_run_with_a_bad_blueprint_still_writes_its_junit_report(tmp_path):
+    """Nothing is made (exit 2, as `ravel publish` says) and the CI server still gets a report."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: lab\nvms:\n  a: {cpus: many}\n")
+    junit = tmp_path / "report.xml"
+    env = dict(os.environ, RAVEL_HOME=str(tmp_path / "home"))
+    p = subprocess.run([sys.executable, "-m", "ravel", "run", str(bad), "--junit", str(junit), "--", "true"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "bad.yaml:3:13: vms.a.cpus: expected a whole number" in p.stderr
+    assert problems(str(junit)) == []
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert "vms.a.cpus" in cases["publish"].find("error").text
+    assert all(cases[n].find("skipped") is not None for n in ("ready", "command", "snapshot", "destroy"))
