@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS networks (
 CREATE TABLE IF NOT EXISTS vms (
   app TEXT NOT NULL, name TEXT NOT NULL, host TEXT, state TEXT NOT NULL,
   detail TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (app, name));
+CREATE TABLE IF NOT EXISTS lifetimes (
+  app TEXT PRIMARY KEY, expires REAL NOT NULL, action TEXT NOT NULL, source TEXT NOT NULL,
+  reaper_pid INTEGER, reaper_start TEXT, note TEXT);
 """
 FIRST_VNI = 1000
 
@@ -45,6 +48,20 @@ class AppRecord:
     status: str
     created: float
     updated: float
+
+
+@dataclass(frozen=True)
+class LifetimeRecord:
+    """An app's expiry (epoch seconds) and, on the local provider, the detached reaper that
+    enforces it (its pid and start time, so a reused pid is never taken for it)."""
+
+    app: str
+    expires: float
+    action: str  # destroy | stop
+    source: str  # --ttl, lifetime.ttl, --budget
+    reaper_pid: int | None
+    reaper_start: str | None
+    note: str | None  # what went wrong at expiry, for status
 
 
 @dataclass(frozen=True)
@@ -148,9 +165,28 @@ class State:
 
     def delete_app(self, name: str) -> None:
         with self.tx() as db:
-            for table in ("vms", "networks", "hosts"):
+            for table in ("vms", "networks", "hosts", "lifetimes"):
                 db.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             db.execute("DELETE FROM apps WHERE name=?", (name,))
+
+    # -- lifetimes ---------------------------------------------------------------------------
+    def lifetime(self, app: str) -> LifetimeRecord | None:
+        row = self.db.execute("SELECT app, expires, action, source, reaper_pid, reaper_start, note "
+                              "FROM lifetimes WHERE app=?", (app,)).fetchone()
+        return LifetimeRecord(*row) if row else None
+
+    def set_lifetime(self, app: str, expires: float, action: str, source: str) -> None:
+        """Record (or move) the app's expiry; the reaper, if any, is kept and reads it again."""
+        self.db.execute(
+            "INSERT INTO lifetimes (app, expires, action, source) VALUES (?,?,?,?) ON CONFLICT(app) DO UPDATE "
+            "SET expires=excluded.expires, action=excluded.action, source=excluded.source, note=NULL",
+            (app, expires, action, source))
+
+    def set_reaper(self, app: str, pid: int | None, start: str | None) -> None:
+        self.db.execute("UPDATE lifetimes SET reaper_pid=?, reaper_start=? WHERE app=?", (pid, start, app))
+
+    def note_lifetime(self, app: str, note: str | None) -> None:
+        self.db.execute("UPDATE lifetimes SET note=? WHERE app=?", (note, app))
 
     # -- allocations -------------------------------------------------------------------------
     def vnis(self, app: str, networks: list[str]) -> dict[str, int]:

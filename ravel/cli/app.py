@@ -12,6 +12,7 @@ from . import cmd_lab, cmd_plan  # noqa: F401  (registers commands)
 from . import cmd_snapshot  # noqa: F401  (snapshots, store, import)
 from . import cmd_cloud  # noqa: F401  (gc)
 from . import cmd_access  # noqa: F401  (ssh, exec, cp, vnc, ssh-config, inventory)
+from . import cmd_ci  # noqa: F401  (run)
 from .common import app
 
 

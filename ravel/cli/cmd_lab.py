@@ -14,7 +14,8 @@ import typer
 
 from ..model.spec import NAME_RE
 from . import exits
-from .common import app, err, out, provider_option
+from ..run.lifetime import LifetimeRequest
+from .common import BUDGET_HELP, TTL_HELP, app, budget_option, err, out, provider_option, ttl_option
 from .common import lab as open_lab
 from .render import apps_table, vm_table
 
@@ -50,6 +51,9 @@ def publish(
         help="How ravel reaches the hosts: netns (local only: `ip netns exec`) or ssh (local: an sshd "
              "in every host). Default: what the app already uses, else the provider's own (local: "
              "netns; aws, gcp: ssh)."),
+    ttl: Optional[str] = typer.Option(None, "--ttl", metavar="DURATION", help=TTL_HELP),
+    budget: Optional[float] = typer.Option(None, "--budget", metavar="AMOUNT", callback=budget_option,
+                                           help=BUDGET_HELP),
 ) -> None:
     """Create the hosts, wire the networks and boot every VM; re-running applies only changes."""
     if name is not None:
@@ -60,16 +64,17 @@ def publish(
     if (file is None) == (from_snapshot is None):
         err.print("error: give a blueprint FILE or --from SNAPSHOT (one of them)", markup=False)
         raise typer.Exit(exits.ExitStatus.BAD_INPUT)
+    lifetime = LifetimeRequest(ttl_option(ttl), budget)
     lab = open_lab()
     try:
         if from_snapshot is not None:
             result = lab.publish_snapshot(from_snapshot, name=name, provider_name=provider, store_url=store,
                                           wait=wait, timeout=timeout, host_image=host_image, ssh_from=ssh_from,
-                                          transport=transport.value if transport else None)
+                                          transport=transport.value if transport else None, lifetime=lifetime)
         else:
             result = lab.publish(str(file), name=name, provider_name=provider, wait=wait, timeout=timeout,
                                  host_image=host_image, ssh_from=ssh_from,
-                                 transport=transport.value if transport else None)
+                                 transport=transport.value if transport else None, lifetime=lifetime)
     finally:
         lab.close()
     if result.changed == 0:
@@ -111,6 +116,7 @@ def status(
     try:
         names = [app_name] if app_name else [a.name for a in lab.state.apps()]
         data = {n: lab.status(n) for n in names}
+        expiries = {n: lab.expiry(n) for n in names}
     finally:
         lab.close()
     if as_json:
@@ -120,6 +126,7 @@ def status(
         out.print("no apps")
     for n, vms in data.items():
         out.print(vm_table(n, vms))
+        _print_expiry(expiries[n])
 
 
 @app.command("list")
@@ -129,13 +136,43 @@ def list_apps(as_json: bool = typer.Option(False, "--json", help="Print as JSON.
     lab = open_lab(False)
     try:
         rows = [(a, lab.state.hosts(a.name), lab.state.vms(a.name)) for a in lab.state.apps()]
+        expiries = {a.name: lab.expiry(a.name) for a, _, _ in rows}
     finally:
         lab.close()
     if as_json:
         sys.stdout.write(json.dumps([{"name": a.name, "provider": a.provider, "status": a.status,
-                                      "hosts": len(h), "vms": len(v)} for a, h, v in rows], indent=2) + "\n")
+                                      "hosts": len(h), "vms": len(v),
+                                      "expiry": e.to_dict() if (e := expiries[a.name]) else None}
+                                     for a, h, v in rows], indent=2) + "\n")
         return
-    out.print(apps_table(rows))
+    out.print(apps_table(rows, expiries))
+    for hint in sorted({e.hint for e in expiries.values() if e and e.hint and e.left_s <= 0}):
+        err.print(f"hint: {hint}", markup=False)
+
+
+def _print_expiry(e) -> None:  # e: Expiry | None
+    if e is None:
+        return
+    out.print(f"lifetime: {e.describe()}", markup=False)
+    if e.hint:
+        err.print(f"hint: {e.hint}", markup=False)
+
+
+@app.command()
+@exits.handled
+def extend(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    ttl: str = typer.Option(..., "--ttl", metavar="DURATION", help="The app now lives this long from now (1h, 90m)."),
+) -> None:
+    """Move an app's expiry: it now ends DURATION from now (see `ravel publish --ttl`)."""
+    seconds = ttl_option(ttl)
+    assert seconds is not None
+    lab = open_lab()
+    try:
+        e = lab.extend(app_name, seconds)
+    finally:
+        lab.close()
+    out.print(f"{app_name}: {e.describe()}", markup=False)
 
 
 @app.command()

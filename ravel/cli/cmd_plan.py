@@ -18,7 +18,9 @@ from ..plan.plan import make_plan
 from ..run.blueprints import read_blueprint
 from ..run.preflight import check_files
 from . import exits
-from .common import Optimize, app, out, provider_option
+from ..model.durations import approx_duration
+from ..plan.lifetime import budget_seconds
+from .common import BUDGET_HELP, Optimize, app, budget_option, out, provider_option
 from .render import plan_table
 
 _provider = provider_option
@@ -59,6 +61,8 @@ def plan(
     provider: str = typer.Option("local", "--provider", "-p", callback=_provider, help="Where the hosts would run."),
     optimize: Optional[Optimize] = typer.Option(None, "--optimize", help="Override the blueprint's placement.optimize."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    budget: Optional[float] = typer.Option(None, "--budget", metavar="AMOUNT", callback=budget_option,
+                                           help=BUDGET_HELP),
 ) -> None:
     """Show which hosts would run the blueprint, which VM goes where, and the hourly cost."""
     mode = optimize.value if optimize else None
@@ -71,10 +75,19 @@ def plan(
     if problems:
         raise BlueprintError(problems)
     p = make_plan(bp, catalogue, mode)
+    lasts = budget_seconds(budget, p.placement.cost_per_hour) if budget is not None else None
     if as_json:
-        sys.stdout.write(json.dumps(p.to_dict(), indent=2) + "\n")
-    else:
-        out.print(plan_table(p))
+        doc = p.to_dict()
+        if budget is not None:
+            doc["budget"] = {"amount": budget, "lifetime_s": lasts}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    out.print(plan_table(p))
+    if budget is not None:
+        per_hour = round(p.placement.cost_per_hour, 6)
+        out.print(f"budget {budget:g} lasts {approx_duration(lasts)} at {per_hour:g}/h: the app's lifetime "
+                  "unless --ttl is shorter" if lasts is not None else
+                  f"budget {budget:g}: this plan costs nothing per hour, so it sets no lifetime", markup=False)
 
 
 @app.command()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+from typing import Optional
 
 import typer
 from rich.console import Console
 
 from .. import __version__
+from ..model.durations import parse_duration
 from ..paths import paths
 from ..plan.catalogue import providers
 from ..events import quiet
@@ -34,6 +36,27 @@ def provider_option(value: str) -> str:
     if value not in providers():
         raise typer.BadParameter(f"unknown provider {value!r}; choose from {', '.join(providers())}")
     return value
+
+
+def ttl_option(value: Optional[str]) -> Optional[int]:
+    """--ttl 2h -> seconds (typer.BadParameter, exit 2, for anything else)."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def budget_option(value: Optional[float]) -> Optional[float]:
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"a budget must be positive, got {value}")
+    return value
+
+
+TTL_HELP = ("Destroy the app this long after it is published (20s, 90m, 2h, 1d), with no ravel process "
+            "needed: a reaper here, the hosts' own timer on aws, maxRunDuration on gcp.")
+BUDGET_HELP = "Spend at most this much: the plan's cost per hour turned into a lifetime (the smaller wins)."
 
 
 def lab(emit: bool = True) -> Lab:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from ..model.durations import approx_duration
 from ..model.units import format_mib
 from ..plan.plan import Plan
 
@@ -77,10 +78,19 @@ def readiness(v) -> str:  # v: VmStatus
     return v.ready
 
 
-def apps_table(rows) -> Table:  # rows: list[(AppRecord, hosts, vms)]
+def apps_table(rows, expiries=None) -> Table:  # rows: list[(AppRecord, hosts, vms)]; expiries: app -> Expiry
     t = Table()
-    for col in ("app", "provider", "status", "hosts", "VMs"):
+    for col in ("app", "provider", "status", "hosts", "VMs", "expires"):
         t.add_column(col)
     for a, hosts, vms in rows:
-        t.add_row(a.name, a.provider, a.status, str(len(hosts)), str(len(vms)))
+        t.add_row(a.name, a.provider, a.status, str(len(hosts)), str(len(vms)), expires((expiries or {}).get(a.name)))
     return t
+
+
+def expires(e) -> str:  # e: Expiry | None
+    """`in 1h 5m (destroy)`, `expired 3m ago (destroy)`, `-`."""
+    if e is None:
+        return "-"
+    if e.left_s > 0:
+        return f"in {approx_duration(e.left_s)} ({e.action})"
+    return f"expired {approx_duration(-e.left_s)} ago ({e.action})"

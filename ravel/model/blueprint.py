@@ -133,6 +133,14 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Lifetime:
+    """How long an app lives, and what happens then (docs/ci.md, "Lifetimes")."""
+
+    ttl_s: int
+    action: Literal["destroy", "stop"] = "destroy"
+
+
+@dataclass(frozen=True)
 class Blueprint:
     name: str
     vms: tuple[VM, ...]
@@ -141,6 +149,7 @@ class Blueprint:
     description: str = ""
     routing_deny: tuple[tuple[str, str], ...] = ()  # network pairs (sorted) that are not routed
     firewall: tuple[FirewallRule, ...] = ()
+    lifetime: Lifetime | None = None
     source: str = "<blueprint>"
     # dotted key path (e.g. "vms.web.disks[0].image") -> (line, column), for located errors
     # raised after loading (missing files, host-type fit)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import yaml
 
 from .blueprint import VM, Blueprint, CloudInit, Disk, Ready
+from .durations import format_duration
 
 
 def disk_dict(d: Disk) -> dict[str, Any]:
@@ -147,6 +148,8 @@ def blueprint_dict(bp: Blueprint, name: str | None = None, disks: Mapping[str, l
     rules = getattr(bp, "firewall", ())
     if rules:
         out["firewall"] = {"allow": [_rule(r) for r in rules]}
+    if bp.lifetime is not None:
+        out["lifetime"] = {"ttl": format_duration(bp.lifetime.ttl_s), "action": bp.lifetime.action}
     return out
 
 

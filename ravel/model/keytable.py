@@ -78,8 +78,10 @@ def _children(root: dict[str, Any], prop: dict[str, Any], key: str) -> list[tupl
 def _type(root: dict[str, Any], prop: dict[str, Any]) -> str:
     if "anyOf" in prop:
         branches = [b for b in prop["anyOf"] if b.get("type") != "null"]
-        if prop.get("examples") or any(b.get("pattern") == SIZE_PATTERN for b in branches):
+        if any(b.get("pattern") == SIZE_PATTERN for b in branches):
             return "size"
+        if prop.get("examples"):  # a duration, or another value best shown by its examples
+            return " or ".join(f"`{e}`" for e in prop["examples"][:3])
         return " or ".join(_type(root, b) for b in branches)
     node = _deref(root, prop)
     if "enum" in node:

@@ -20,8 +20,8 @@ from . import spec as spec_models
 from . import yamlpos
 import json
 
-from .blueprint import (VM, Blueprint, Boot, CloudInit, Disk, FirewallRule, Network, Nic, Placement, Ready,
-                        Service)
+from .blueprint import (VM, Blueprint, Boot, CloudInit, Disk, FirewallRule, Lifetime, Network, Nic, Placement,
+                        Ready, Service)
 from .spec import (
     NAME_MAX,
     NAME_RE,
@@ -34,6 +34,7 @@ from .spec import (
     DiskSpec,
     FirewallRuleSpec,
     FirewallSpec,
+    LifetimeSpec,
     NetworkSpec,
     NicSpec,
     ReadyTcp,
@@ -59,6 +60,7 @@ _MODEL_AT = {
     "routing": RoutingSpec,
     "firewall": FirewallSpec,
     "allow": FirewallRuleSpec,
+    "lifetime": LifetimeSpec,
 }
 _MAX_ANTI_AFFINITY_SEARCH = 200_000
 
@@ -486,6 +488,7 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
     deny = _routing(ctx, top.get("routing"), networks, broken_networks)
     _routed_subnets(ctx, networks, deny)
     firewall = _firewall(ctx, top.get("firewall"), networks, deny, broken_networks)
+    lifetime = _lifetime(ctx, top.get("lifetime"))
 
     if ctx.problems or not isinstance(name, str):
         return None
@@ -499,7 +502,16 @@ def _resolve(ctx: _Ctx, raw: PosDict, base_dir: str | None) -> Blueprint | None:
         positions=_Positions(raw),
         routing_deny=deny,
         firewall=firewall,
+        lifetime=lifetime,
     )
+
+
+def _lifetime(ctx: _Ctx, raw: Any) -> Lifetime | None:
+    if raw is None:
+        return None
+    checked = _validate(ctx, LifetimeSpec, raw, ("lifetime",))
+    spec = checked.spec
+    return Lifetime(spec.ttl, spec.action) if spec is not None and checked.ok(("ttl",)) else None
 
 
 def _networks(ctx: _Ctx, raw: Any) -> tuple[dict[str, Network], set[str]]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from .durations import parse_duration
 from .units import MAX_MIB, SIZE_PATTERN, parse_mib
 
 NAME_MAX, VM_NAME_MAX = 40, 32  # the app name; VM and network names (after `count` too)
@@ -239,6 +240,24 @@ class FirewallSpec(_Spec):
     )
 
 
+def _duration(value: Any) -> int:
+    return parse_duration(value)
+
+
+Duration = Annotated[int, BeforeValidator(_duration), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 1, "description": "seconds"},
+              {"type": "string", "pattern": r"^\s*(\d+|(\d+(\.\d+)?[smhdSMHD])+)\s*$"}],
+    "examples": ["20s", "90m", "2h", "1d", "1h30m"]})]
+
+
+class LifetimeSpec(_Spec):
+    ttl: Duration = Field(description="how long the app lives after its first publish (20s, 90m, 2h, 1d); "
+                          "`ravel publish --ttl` overrides it, `ravel extend` pushes it back")
+    action: Literal["destroy", "stop"] = Field(
+        "destroy", description="what happens at expiry, with no ravel process needed: destroy the app "
+        "(cloud hosts terminate themselves) or stop it (disks kept)")
+
+
 class BlueprintSpec(_Spec):
     model_config = ConfigDict(
         extra="forbid",
@@ -267,6 +286,8 @@ class BlueprintSpec(_Spec):
                                  "(docs/networking.md)")
     firewall: FirewallSpec = Field(default_factory=FirewallSpec, description="traffic allowed between "
                                    "routed networks (docs/networking.md)")
+    lifetime: LifetimeSpec | None = Field(None, description="an expiry the app enforces on itself: "
+                                          "`{ttl: 2h, action: destroy|stop}`")
 
 
 def json_schema() -> dict[str, Any]:

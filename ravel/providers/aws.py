@@ -81,6 +81,9 @@ class _AppInfra:
 class AwsProvider:
     name = "aws"
     transports = ("ssh",)  # cloud hosts are reached over SSH with their pinned host key
+    # a timer on each host powers it off at the expiry; InstanceInitiatedShutdownBehavior makes
+    # that a terminate (or a stop): render/cloud_init.py
+    lifetime = "host-timer"
 
     def __init__(self, paths: Paths, session: Any = None) -> None:
         self.paths = paths
@@ -438,7 +441,7 @@ class AwsProvider:
             # recorded by the pipeline before this call: a resumed publish sends the same token
             "ClientToken": (spec.token or uuid.uuid4().hex)[:64],
             "SubnetId": subnet, "SecurityGroupIds": [infra.group], "KeyName": infra.key_name,
-            "UserData": user_data(boot_data(self.paths, spec.app, spec.name, MTU)),
+            "UserData": user_data(boot_data(self.paths, spec.app, spec.name, MTU, spec.expires)),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "BlockDeviceMappings": [{"DeviceName": self._root_device(image), "Ebs": {
                 "VolumeSize": ROOT_GIB, "VolumeType": "gp3", "DeleteOnTermination": True}}],
@@ -447,6 +450,10 @@ class AwsProvider:
         }
         if self._nested(spec.type):
             params["CpuOptions"] = {"NestedVirtualization": "enabled"}
+        if spec.expires is not None:
+            # the host's own timer powers it off at the expiry (no ravel process needed): EC2
+            # then terminates it, or stops it for `action: stop`
+            params["InstanceInitiatedShutdownBehavior"] = "stop" if spec.expiry_action == "stop" else "terminate"
         with _aws(f"starting {spec.name} ({spec.type})", host=spec.name):
             instance = self.ec2.run_instances(**params)["Instances"][0]
             if instance["State"]["Name"] in ("shutting-down", "terminated"):

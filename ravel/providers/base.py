@@ -25,6 +25,10 @@ class HostSpec:
     deadline: float | None = None  # time.monotonic() by which the host must exist (--timeout)
     # how ravel reaches the host: one of the provider's `transports`; "" = its first (default)
     transport: str = ""
+    # the app's expiry (epoch seconds) and what happens then (destroy | stop), for providers whose
+    # hosts enforce it themselves (`Provider.lifetime`); None: the app lives until destroyed
+    expires: float | None = None
+    expiry_action: str = "destroy"
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,10 @@ class Provider(Protocol):
     # empty, and `transport()` of a host made with `HostSpec.transport` = one of them is that kind
     # ("netns": NamespaceTransport, "ssh": SSHTransport)
     transports: tuple[str, ...]
+    # who enforces an app's expiry (run/lifetime.py): "reaper" (a detached process on this
+    # machine), "host-timer" (each host powers itself off; the cloud then terminates or stops
+    # it), "run-duration" (the cloud's own maximum run time, fixed when a host is made)
+    lifetime: str
 
     def preflight(self) -> None:
         """Raise EnvironmentProblem when this machine or account cannot run hosts at all."""

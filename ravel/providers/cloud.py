@@ -80,13 +80,15 @@ def _host_key(kdir: Path, app: str, host: str) -> keys.KeyPair:
         return keys.host_key(kdir, app, host)
 
 
-def boot_data(paths: Paths, app: str, host: str, mtu: int) -> BootData:
-    """The host key (made once and kept, so the host can be re-verified) and ravel's user key."""
+def boot_data(paths: Paths, app: str, host: str, mtu: int, expires: float | None = None) -> BootData:
+    """The host key (made once and kept, so the host can be re-verified), ravel's user key and
+    the app's expiry, if it has one."""
     kdir = keys_dir(paths)
     pair = _host_key(kdir, app, host)
     _, user_public = _user_key(kdir)
     return BootData(app=app, host=host, host_key_private=pair.private_openssh,
-                    host_key_public=pair.public_line, user_key_public=user_public, mtu=mtu)
+                    host_key_public=pair.public_line, user_key_public=user_public, mtu=mtu,
+                    expires=int(expires) if expires is not None else None)
 
 
 def user_public_key(paths: Paths) -> str:

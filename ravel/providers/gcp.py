@@ -57,6 +57,7 @@ LABEL_APP, LABEL_HOST, LABEL_STATE = "ravel-app", "ravel-host", "ravel-state"
 SCOPES = ["https://www.googleapis.com/auth/compute"]
 RETRIES = 4  # a lost answer (5xx, reset connection) is asked again with the same request_id
 ENDPOINT_ENV = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"
+MIN_RUN_S = 30  # the shortest scheduling.maxRunDuration Compute Engine accepts
 _UNKNOWN = object()  # a firewall rule not looked up yet
 
 # urllib3 logs connection retries itself; without a handler Python would print them on the
@@ -67,6 +68,8 @@ logging.getLogger("urllib3").addHandler(logging.NullHandler())
 class GcpProvider:
     name = "gcp"
     transports = ("ssh",)  # cloud hosts are reached over SSH with their pinned host key
+    # Compute Engine's own scheduling.maxRunDuration, set when an instance is made
+    lifetime = "run-duration"
 
     def __init__(self, paths: Paths, credentials: Any = None, project: str | None = None,
                  zone: str | None = None, api_endpoint: str | None = None, poll_interval: float = 1.0) -> None:
@@ -396,6 +399,13 @@ class GcpProvider:
             ]),
             description=f"ravel app {spec.app}, {spec.name}",
         )
+        if spec.expires is not None:
+            # Compute Engine ends the instance itself at the app's expiry: deleted (or stopped,
+            # for `action: stop`); 30 s is the shortest run time it takes
+            left = max(MIN_RUN_S, int(spec.expires - time.time()))
+            body.scheduling = compute_v1.Scheduling(
+                max_run_duration=compute_v1.Duration(seconds=left),
+                instance_termination_action="STOP" if spec.expiry_action == "stop" else "DELETE")
         if spec.type in self.nested_types:
             body.advanced_machine_features = compute_v1.AdvancedMachineFeatures(enable_nested_virtualization=True)
         instances = self._client("InstancesClient")

@@ -72,6 +72,7 @@ def namespace_for(app: str, host: str) -> str:
 class LocalProvider:
     name = "local"
     transports = ("netns", "ssh")
+    lifetime = "reaper"  # a detached process on this machine (run/reaper.py)
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths

@@ -1,7 +1,8 @@
 """Boot data for cloud hosts: cloud-init user-data (AWS) and the equivalent GCE startup-script
 (Debian's GCE images run startup-scripts and ignore user-data). Pure: strings in, text out.
 
-Both do the same four things, so a host is the same whichever cloud made it:
+Both do the same four things, so a host is the same whichever cloud made it (and the AWS one a
+fifth: with an app lifetime, a timer that powers the host off at the expiry, see `expiry_files`):
 install QEMU, iproute2 and python3; install ravel's SSH host key (so ravel's first connection is
 already verified: the key is pinned, never learned) and ravel's user key for root; raise the
 underlay MTU (VXLAN costs 50 bytes; AWS and GCP VPCs both carry jumbo frames); and say ready by
@@ -24,6 +25,11 @@ READY_LINE = "RAVEL-HOST-READY"
 # on first boot, so sshd is pointed at ravel's key alone through a drop-in.
 GCE_HOST_KEY = "/etc/ssh/ravel_host_ed25519_key"
 APT_ATTEMPTS = 5  # apt mirrors can be briefly unreachable while a fresh instance boots
+# the app's expiry, epoch seconds, read by the host's own timer (ravel extend writes it again)
+EXPIRY_FILE = "/var/lib/ravel/expires"
+EXPIRY_SCRIPT = "/usr/local/sbin/ravel-expiry"
+EXPIRY_UNIT = "ravel-expiry"
+EXPIRY_CHECK_S = 30  # how often the timer looks: a host outlives its expiry by at most this
 
 
 class _Dumper(yaml.SafeDumper):
@@ -47,6 +53,7 @@ class BootData:
     user_key_public: str  # ravel's login key, authorised for root
     mtu: int  # underlay MTU to set on the primary interface (jumbo frames)
     packages: tuple[str, ...] = PACKAGES
+    expires: int | None = None  # the app's expiry (epoch seconds): the host powers off then
 
 
 def ready_script(boot: BootData) -> str:
@@ -83,6 +90,32 @@ echo "{READY_LINE} {boot.host} $status" > /dev/console 2>/dev/null || true
 """
 
 
+def expiry_files(boot: BootData) -> list[dict[str, str]]:
+    """The expiry (epoch seconds) and the check the host's timer runs (`expiry_timer`): power
+    off once the clock has passed it. With EC2's InstanceInitiatedShutdownBehavior=terminate that
+    ends the instance with no ravel process anywhere; an unreadable file powers nothing off."""
+    script = f"""#!/bin/sh
+# ravel: power this host ({boot.app}/{boot.host}) off once its app's expiry has passed
+exp=$(cat {EXPIRY_FILE} 2>/dev/null) || exit 0
+case "$exp" in ''|*[!0-9]*) exit 0;; esac
+[ "$(date +%s)" -ge "$exp" ] || exit 0
+echo "ravel: app {boot.app} expired at $exp: powering off" > /dev/console 2>/dev/null || true
+exec systemctl poweroff
+"""
+    return [
+        {"path": EXPIRY_FILE, "owner": "root:root", "permissions": "0644", "content": f"{int(boot.expires or 0)}\n"},
+        {"path": EXPIRY_SCRIPT, "owner": "root:root", "permissions": "0755", "content": script},
+    ]
+
+
+def expiry_timer() -> list[str]:
+    """A transient systemd timer running EXPIRY_SCRIPT every EXPIRY_CHECK_S, made by `bootcmd`:
+    on every boot, before packages are installed (a host stuck in its bootstrap still ends), and
+    again after a stop and start. Its first run comes after write_files has written the script."""
+    return ["systemd-run", f"--unit={EXPIRY_UNIT}", f"--on-boot={EXPIRY_CHECK_S}s",
+            f"--on-unit-active={EXPIRY_CHECK_S}s", "--timer-property=AccuracySec=5s", EXPIRY_SCRIPT]
+
+
 def user_data(boot: BootData) -> str:
     """cloud-init #cloud-config for the host (AWS user-data)."""
     config = {
@@ -100,6 +133,9 @@ def user_data(boot: BootData) -> str:
         "runcmd": [[READY_SCRIPT]],
         "final_message": f"{READY_LINE} {boot.host} cloud-init finished after $UPTIME s",
     }
+    if boot.expires is not None:
+        config["bootcmd"] = [expiry_timer()]
+        config["write_files"] = expiry_files(boot) + config["write_files"]
     return "#cloud-config\n" + yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                                          width=4096)
 

@@ -1,6 +1,8 @@
 """`ravel gc`: what a cloud provider holds for apps this state no longer knows (a lost
 RAVEL_HOME, a publish killed before its state was written, resources made by hand with ravel's
-tags), listed and removed."""
+tags), listed and removed; and apps whose hosts ended themselves at the app's expiry
+(run/lifetime.py): what they left (security groups, key pairs, firewall rules, and any instance
+still shutting down) is removed the same way, and the app is forgotten."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from ..errors import ProviderError
 from ..paths import Paths
 from ..providers import get_provider
 from ..providers.base import GarbageCollector
-from .sessions import open_state
+from .lifetime import expired_destroyed
+from .sessions import Context, open_state
+from .teardown import forget_app
 
 
 def _collector(paths: Paths, provider_name: str) -> GarbageCollector:
@@ -20,19 +24,31 @@ def _collector(paths: Paths, provider_name: str) -> GarbageCollector:
     return provider
 
 
-def _known(paths: Paths, provider_name: str) -> set[str]:
+def _known(paths: Paths, provider_name: str) -> tuple[set[str], set[str]]:
+    """The apps the state knows that are alive, and those that expired (hosts gone themselves)."""
     state = open_state(paths)
     try:
-        return {a.name for a in state.apps() if a.provider == provider_name}
+        expired = expired_destroyed(state, provider_name)
+        return {a.name for a in state.apps() if a.provider == provider_name} - expired, expired
     finally:
         state.close()
 
 
 def garbage(paths: Paths, provider_name: str, any_state: bool = False) -> list[str]:
     collector = _collector(paths, provider_name)
-    return collector.garbage(_known(paths, provider_name), any_state)
+    known, expired = _known(paths, provider_name)
+    return collector.garbage(known, any_state) + [f"app {a} (expired): forgotten by this state" for a in sorted(expired)]
 
 
 def collect(paths: Paths, provider_name: str, any_state: bool = False) -> list[str]:
     collector = _collector(paths, provider_name)
-    return collector.collect(_known(paths, provider_name), any_state)
+    known, expired = _known(paths, provider_name)
+    removed = collector.collect(known, any_state)
+    ctx = Context(paths)
+    try:
+        for app in sorted(expired):
+            forget_app(ctx, app)
+            removed.append(f"app {app} (expired): forgotten by this state")
+    finally:
+        ctx.close()
+    return removed

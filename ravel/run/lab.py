@@ -13,7 +13,8 @@ from ..paths import Paths
 from ..providers import get_provider
 from ..snapshot.take import SnapshotResult, open_target, take_snapshot
 from ..state import State
-from . import observe, publish as pipeline, teardown, vm_access
+from . import lifetime, observe, publish as pipeline, teardown, vm_access
+from .lifetime import Expiry, LifetimeRequest
 from .observe import VmStatus
 from .provision import ProvisionOptions
 from .publish import PublishResult
@@ -37,16 +38,18 @@ class Lab:
 
     def publish(self, blueprint_path: str, name: str | None = None, provider_name: str = "local",
                 wait: bool = False, timeout: float = 300.0, host_image: str | None = None,
-                ssh_from: str | None = None, transport: str | None = None) -> PublishResult:
+                ssh_from: str | None = None, transport: str | None = None,
+                lifetime: LifetimeRequest = LifetimeRequest()) -> PublishResult:
         return pipeline.publish(self.ctx, blueprint_path, name, provider_name, wait, timeout,
-                                ProvisionOptions(host_image, ssh_from, transport))
+                                ProvisionOptions(host_image, ssh_from, transport), lifetime_request=lifetime)
 
     def publish_snapshot(self, snapshot: str, name: str | None = None, provider_name: str = "local",
                          store_url: str | None = None, wait: bool = False,
                          timeout: float = 300.0, transport: str | None = None,
-                         host_image: str | None = None, ssh_from: str | None = None) -> PublishResult:
+                         host_image: str | None = None, ssh_from: str | None = None,
+                         lifetime: LifetimeRequest = LifetimeRequest()) -> PublishResult:
         return pipeline.publish_snapshot(self.ctx, snapshot, name, provider_name, store_url, wait, timeout,
-                                         ProvisionOptions(host_image, ssh_from, transport))
+                                         ProvisionOptions(host_image, ssh_from, transport), lifetime_request=lifetime)
 
     def set_running(self, app: str, vms: list[str] | None, running: bool) -> int:
         return pipeline.set_running(self.ctx, app, vms, running)
@@ -63,6 +66,22 @@ class Lab:
     def console_output(self, app: str, vm: str, follow: bool = False,
                        poll_s: float = 0.5, max_s: float | None = None) -> Iterator[bytes]:
         return vm_access.console_output(self.ctx, app, vm, follow, poll_s, max_s)
+
+    def extend(self, app: str, ttl_s: int) -> Expiry:
+        """The app now expires `ttl_s` from now (run/lifetime.py)."""
+        rec = self.state.require_app(app)
+        provider = get_provider(rec.provider, self.paths)
+        hosts = [(h.host, lambda host: self.ctx.hosts.transport(provider, host))
+                 for h in applied_hosts(self.state, app)]
+        with self.state.lock(app, "extend"):
+            lifetime.extend(self.ctx, app, provider, ttl_s, hosts)
+        found = self.expiry(app)
+        assert found is not None
+        return found
+
+    def expiry(self, app: str) -> Expiry | None:
+        rec = self.state.require_app(app)
+        return lifetime.expiry(self.state, app, rec.provider, get_provider(rec.provider, self.paths).lifetime)
 
     def destroy(self, app: str, provider_name: str | None = None) -> int:
         return teardown.destroy(self.ctx, app, provider_name)

@@ -21,6 +21,7 @@ from ..errors import HostKeyMismatch, ProviderError, RavelError, TransportError
 from ..plan.plan import Plan
 from ..providers.base import Host, HostSpec, Provider
 from .accel import choose_accel, probe_is_current
+from .lifetime import push_expiry
 from ..events import Event
 
 from .sessions import Context
@@ -185,6 +186,7 @@ def provision(ctx: Context, app: str, plan: Plan, provider: Provider, deadline: 
     ids = ctx.state.host_ids(app, planned)
     types = {h.name: h for h in plan.placement.hosts}
     extras = {r.name: dict(r.extra) for r in ctx.state.hosts(app)}
+    lifetime = ctx.state.lifetime(app)  # hosts that enforce it themselves get it at birth
     specs = []
     for name in planned:
         made = HostRequest.recorded(extras[name])
@@ -197,7 +199,9 @@ def provision(ctx: Context, app: str, plan: Plan, provider: Provider, deadline: 
             ctx.state.update_host(app, name, extra=extras[name])
         specs.append(HostSpec(app, name, ids[name], types[name].type.name, image=req.image,
                               ssh_from=req.ssh_from, token=req.token, deadline=deadline,
-                              transport=req.transport or ""))
+                              transport=req.transport or "",
+                              expires=lifetime.expires if lifetime else None,
+                              expiry_action=lifetime.action if lifetime else "destroy"))
 
     def made_one(spec: HostSpec, h: Host) -> None:
         extras[spec.name]["host"] = h.extra
@@ -219,6 +223,8 @@ def provision(ctx: Context, app: str, plan: Plan, provider: Provider, deadline: 
         probed = not probe_is_current(extras[h.name].get("facts"), h.ref)
         if probed:  # once per host: a re-publish asks nothing
             extras[h.name]["facts"] = {**rt.facts(), "ref": h.ref}
+        if lifetime is not None and provider.lifetime == "host-timer":
+            push_expiry(rt.t, lifetime.expires)  # as recorded now: `ravel extend` may have moved it
         choice = choose_accel(types[h.name].accel, extras[h.name]["facts"])
         if probed and choice.note:
             ctx.emit(Event("hosts", f"{h.name}: {choice.note}", host=h.name))

@@ -30,11 +30,12 @@ from ..render.host_state import HostSite, desired_states, ready_check
 from ..snapshot import memory
 from ..snapshot.memory import Resume
 from ..snapshot.restore import restore_snapshot, restored_blueprint
-from . import exposure, moves, teardown
+from . import exposure, lifetime, moves, teardown
 from .blueprints import read_blueprint
 from .fanout import parallel
 from .observe import VmStatus, await_ready, status
 from .preflight import check_files
+from .lifetime import LifetimeRequest
 from .provision import ProvisionOptions, provision, recorded_transport
 from .sessions import Context
 from .seeds import Seed, ensure_seeds, forget_seed
@@ -62,10 +63,12 @@ def checked_plan(bp: Blueprint, catalogue: Catalogue) -> Plan:
 
 def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider_name: str = "local",
             wait: bool = False, timeout: float = 300.0, options: ProvisionOptions = ProvisionOptions(),
-            resume: Mapping[str, Resume] | None = None) -> PublishResult:
+            resume: Mapping[str, Resume] | None = None,
+            lifetime_request: LifetimeRequest = LifetimeRequest()) -> PublishResult:
     """`timeout` bounds the whole publish, waiting for hosts to answer included;
     `options.transport` is how hosts are reached (provider's default, or what the app already
-    uses); `resume` (VM -> saved memory state) is recorded when this publish creates the app."""
+    uses); `resume` (VM -> saved memory state) is recorded when this publish creates the app;
+    `lifetime_request` (--ttl, --budget) sets the app's expiry (run/lifetime.py)."""
     started = time.monotonic()
     bp = read_blueprint(blueprint_path)
     app = name or bp.name
@@ -84,6 +87,8 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
         if resume and existing is None:  # a re-run keeps the VMs that have not started yet
             memory.record(ctx.paths, app, resume)
         ctx.state.put_app(app, provider_name, "publishing", os.path.abspath(blueprint_path), text, plan.to_dict())
+        # before any host is made: a publish that fails or is killed half-way still expires
+        lifetime.settle(ctx, app, provider, plan, bp.lifetime, lifetime_request)
         result = converge(ctx, app, bp, plan, provider, running=None, deadline=started + timeout, options=options)
         ctx.state.set_app_status(app, "running")
     seen = None
@@ -222,7 +227,8 @@ def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running
 
 def publish_snapshot(ctx: Context, snapshot: str, name: str | None = None, provider_name: str = "local",
                      store_url: str | None = None, wait: bool = False, timeout: float = 300.0,
-                     options: ProvisionOptions = ProvisionOptions()) -> PublishResult:
+                     options: ProvisionOptions = ProvisionOptions(),
+                     lifetime_request: LifetimeRequest = LifetimeRequest()) -> PublishResult:
     """Publish a snapshot as an app (by default named after it). Every layer is fetched and
     its sha256 checked before anything is created: a missing or corrupted layer is a
     StoreError and nothing starts."""
@@ -246,7 +252,8 @@ def publish_snapshot(ctx: Context, snapshot: str, name: str | None = None, provi
     got = restore_snapshot(ctx.paths, snapshot, store_url, emit=ctx.emit, check=fits)
     resume = {vm: Resume(str(state), got.machines.get(vm, ())) for vm, state in got.memory.items()}
     return publish(ctx, str(got.blueprint), name=app, provider_name=provider_name, wait=wait,
-                   timeout=timeout - (time.monotonic() - started), options=options, resume=resume)
+                   timeout=timeout - (time.monotonic() - started), options=options, resume=resume,
+                   lifetime_request=lifetime_request)
 
 
 def portable(bp: Blueprint, catalogue: Catalogue, emit: Emit = quiet) -> Blueprint:

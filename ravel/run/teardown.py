@@ -8,7 +8,7 @@ from ..errors import RavelError, StateError
 from ..providers import get_provider
 from ..providers.base import Provider
 from ..state import HostRecord
-from . import exposure
+from . import exposure, lifetime
 from ..events import Event
 from .fanout import parallel
 
@@ -40,6 +40,31 @@ def destroy_host(ctx: Context, app: str, provider: Provider, rec: HostRecord) ->
     provider.delete_host(app, rec.name, rec.host_id)
 
 
+def _forget_access_files(ctx: Context, app: str) -> None:
+    """The app's pinned guest keys, ssh-config and inventory (access/, ravel run) go with it."""
+    for folder in ("known_guests", "ssh_config", "inventory"):
+        try:
+            (ctx.paths.state / folder / app).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def forget_app(ctx: Context, app: str) -> None:
+    """Drop what this machine keeps of an app whose hosts are gone without ravel (a cloud app
+    whose hosts ended themselves at its expiry): its files, keys and state records."""
+    with ctx.state.lock(app, "forget"):
+        shutil.rmtree(ctx.paths.app_run(app), ignore_errors=True)
+        shutil.rmtree(ctx.paths.app_data(app), ignore_errors=True)
+        shutil.rmtree(keys.directory(ctx.paths.state) / "hostkeys" / app, ignore_errors=True)
+        shutil.rmtree(keys.directory(ctx.paths.state) / "guestkeys" / app, ignore_errors=True)
+        _forget_access_files(ctx, app)
+        ctx.state.delete_app(app)
+    try:
+        (ctx.state.dir / "locks" / f"{app}.lock").unlink()
+    except FileNotFoundError:
+        pass
+
+
 def destroy(ctx: Context, app: str, provider_name: str | None = None) -> int:
     rec = ctx.state.app(app)
     provider = get_provider(rec.provider if rec else (provider_name or "local"), ctx.paths)
@@ -58,12 +83,14 @@ def destroy(ctx: Context, app: str, provider_name: str | None = None) -> int:
                 provider.delete_host(app, name, 0)
             ctx.emit(Event("destroy", f"{name} removed", host=name, done=True))
 
+        lifetime.stop_reaper(ctx.state, app)  # its work is done here (unless it is the one doing it)
         exposure.unexpose(ctx.state, app, provider)  # before the hosts their relays lead into
         parallel(remove, list(hosts) + leftovers)
         shutil.rmtree(ctx.paths.app_run(app), ignore_errors=True)
         shutil.rmtree(ctx.paths.app_data(app), ignore_errors=True)
         shutil.rmtree(keys.directory(ctx.paths.state) / "hostkeys" / app, ignore_errors=True)
         shutil.rmtree(keys.directory(ctx.paths.state) / "guestkeys" / app, ignore_errors=True)
+        _forget_access_files(ctx, app)
         ctx.state.delete_app(app)
         provider.cleanup()
     try:

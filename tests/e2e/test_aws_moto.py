@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import yaml
 from tests.contract.servers import moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -406,6 +407,66 @@ def test_without_a_default_vpc_ravel_makes_one_and_removes_it(cloud):
     assert [v for v in inv["vpcs"] if v["tags"].get("ravel:state") == cloud.tag] == []
     assert [g for g in inv["gateways"] if g["tags"].get("ravel:state") == cloud.tag] == []
     assert ours(inv) == {"instances": [], "groups": [], "keys": [], "volumes": []}
+
+
+# -- lifetimes: the hosts end themselves, `ravel gc` removes what they leave ---------------------------
+
+def test_a_lifetime_is_sent_to_every_host_and_gc_collects_what_expired_hosts_leave(cloud):
+    mark = len(cloud.calls())
+    before = time.time()
+    publish(cloud, "--ttl", "2h", app="mortal")
+    after = time.time()
+    runs = [c["params"] for c in cloud.calls()[mark:] if c["action"] == "RunInstances"]
+    assert len(runs) == 3
+    for params in runs:
+        # powering off (the host's own timer) terminates the instance: no ravel process needed
+        assert params["InstanceInitiatedShutdownBehavior"] == "terminate"
+        doc = yaml.safe_load(base64.b64decode(unquote(params["UserData"])).decode())
+        files = {f["path"]: f["content"] for f in doc["write_files"]}
+        assert before + 7200 - 1 <= int(files["/var/lib/ravel/expires"]) <= after + 7200
+        assert doc["bootcmd"][0][:2] == ["systemd-run", "--unit=ravel-expiry"]
+        assert doc["bootcmd"][0][-1] == "/usr/local/sbin/ravel-expiry" and doc["bootcmd"][0][-1] in files
+    p = cloud.ravel("list")
+    assert re.search(r"mortal .* in (1h 59m|2h) \(destroy\)", p.stdout), p.stdout
+
+    # at the expiry the hosts power themselves off and EC2 terminates them; the state still
+    # knows the app, and the group and key pair are left
+    cloud.tool("self-terminate", "mortal")
+    db = sqlite3.connect(cloud.home / "state" / "state.db")
+    db.execute("UPDATE lifetimes SET expires=? WHERE app='mortal'", (time.time() - 120,))
+    db.commit()
+    db.close()
+    left = ours(cloud.tool("inventory"), "mortal")
+    assert left["instances"] == [] and len(left["groups"]) == 1 and len(left["keys"]) == 1
+    p = cloud.ravel("list")
+    assert re.search(r"mortal .* expired 2m( \d+s)? ago \(destroy\)", p.stdout), p.stdout
+    assert "hint: `ravel gc --provider aws` removes what the hosts left behind" in p.stderr
+
+    p = cloud.ravel("gc", "-p", "aws", "-y")
+    assert p.returncode == 0, p.stderr
+    assert "removed app mortal (expired): forgotten by this state" in p.stdout
+    assert "removed security group" in p.stdout and f"removed key pair ravel-{cloud.tag}-mortal" in p.stdout
+    assert ours(cloud.tool("inventory"), "mortal") == {"instances": [], "groups": [], "keys": [], "volumes": []}
+    assert cloud.state("SELECT name FROM apps WHERE name='mortal'") == []
+    assert cloud.state("SELECT app FROM lifetimes") == []
+    assert not (cloud.home / "state" / "keys" / "hostkeys" / "mortal").exists()
+
+
+def test_budget_caps_the_lifetime_from_the_plan(cloud):
+    p = cloud.ravel("plan", str(cloud.blueprint), "-p", "aws", "--budget", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(p.stdout)
+    assert plan["budget"] == {"amount": 1.0, "lifetime_s": int(3600 / plan["cost_per_hour"])}
+    mark = len(cloud.calls())
+    before = time.time()
+    publish(cloud, "--ttl", "1d", "--budget", "1", app="budgeted")  # the budget is the smaller
+    runs = [c["params"] for c in cloud.calls()[mark:] if c["action"] == "RunInstances"]
+    for params in runs:
+        files = {f["path"]: f["content"] for f in
+                 yaml.safe_load(base64.b64decode(unquote(params["UserData"])).decode())["write_files"]}
+        expires = int(files["/var/lib/ravel/expires"])
+        assert before + plan["budget"]["lifetime_s"] - 1 <= expires <= time.time() + plan["budget"]["lifetime_s"]
+    assert cloud.ravel("destroy", "budgeted", "-y").returncode == 0
 
 
 def test_nothing_left_behind(cloud):

@@ -77,6 +77,18 @@ def drop_default_vpc() -> dict:
     return {"deleted": gone}
 
 
+def self_terminate(app: str) -> dict:
+    """What EC2 does when an app's hosts power themselves off at its expiry with
+    InstanceInitiatedShutdownBehavior=terminate: the instances go, their group and key pair stay."""
+    client = ec2()
+    found = client.describe_instances(Filters=[{"Name": "tag:ravel:app", "Values": [app]},
+                                               {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    ids = [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
+    if ids:
+        client.terminate_instances(InstanceIds=ids)
+    return {"terminated": ids}
+
+
 def post(path: str, body: str) -> dict:
     url = os.environ["AWS_ENDPOINT_URL"].rstrip("/") + path
     # text/plain: a form-encoded body would be parsed away before moto reads it
@@ -93,6 +105,8 @@ def main(argv: list[str]) -> int:
         out = {"ami": ec2().describe_images(Owners=["amazon"])["Images"][0]["ImageId"]}
     elif cmd == "orphan":
         out = orphan(*args)
+    elif cmd == "self-terminate":
+        out = self_terminate(args[0])
     elif cmd == "drop-default-vpc":
         out = drop_default_vpc()
     elif cmd == "auth":
