@@ -117,6 +117,11 @@ class StateError(RavelError):
     exit_code = 7
 
 
+class StateDamaged(StateError):
+    """The state database cannot be read (damaged, emptied, or not a database): every command
+    says so, naming the file and the way out, instead of failing deep inside SQLite."""
+
+
 class StoreError(RavelError):
     """The image/snapshot store is missing a layer, or a layer does not match its hash."""
 

@@ -2,21 +2,28 @@
 
 One lock per app is an flock on a file, not a row: the kernel drops it when the holder dies,
 so a publish killed with SIGKILL never leaves the app locked.
+
+The database is opened on first use (commands that fail their checks first leave nothing
+behind), in WAL mode. Any SQLite failure that is not "busy" is damage: it is reported as
+StateDamaged naming the file, what `PRAGMA integrity_check` says, and the way out (`ravel
+doctor --repair-state`, `ravel destroy APP --force`), never as an internal error. Each app's
+rows can be exported as one JSON document and imported again: its backup (run/state_backup.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import StateError
+from .errors import StateDamaged, StateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -36,6 +43,31 @@ CREATE TABLE IF NOT EXISTS lifetimes (
   reaper_pid INTEGER, reaper_start TEXT, note TEXT);
 """
 FIRST_VNI = 1000
+DB_FILE = "state.db"
+BUSY_S = 30
+REPAIR_HINT = ("`ravel doctor --repair-state` rebuilds it from its backups and from the hosts; "
+               "`ravel destroy APP --force` removes an app from what its hosts show")
+EXPORT_VERSION = 1
+_TABLES = {  # the columns of each table, in order, as exported
+    "apps": ("name", "provider", "blueprint_path", "blueprint_text", "plan_json", "status", "created", "updated"),
+    "hosts": ("app", "name", "host_id", "type", "ref", "address", "accel", "status", "extra"),
+    "networks": ("app", "name", "vni"),
+    "vms": ("app", "name", "host", "state", "detail"),
+    "lifetimes": ("app", "expires", "action", "source", "reaper_pid", "reaper_start", "note"),
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(fn: F) -> F:
+    """SQLite's own failures (and rows that no longer parse) become the state's errors."""
+    @functools.wraps(fn)
+    def wrapper(self: "State", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            raise self.failure(exc) from None
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -89,26 +121,81 @@ class VmRecord:
 class State:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
+        self.path = directory / DB_FILE
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         (directory / "locks").mkdir(exist_ok=True, mode=0o700)
-        self.db = sqlite3.connect(directory / "state.db", timeout=30, isolation_level=None,
-                                  check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(SCHEMA)
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self.failure(exc) from None
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_S * 1000}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise self.failure(exc) from None
+        return db
+
+    def failure(self, exc: BaseException) -> StateError:
+        """The error to report for a failure of SQLite on this state."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in text or "busy" in text:
+                return StateError(f"the state {self.path} stayed locked by another ravel process for {BUSY_S} s",
+                                  hint="wait for it to finish and run this again")
+            if "unable to open" in text or "readonly" in text or "read-only" in text:
+                return StateError(f"cannot open the state {self.path}: {text}",
+                                  hint="set RAVEL_HOME to a directory you can write")
+        return StateDamaged(f"the state database {self.path} is damaged: {self.diagnose() or text}",
+                            hint=REPAIR_HINT)
+
+    def diagnose(self) -> str:
+        """What SQLite's integrity check says is wrong, in one line; "" when nothing is."""
+        problems = self.integrity()
+        return problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+
+    def integrity(self, limit: int = 20) -> list[str]:
+        """`PRAGMA integrity_check` on a connection of its own: [] when the database is sound."""
+        if not self.path.exists():
+            return []
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_S)
+        except sqlite3.Error as exc:
+            return [str(exc)]
+        try:
+            rows = [str(r[0]) for r in db.execute(f"PRAGMA integrity_check({int(limit)})")]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        finally:
+            db.close()
+        return [] if rows == ["ok"] else rows
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self.db
+            yield db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        db.execute("COMMIT")
 
     # -- locks -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -129,6 +216,7 @@ class State:
             os.close(fd)
 
     # -- apps --------------------------------------------------------------------------------
+    @_guarded
     def app(self, name: str) -> AppRecord | None:
         row = self.db.execute("SELECT name, provider, blueprint_path, blueprint_text, plan_json, status, created, updated "
                               "FROM apps WHERE name=?", (name,)).fetchone()
@@ -136,6 +224,7 @@ class State:
             return None
         return AppRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None, *row[5:])
 
+    @_guarded
     def require_app(self, name: str) -> AppRecord:
         rec = self.app(name)
         if rec is None:
@@ -143,10 +232,12 @@ class State:
             raise StateError(f"no app named {name!r} (apps: {known})")
         return rec
 
+    @_guarded
     def apps(self) -> list[AppRecord]:
         names = [r[0] for r in self.db.execute("SELECT name FROM apps ORDER BY name")]
         return [a for a in (self.app(n) for n in names) if a is not None]
 
+    @_guarded
     def put_app(self, name: str, provider: str, status: str, blueprint_path: str | None = None,
                 blueprint_text: str | None = None, plan: dict[str, Any] | None = None) -> None:
         now = time.time()
@@ -160,9 +251,11 @@ class State:
                 (name, provider, blueprint_path, blueprint_text, json.dumps(plan) if plan else None, status, now, now),
             )
 
+    @_guarded
     def set_app_status(self, name: str, status: str) -> None:
         self.db.execute("UPDATE apps SET status=?, updated=? WHERE name=?", (status, time.time(), name))
 
+    @_guarded
     def delete_app(self, name: str) -> None:
         with self.tx() as db:
             for table in ("vms", "networks", "hosts", "lifetimes"):
@@ -170,11 +263,13 @@ class State:
             db.execute("DELETE FROM apps WHERE name=?", (name,))
 
     # -- lifetimes ---------------------------------------------------------------------------
+    @_guarded
     def lifetime(self, app: str) -> LifetimeRecord | None:
         row = self.db.execute("SELECT app, expires, action, source, reaper_pid, reaper_start, note "
                               "FROM lifetimes WHERE app=?", (app,)).fetchone()
         return LifetimeRecord(*row) if row else None
 
+    @_guarded
     def set_lifetime(self, app: str, expires: float, action: str, source: str) -> None:
         """Record (or move) the app's expiry; the reaper, if any, is kept and reads it again."""
         self.db.execute(
@@ -182,13 +277,16 @@ class State:
             "SET expires=excluded.expires, action=excluded.action, source=excluded.source, note=NULL",
             (app, expires, action, source))
 
+    @_guarded
     def set_reaper(self, app: str, pid: int | None, start: str | None) -> None:
         self.db.execute("UPDATE lifetimes SET reaper_pid=?, reaper_start=? WHERE app=?", (pid, start, app))
 
+    @_guarded
     def note_lifetime(self, app: str, note: str | None) -> None:
         self.db.execute("UPDATE lifetimes SET note=? WHERE app=?", (note, app))
 
     # -- allocations -------------------------------------------------------------------------
+    @_guarded
     def vnis(self, app: str, networks: list[str]) -> dict[str, int]:
         """A VNI per network, unique across every app this state knows, stable once given."""
         with self.tx() as db:
@@ -208,6 +306,7 @@ class State:
                 del out[stale]
         return out
 
+    @_guarded
     def host_ids(self, app: str, hosts: list[str]) -> dict[str, int]:
         """A small integer per host, unique across apps: it names devices and underlay addresses."""
         with self.tx() as db:
@@ -225,26 +324,38 @@ class State:
         return out
 
     # -- hosts -------------------------------------------------------------------------------
+    @_guarded
     def hosts(self, app: str) -> list[HostRecord]:
         rows = self.db.execute("SELECT app, name, host_id, type, ref, address, accel, status, extra FROM hosts "
                                "WHERE app=? ORDER BY host_id", (app,)).fetchall()
         return [HostRecord(*r[:8], json.loads(r[8])) for r in rows]
 
+    @_guarded
     def update_host(self, app: str, name: str, **fields: Any) -> None:
         if "extra" in fields:
             fields["extra"] = json.dumps(fields["extra"])
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE hosts SET {cols} WHERE app=? AND name=?", (*fields.values(), app, name))
 
+    @_guarded
+    def note_host(self, app: str, name: str, key: str, value: Any) -> None:
+        """Set one key of a host's extra in place (no read-modify-write that could undo what a
+        concurrent publish wrote): observations that commands without the app's lock record."""
+        self.db.execute("UPDATE hosts SET extra=json_set(extra, ?, json(?)) WHERE app=? AND name=?",
+                        (f"$.{key}", json.dumps(value), app, name))
+
+    @_guarded
     def delete_host(self, app: str, name: str) -> None:
         self.db.execute("DELETE FROM hosts WHERE app=? AND name=?", (app, name))
 
     # -- vms ---------------------------------------------------------------------------------
+    @_guarded
     def vms(self, app: str) -> list[VmRecord]:
         rows = self.db.execute("SELECT app, name, host, state, detail FROM vms WHERE app=? ORDER BY rowid",
                                (app,)).fetchall()
         return [VmRecord(*r[:4], json.loads(r[4])) for r in rows]
 
+    @_guarded
     def put_vm(self, app: str, name: str, host: str | None, state: str, detail: dict[str, Any]) -> None:
         self.db.execute(
             "INSERT INTO vms (app, name, host, state, detail) VALUES (?,?,?,?,?) ON CONFLICT(app, name) "
@@ -252,5 +363,53 @@ class State:
             (app, name, host, state, json.dumps(detail)),
         )
 
+    @_guarded
     def delete_vm(self, app: str, name: str) -> None:
         self.db.execute("DELETE FROM vms WHERE app=? AND name=?", (app, name))
+
+    # -- networks ----------------------------------------------------------------------------
+    @_guarded
+    def networks(self, app: str) -> dict[str, int]:
+        return dict(self.db.execute("SELECT name, vni FROM networks WHERE app=? ORDER BY vni", (app,)).fetchall())
+
+    # -- one app as a document (backups, repair) ---------------------------------------------
+    @_guarded
+    def export_app(self, name: str) -> dict[str, Any] | None:
+        """Every row of app `name` as one JSON-ready document; None when the app is unknown."""
+        doc: dict[str, Any] = {"version": EXPORT_VERSION}
+        for table, cols in _TABLES.items():
+            key = "name" if table == "apps" else "app"
+            rows = self.db.execute(f"SELECT {', '.join(cols)} FROM {table} WHERE {key}=? ORDER BY rowid",
+                                   (name,)).fetchall()
+            doc[table] = [dict(zip(cols, r)) for r in rows]
+        if not doc["apps"]:
+            return None
+        return doc
+
+    @_guarded
+    def import_app(self, doc: dict[str, Any]) -> str:
+        """Put back an app exported by `export_app`, replacing whatever this state holds for it
+        (host ids and VNIs as they were: they name devices and addresses that exist). Returns
+        the app's name; StateError when the document is not one, or its ids are taken."""
+        try:
+            if doc.get("version") != EXPORT_VERSION or len(doc["apps"]) != 1:
+                raise KeyError("version")
+            name = str(doc["apps"][0]["name"])
+            rows = {t: [tuple(r[c] for c in cols) for r in doc.get(t) or ()] for t, cols in _TABLES.items()}
+        except (KeyError, TypeError, AttributeError):
+            raise StateError("not an exported app (or one written by another version of ravel)") from None
+        with self.tx() as db:
+            for table in ("vms", "networks", "hosts", "lifetimes"):
+                db.execute(f"DELETE FROM {table} WHERE app=?", (name,))
+            db.execute("DELETE FROM apps WHERE name=?", (name,))
+            try:
+                for table, cols in _TABLES.items():
+                    for row in rows[table]:
+                        if row[cols.index("name") if table == "apps" else 0] != name:
+                            raise StateError(f"app {name!r}: a {table} row belongs to another app")
+                        db.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                                   row)
+            except sqlite3.IntegrityError as exc:
+                raise StateError(f"app {name!r} cannot be put back: {exc} (another app holds the same "
+                                 "host id or VNI)") from None
+        return name

@@ -13,6 +13,7 @@ from . import cmd_snapshot  # noqa: F401  (snapshots, store, import)
 from . import cmd_cloud  # noqa: F401  (gc)
 from . import cmd_access  # noqa: F401  (ssh, exec, cp, vnc, ssh-config, inventory)
 from . import cmd_ci  # noqa: F401  (run)
+from . import cmd_doctor  # noqa: F401  (doctor)
 from .common import app
 
 

@@ -17,7 +17,7 @@ from . import exits
 from ..run.lifetime import LifetimeRequest
 from .common import BUDGET_HELP, TTL_HELP, app, budget_option, err, out, provider_option, ttl_option
 from .common import lab as open_lab
-from .render import apps_table, vm_table
+from .render import apps_table, down_lines, vm_table
 
 _provider = provider_option
 
@@ -127,23 +127,27 @@ def status(
     for n, vms in data.items():
         out.print(vm_table(n, vms))
         _print_expiry(expiries[n])
+        for line in down_lines(n, vms):
+            out.print(line, markup=False)
 
 
 @app.command("list")
 @exits.handled
 def list_apps(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """The apps ravel knows about."""
+    """The apps ravel knows about, each with its status as a cheap liveness check finds it:
+    running, degraded (1 of 4 VMs down), stopped, destroying, broken (...)."""
     lab = open_lab(False)
     try:
-        rows = [(a, lab.state.hosts(a.name), lab.state.vms(a.name)) for a in lab.state.apps()]
-        expiries = {a.name: lab.expiry(a.name) for a, _, _ in rows}
+        rows = lab.health()
+        expiries = {h.app: lab.expiry(h.app) for h in rows if h.recorded}  # not the unknown ones
     finally:
         lab.close()
     if as_json:
-        sys.stdout.write(json.dumps([{"name": a.name, "provider": a.provider, "status": a.status,
-                                      "hosts": len(h), "vms": len(v),
-                                      "expiry": e.to_dict() if (e := expiries[a.name]) else None}
-                                     for a, h, v in rows], indent=2) + "\n")
+        sys.stdout.write(json.dumps([{"name": h.app, "provider": h.provider, "status": h.status,
+                                      "recorded": h.recorded, "hosts": h.hosts, "vms": len(h.vm_names),
+                                      "down": list(h.down), "seen_s": h.seen_s, "busy_pid": h.busy,
+                                      "expiry": e.to_dict() if (e := expiries.get(h.app)) else None}
+                                     for h in rows], indent=2) + "\n")
         return
     out.print(apps_table(rows, expiries))
     for hint in sorted({e.hint for e in expiries.values() if e and e.hint and e.left_s <= 0}):
@@ -236,14 +240,19 @@ def start(app_name: str = typer.Argument(..., metavar="APP"),
 def destroy(
     app_name: str = typer.Argument(..., metavar="APP"),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Also when the state is damaged or lost the app: remove what the hosts show for its name."),
+    provider: str = typer.Option("local", "--provider", "-p", callback=_provider,
+                                 help="With --force and no readable state: where the app's hosts are."),
 ) -> None:
     """Remove an app: its VMs, disks, networks and hosts. Asks first, on a terminal only."""
     if not yes and sys.stdin.isatty():
         if not typer.confirm(f"destroy {app_name} and delete its disks?", default=False):
             raise typer.Exit(1)
-    lab = open_lab()
+    lab = open_lab(check_lost=not force)
     try:
-        n = lab.destroy(app_name)
+        n = lab.destroy(app_name, provider_name=provider, force=force)
     finally:
         lab.close()
     out.print(f"{app_name}: destroyed ({n} host{'s' if n != 1 else ''} removed)")

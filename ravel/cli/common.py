@@ -59,9 +59,10 @@ TTL_HELP = ("Destroy the app this long after it is published (20s, 90m, 2h, 1d),
 BUDGET_HELP = "Spend at most this much: the plan's cost per hour turned into a lifetime (the smaller wins)."
 
 
-def lab(emit: bool = True) -> Lab:
-    """The library entry point for lab commands, with progress on stderr unless `emit` is off."""
-    return Lab(paths(), emit=progress.printer(err) if emit else quiet)
+def lab(emit: bool = True, check_lost: bool = True) -> Lab:
+    """The library entry point for lab commands, with progress on stderr unless `emit` is off;
+    `check_lost=False` only for the commands that work on a damaged state."""
+    return Lab(paths(), emit=progress.printer(err) if emit else quiet, check_lost=check_lost)
 
 
 def _version(value: bool) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.table import Table
 
 from ..model.durations import approx_duration
 from ..model.units import format_mib
 from ..plan.plan import Plan
+from ..run.health import ago
 
 
 def plan_table(plan: Plan) -> Table:
@@ -78,12 +81,29 @@ def readiness(v) -> str:  # v: VmStatus
     return v.ready
 
 
-def apps_table(rows, expiries=None) -> Table:  # rows: list[(AppRecord, hosts, vms)]; expiries: app -> Expiry
+def down_lines(app: str, vms) -> list[str]:  # vms: list[VmStatus]
+    """Under the table: how each VM that should run and does not ended, and its last console
+    lines."""
+    out = []
+    for v in vms:
+        if v.state not in ("crashed", "powered off"):
+            continue
+        when = f" ({ago(time.time() - v.ended_at)})" if v.ended_at else ""
+        out.append(f"{v.name} {v.state}: {v.reason}{when}" if v.reason else f"{v.name} {v.state}")
+        if v.tail:
+            out.append("  last console lines:")
+            out += [f"    {line}" for line in v.tail]
+        out.append(f"  `ravel start {app} {v.name}` (or publishing again) starts it again")
+    return out
+
+
+def apps_table(rows, expiries=None) -> Table:  # rows: list[AppHealth]; expiries: app -> Expiry
     t = Table()
     for col in ("app", "provider", "status", "hosts", "VMs", "expires"):
         t.add_column(col)
-    for a, hosts, vms in rows:
-        t.add_row(a.name, a.provider, a.status, str(len(hosts)), str(len(vms)), expires((expiries or {}).get(a.name)))
+    for h in rows:
+        t.add_row(h.app, h.provider, h.status, str(h.hosts), str(len(h.vm_names)),
+                  expires((expiries or {}).get(h.app)))
     return t
 
 

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import proc, ready, resume, services, snapshot
+from . import proc, ready, resume, services, snapshot, supervise
 from .desired import Desired
 from .facts import (
     OWNED_FILE, Facts, Owned, OwnedVM, argv_sha256, gather, owned_document,
@@ -24,6 +24,8 @@ from .reconcile import Action, problems, reconcile, teardown
 
 LOCK_TIMEOUT = 60.0
 DISK_TIMEOUT = 300.0
+SUPERVISOR_WAIT = 2.0
+TAIL_LINES = 5  # a crashed VM's last console lines, as status shows them
 # a failure in any of these aborts the rest of the plan; VM actions are independent
 VM_KINDS = ("vm.stop", "vm.remove", "disk.delete", "vm.start", "vm.cont")
 
@@ -160,7 +162,10 @@ def _execute(action: Action) -> str:
     if kind == "vm.stop":
         detail = "not running"
         if p.get("pid") and p.get("argv"):
+            waiter = supervise.supervisor_of(p["pid"])
             detail = proc.stop_qemu(p["pid"], p["argv"], p.get("qmp"), shutdown_s=float(p.get("shutdown_s") or 0))
+            if waiter:  # it writes the VM's exit record now: done before its files are removed
+                proc.wait_gone(waiter, SUPERVISOR_WAIT)
         pidfile = p.get("pidfile") or ""
         if not proc.is_ours(proc.read_pidfile(pidfile), p.get("argv") or ()):
             for path in (pidfile, p.get("qmp")):
@@ -336,6 +341,10 @@ def observe(desired: Desired) -> Dict[str, Any]:
                                  argv_sha256(vm.argv)) if f.running else None,
             "note": f.note,
         }
+        if vm and vm.running and not f.running:  # how it ended, and what its console said last
+            log = resume.console_log(vm.argv)
+            vms[name].update(ended=f.ended, reason=supervise.describe(f.ended) if f.record else "never started",
+                             tail=ready.last_lines(ready.this_boot(log), TAIL_LINES) if log else [])
     return {
         "app": desired.app, "host": desired.host,
         "converged": not pending and not found,

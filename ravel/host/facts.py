@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
-from . import kvm, proc
+from . import kvm, proc, supervise
 from .desired import Desired, ZERO_MAC
 from .services import RouterFacts, gather_router
 
@@ -84,6 +84,7 @@ class VMFact:
     argv: Tuple[str, ...] = ()  # the identity checked against /proc: record argv, else desired
     note: str = ""  # why a pidfile's pid does not count
     files: Tuple[str, ...] = ()  # this VM's files that exist (pidfile, qmp, record, owned disks)
+    ended: Optional[Dict[str, Any]] = None  # not running: how its last QEMU ended (supervise.py)
 
 
 @dataclass(frozen=True)
@@ -290,22 +291,28 @@ def gather_vms(desired: Desired, owned: Owned) -> Dict[str, VMFact]:
         # identity: the argv last started (record), else the desired argv
         argv = record.argv if record else (vm.argv if vm else ())
         pid = proc.read_pidfile(pidfile) if pidfile else None
-        running, note, starttime = False, "", None
+        running, note, starttime, dead = False, "", None, False
         if pid:
             st = proc.stat(pid)
             if st is None or st[0] in ("Z", "X"):
-                note = f"pidfile names pid {pid}, which is not running"
+                note, dead = f"pidfile names pid {pid}, which is not running", True
             elif not argv or not proc.argv_matches(proc.cmdline(pid), argv):
                 note = f"pidfile names pid {pid}, which is not this VM (pid reused?)"
             else:
                 running, starttime = True, st[1]
-        candidates = [pidfile, qmp, record_path(run_dir, name)]
+        exit_file = supervise.exit_path(pidfile) if pidfile else ""
+        ended = None if running or not exit_file else supervise.read_exit(exit_file)
+        if ended is not None and (pid is None or ended["pid"] == pid):
+            note = f"its QEMU (pid {ended['pid']}) {supervise.describe(ended)}"
+        elif dead and record is not None:
+            note = f"its QEMU (pid {pid}) {supervise.describe(None)}"
+        candidates = [pidfile, qmp, record_path(run_dir, name), exit_file]
         if own:
             candidates += list(own.disks)
         files = tuple(p for p in candidates if p and os.path.lexists(p))
         result[name] = VMFact(name=name, pidfile=pidfile, qmp=qmp, pid=pid, running=running,
                               starttime=starttime, record=record, argv=tuple(argv), note=note,
-                              files=files)
+                              files=files, ended=ended)
     return result
 
 

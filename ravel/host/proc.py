@@ -10,10 +10,14 @@ import json
 import os
 import signal
 import socket
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
+
+from . import supervise
 
 COMMAND_TIMEOUT = 30.0
 QEMU_START_TIMEOUT = 60.0
@@ -190,21 +194,25 @@ def _qmp_reply(reader, deadline: float) -> dict:
 # -- QEMU lifecycle ----------------------------------------------------------------------------
 
 def start_qemu(argv: Sequence[str], pidfile: str, timeout: float = QEMU_START_TIMEOUT) -> int:
-    """Exec a ``-daemonize`` QEMU; returns after its init with the daemon's pid.
+    """Exec a ``-daemonize`` QEMU under its supervisor (supervise.py: it records how the VM
+    ends); returns after its init with the daemon's pid.
 
     Raises CommandFailed carrying QEMU's stderr when it exits non-zero or never writes a pid.
     """
     shown = os.path.basename(argv[0])
+    unlink_quiet(supervise.exit_path(pidfile))  # an earlier run's end is not this one's
     try:
-        p = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=timeout, start_new_session=True, cwd="/")
+        p = subprocess.run(supervise.command(), input=supervise.request(argv, pidfile),
+                           capture_output=True, text=True, timeout=timeout, start_new_session=True, cwd="/")
     except FileNotFoundError:
-        raise CommandFailed(argv, f"{argv[0]}: not found") from None
+        raise CommandFailed(argv, f"{sys.executable}: not found") from None
     except subprocess.TimeoutExpired:
         pid = read_pidfile(pidfile)
         if pid and is_ours(pid, argv):
             stop_qemu(pid, argv, None)
         raise CommandFailed(argv, f"{shown} did not finish its start-up within {timeout:g} s")
+    if p.returncode == 127 and not shutil.which(argv[0]):
+        raise CommandFailed(argv, f"{argv[0]}: not found")
     if p.returncode != 0:
         err = (p.stderr or p.stdout).strip() or "(no output)"
         raise CommandFailed(argv, f"{shown} exited {p.returncode}: {err}", rc=p.returncode,

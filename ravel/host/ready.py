@@ -179,6 +179,18 @@ def last_line(log: str) -> str:
     return ""
 
 
+def last_lines(log: str, n: int = 5) -> List[str]:
+    """The last `n` lines of a console log that show something, as plain text."""
+    out: List[str] = []
+    for line in reversed(log.splitlines()):
+        text = "".join(ch for ch in _ESCAPES.sub("", line) if ch.isprintable()).strip()
+        if text:
+            out.append(text[:200])
+            if len(out) == n:
+                break
+    return out[::-1]
+
+
 def _age(pidfile: str) -> Optional[float]:
     """Seconds since the VM's QEMU started (from its /proc entry), None when it is not running."""
     try:

@@ -117,6 +117,26 @@ class Provider(Protocol):
         """Remove shared infrastructure no app uses any more."""
 
 
+@dataclass(frozen=True)
+class FoundHost:
+    """A host that exists on a provider, as the provider itself shows it (no state needed)."""
+
+    app: str
+    name: str
+    ref: str  # the provider's id: namespace name, instance id
+    address: str  # underlay address ("" when it has none)
+    host_id: int  # the id its devices and address were made from (0: unknown)
+    vnis: tuple[int, ...] = ()  # the VXLAN network ids of its devices
+
+
+@runtime_checkable
+class HostFinder(Protocol):
+    """A provider that can list every host it has for this set-up, for any app: what `ravel
+    doctor --repair-state` rebuilds a lost state from."""
+
+    def found_hosts(self) -> list[FoundHost]: ...
+
+
 @runtime_checkable
 class GarbageCollector(Protocol):
     """A provider that can list and remove what it made for apps the state no longer knows."""

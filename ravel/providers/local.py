@@ -13,6 +13,7 @@ address, no default route), which goes away with the underlay namespace.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .. import keys
 from ..errors import CommandFailed, EnvironmentProblem, ProviderError
@@ -30,7 +31,7 @@ from ..plan.network import ServiceForward, underlay_address
 from ..transport.base import Transport
 from ..transport.netns import NamespaceTransport
 from . import local_expose, local_sshd
-from .base import Exposure, Host, HostSpec
+from .base import Exposure, FoundHost, Host, HostSpec
 
 UNDERLAY_PREFIX = 15
 UNDERLAY_BRIDGE = "ul0"
@@ -67,6 +68,28 @@ def namespaces() -> set[str]:
 
 def namespace_for(app: str, host: str) -> str:
     return f"rv-{app}-{host}"
+
+
+def stray_qemus(run_dir: Path) -> Callable[[], list[int]]:
+    """A lister of the QEMU processes started with a pidfile in `run_dir` (by /proc)."""
+    prefix = str(run_dir).rstrip("/") + "/"
+
+    def pids() -> list[int]:
+        found = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                args = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"-pidfile" in args[:-1]:
+                target = args[args.index(b"-pidfile") + 1].decode(errors="replace")
+                if target.startswith(prefix):
+                    found.append(int(d.name))
+        return found
+
+    return pids
 
 
 class LocalProvider:
@@ -195,7 +218,13 @@ class LocalProvider:
         local_sshd.remove(local_sshd.files_for(self.paths.app_run(app), name))  # SSH mode: by its pid
         if ns in namespaces():
             self._kill_namespace_processes(ns)
+            # the underlay pair first, explicitly: with the namespace it would go only some time
+            # after `ip netns del` returns, and the underlay is dropped once no pair is left
+            _ip("-n", ns, "link", "del", HOST_DEVICE, check=False)
             _ip("netns", "del", ns, check=False)
+        # a QEMU whose namespace went without it (deleted by hand, or by a run killed halfway)
+        # is found by the pidfile it was started with, under this host's run directory
+        self._end_pids(stray_qemus(self.paths.app_run(app) / name), f"QEMU of {app}/{name}")
         if self.underlay in namespaces():
             _ip("-n", self.underlay, "link", "del", f"rvh{host_id}", check=False)
         keys.forget_host_key(self.keys, app, name)
@@ -207,6 +236,9 @@ class LocalProvider:
             out = _ip("netns", "pids", ns, check=False).stdout
             return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
 
+        self._end_pids(pids, f"namespace {ns}")
+
+    def _end_pids(self, pids: Callable[[], list[int]], where: str) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             live = pids()
             if not live:
@@ -220,7 +252,7 @@ class LocalProvider:
             while time.monotonic() < deadline and pids():
                 time.sleep(0.05)
         if pids():
-            raise ProviderError(f"processes {pids()} in namespace {ns} did not exit")
+            raise ProviderError(f"processes {pids()} of {where} did not exit")
 
     # -- exposed services (ServiceExposer): relays on 127.0.0.1, see local_expose -----------
     def expose(self, app: str, hosts: Mapping[str, Host], forwards: Sequence[ServiceForward],
@@ -230,6 +262,54 @@ class LocalProvider:
 
     def unexpose(self, app: str, current: Sequence[Exposure]) -> None:
         local_expose.unexpose(self.paths.tag, app, current)
+
+    def found_hosts(self) -> list[FoundHost]:
+        """Every host namespace on this machine that hangs off this set-up's underlay (the
+        namespace names carry app and host; the underlay, which RAVEL_HOME they belong to)."""
+        pattern = re.compile(r"^rv-(.+)-(host-\d+)$")
+        out = []
+        for ns in sorted(namespaces()):
+            m = pattern.match(ns)
+            if not m or self._underlay_of(ns) != self.underlay:
+                continue
+            address, host_id = self._underlay_address_of(ns)
+            out.append(FoundHost(m.group(1), m.group(2), ns, address, host_id, self._vnis_in(ns)))
+        return out
+
+    def _underlay_of(self, ns: str) -> str | None:
+        """The namespace at the other end of the host's underlay device, by name."""
+        try:
+            link = json.loads(_ip("-n", ns, "-j", "link", "show", "dev", HOST_DEVICE, check=False).stdout or "[]")
+            nsid = link[0]["link_netnsid"] if link else None
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+        if nsid is None:
+            return None
+        for line in _ip("-n", ns, "netns", "list-id", check=False).stdout.splitlines():
+            m = re.match(rf"nsid {int(nsid)} \(iproute2 netns name: (\S+)\)", line.strip())
+            if m:
+                return m.group(1)
+        return None
+
+    def _underlay_address_of(self, ns: str) -> tuple[str, int]:
+        """The host's underlay address and the host id it encodes (0: none)."""
+        try:
+            doc = json.loads(_ip("-n", ns, "-j", "addr", "show", "dev", HOST_DEVICE, check=False).stdout or "[]")
+            addrs = [a["local"] for a in doc[0].get("addr_info", []) if a.get("family") == "inet"] if doc else []
+        except (ValueError, KeyError, IndexError, TypeError):
+            addrs = []
+        for a in addrs:
+            ip = ipaddress.ip_address(a)
+            if ip in ipaddress.ip_network(HOST_RANGE):
+                return a, int(ip) - int(ipaddress.ip_address("198.18.0.0"))
+        return "", 0
+
+    def _vnis_in(self, ns: str) -> tuple[int, ...]:
+        try:
+            doc = json.loads(_ip("-n", ns, "-j", "-d", "link", "show", "type", "vxlan", check=False).stdout or "[]")
+            return tuple(sorted({int(d["linkinfo"]["info_data"]["id"]) for d in doc}))
+        except (ValueError, KeyError, TypeError):
+            return ()
 
     def leftover_hosts(self, app: str) -> list[str]:
         pattern = re.compile(rf"^rv-{re.escape(app)}-(host-\d+)$")

@@ -13,21 +13,25 @@ from ..paths import Paths
 from ..providers import get_provider
 from ..snapshot.take import SnapshotResult, open_target, take_snapshot
 from ..state import State
-from . import lifetime, observe, publish as pipeline, teardown, vm_access
+from . import doctor, health, lifetime, observe, publish as pipeline, repair, teardown, vm_access
+from .doctor import StateCheck
+from .health import AppHealth
 from .lifetime import Expiry, LifetimeRequest
 from .observe import VmStatus
 from .provision import ProvisionOptions
 from .publish import PublishResult
+from .repair import Repair
 from .sessions import Context, applied_hosts
 
-__all__ = ["Lab", "PublishResult", "VmStatus"]
+__all__ = ["AppHealth", "Lab", "PublishResult", "Repair", "StateCheck", "VmStatus"]
 
 
 class Lab:
-    def __init__(self, paths: Paths, emit: Emit = quiet) -> None:
+    def __init__(self, paths: Paths, emit: Emit = quiet, check_lost: bool = True) -> None:
+        """`check_lost=False`: work on a state that lost apps (repair, destroy --force)."""
         self.paths = paths
         self.emit = emit
-        self.ctx = Context(paths, emit)
+        self.ctx = Context(paths, emit, check_lost)
 
     @property
     def state(self) -> State:
@@ -83,8 +87,20 @@ class Lab:
         rec = self.state.require_app(app)
         return lifetime.expiry(self.state, app, rec.provider, get_provider(rec.provider, self.paths).lifetime)
 
-    def destroy(self, app: str, provider_name: str | None = None) -> int:
-        return teardown.destroy(self.ctx, app, provider_name)
+    def destroy(self, app: str, provider_name: str | None = None, force: bool = False) -> int:
+        return teardown.destroy(self.ctx, app, provider_name, force)
+
+    def health(self) -> list[AppHealth]:
+        """Every app with the status a cheap liveness check gives it (`ravel list`)."""
+        apps = self.state.apps()
+        return ([health.app_health(self.state, a) for a in apps]
+                + health.unknown_apps(self.paths, {a.name for a in apps}))
+
+    def check_state(self) -> StateCheck:
+        return doctor.check_state(self.ctx)
+
+    def repair_state(self) -> Repair:
+        return repair.repair_state(self.ctx)
 
     def snapshot(self, app: str, name: str | None = None, memory: bool = False,
                  store_url: str | None = None) -> SnapshotResult:

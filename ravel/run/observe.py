@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import RavelError, StateError
@@ -13,7 +12,7 @@ from ..providers import get_provider
 from ..providers.base import Host, Provider
 from ..state import VmRecord
 from ..transport.hostrun import HostRun
-from . import exposure
+from . import exposure, health
 from ..events import Event
 from .fanout import parallel
 
@@ -42,6 +41,11 @@ class VmStatus:
     seen: str = ""  # what its check saw last
     user: str = ""  # whom ravel logs in as (cloud_init or `user:`)
     host_key: str = ""  # the guest's SSH host key ravel made and pins (public half)
+    # crashed or powered off: how its QEMU ended (exit status or signal, when), and the last
+    # lines its console printed
+    reason: str = ""
+    tail: list[str] = field(default_factory=list)
+    ended_at: float | None = None  # when (epoch seconds), where its supervisor recorded it
 
 
 @dataclass(frozen=True)
@@ -68,25 +72,34 @@ def status(ctx: Context, app: str, known: Mapping[str, Readiness] | None = None)
             return None
 
     observed = dict(zip(hosts, parallel(observe, list(hosts))))
+    health.remember(ctx.state, app, observed)
     records = ctx.state.vms(app)
     checked = dict(known) if known is not None else readiness(ctx, app, [v for v in records if v.state == "running"])
     out = []
     for v in records:
         d = v.detail
         state = v.state
+        ended: dict[str, Any] = {}
         if v.host in observed:
             seen = observed[v.host]
             vm = (seen or {}).get(v.name) or {}
             pid = vm.get("pid") if vm.get("running") else None
             if seen is None and state == "running":
                 state = "unreachable"
+            ended = vm
         else:
-            pid = _live_pid(d["console"].rsplit(".", 1)[0] + ".pid")
+            pid = health.live_pid(health.pidfile(d))
+            if state == "running" and pid is None:
+                ended = health.local_end(d)
         if state == "running" and pid is None:
-            state = "missing"
+            state = health.down_state(ended)
         status = VmStatus(v.name, v.host or "", state, d.get("accel", ""), [ip for ip in d["ips"] if ip],
                           d["macs"], d["console"], d["log"], pid, exposure.labels(d), check=describe(_check(v)),
                           user=d.get("user", ""), host_key=d.get("host_key", ""))
+        if state in ("crashed", "powered off"):
+            status.reason, status.tail = str(ended.get("reason") or ""), list(ended.get("tail") or [])
+            record = ended.get("ended")
+            status.ended_at = float(record["at"]) if isinstance(record, dict) and record.get("at") else None
         r = checked.get(v.name)
         if state == "running" and r is not None:
             status.ready = "not checked" if _check(v)["kind"] == "none" else "ready" if r.ready else "booting"
@@ -234,15 +247,3 @@ def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str
                          hint=f"see `ravel logs {app} {name}` for its console; `ready:` in the blueprint "
                               "chooses the check")
     return time.monotonic() - start, last
-
-
-def _live_pid(pidfile: str) -> int | None:
-    try:
-        pid = int(Path(pidfile).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return None
-    return pid if b"qemu" in cmdline else None

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from .. import faults
 from ..errors import HostKeyMismatch, ProviderError, RavelError, TransportError
 from ..plan.plan import Plan
 from ..providers.base import Host, HostSpec, Provider
@@ -204,9 +205,11 @@ def provision(ctx: Context, app: str, plan: Plan, provider: Provider, deadline: 
                               expiry_action=lifetime.action if lifetime else "destroy"))
 
     def made_one(spec: HostSpec, h: Host) -> None:
+        faults.point("provision.made")
         extras[spec.name]["host"] = h.extra
         ctx.state.update_host(app, spec.name, type=spec.type, ref=h.ref, address=h.address,
                                status="provisioned", extra=extras[spec.name])
+        faults.point("provision.recorded")
         if h.ready_file:
             ctx.emit(Event("hosts", f"{spec.name} created ({h.ref}, {h.address}); waiting for it to boot",
                             host=spec.name))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import faults
 from ..errors import BlueprintError, ProviderError, StateError
 from ..events import Emit, Event, quiet
 from ..host.desired import to_doc
@@ -30,7 +31,7 @@ from ..render.host_state import HostSite, desired_states, ready_check
 from ..snapshot import memory
 from ..snapshot.memory import Resume
 from ..snapshot.restore import restore_snapshot, restored_blueprint
-from . import exposure, lifetime, moves, teardown
+from . import exposure, foreign, health, lifetime, moves, state_backup, teardown
 from .blueprints import read_blueprint
 from .fanout import parallel
 from .observe import VmStatus, await_ready, status
@@ -42,6 +43,7 @@ from .seeds import Seed, ensure_seeds, forget_seed
 from .ship import ship
 
 DEFAULT_PROVISION_S = 600.0  # stop/start: the bound on making and reaching hosts again
+HEALED = "its QEMU (pid"  # in a vm.start's reason: the VM had ended on its own (host/facts.py)
 
 
 @dataclass
@@ -79,18 +81,29 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
     ctx.emit(Event("plan", f"{len(bp.vms)} VMs on {len(plan.placement.hosts)} hosts", done=True))
     text = Path(blueprint_path).read_text(encoding="utf-8")
     with ctx.state.lock(app, "publish"):
+        faults.point("publish.locked")
         existing = ctx.state.app(app)
         if existing and existing.provider != provider_name:
             raise StateError(f"app {app!r} already runs on provider {existing.provider}",
                              hint="destroy it first, or publish under another --name")
+        if existing is None:
+            # never take over what an app this state does not know left on the hosts
+            foreign.refuse(ctx, app, provider)
         options = replace(options, transport=transport_kind(ctx, app, provider, options.transport))
-        if resume and existing is None:  # a re-run keeps the VMs that have not started yet
-            memory.record(ctx.paths, app, resume)
         ctx.state.put_app(app, provider_name, "publishing", os.path.abspath(blueprint_path), text, plan.to_dict())
         # before any host is made: a publish that fails or is killed half-way still expires
         lifetime.settle(ctx, app, provider, plan, bp.lifetime, lifetime_request)
+        # recorded once, before any host runs a VM (after the app: its files are then never
+        # found without it); a re-run keeps the VMs that have not started yet
+        if resume and not memory.pending(ctx.paths, app) and not any(r.extra.get("desired")
+                                                                      for r in ctx.state.hosts(app)):
+            memory.record(ctx.paths, app, resume)
+        faults.point("publish.recorded")
         result = converge(ctx, app, bp, plan, provider, running=None, deadline=started + timeout, options=options)
+        faults.point("publish.vms")
         ctx.state.set_app_status(app, "running")
+        faults.point("publish.done")
+        state_backup.save(ctx.state, app)
     seen = None
     if wait:
         result.ready_s, seen = await_ready(ctx, app, timeout - (time.monotonic() - started))
@@ -136,6 +149,7 @@ def set_running(ctx: Context, app: str, vms: list[str] | None, running: bool) ->
         plan = make_plan(bp, load_catalogue(rec.provider))
         result = converge(ctx, app, bp, plan, provider, flags)
         ctx.state.set_app_status(app, "running" if any(flags.values()) else "stopped")
+        state_backup.save(ctx.state, app)
         return result.changed
 
 
@@ -156,6 +170,8 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
              options: ProvisionOptions = ProvisionOptions()) -> PublishResult:
     vnis = ctx.state.vnis(app, [n.name for n in bp.networks])
     hosts = provision(ctx, app, plan, provider, deadline or time.monotonic() + DEFAULT_PROVISION_S, options)
+    state_backup.save(ctx.state, app)  # the hosts that exist now, before anything runs on them
+    faults.point("publish.reached")
     ap = resolve_app(bp, app, plan, vnis)
     sites = host_sites(ctx, app, hosts)
     pending = memory.pending(ctx.paths, app)  # VMs that resume from a memory state
@@ -176,10 +192,16 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
             images = posixpath.join(posixpath.dirname(hosts[host].run_root.rstrip("/")), "images")
             wanted = ship(runtime.t, wanted, images, lambda msg: ctx.emit(Event("vms", f"{host}: {msg}", host=host)))
         report = runtime.apply(wanted)
+        faults.point("publish.applied")
         memory.started(ctx.paths, app, [vm for vm, v in (report.get("vms") or {}).items() if v.get("running")])
         rec = next(r for r in ctx.state.hosts(app) if r.name == host)
-        ctx.state.update_host(app, host, extra={**rec.extra, "desired": to_doc(wanted)})
+        ctx.state.update_host(app, host, extra={**rec.extra, "desired": to_doc(wanted),
+                                                health.OBSERVED: health.observation(report.get("vms") or {})})
         n = len(report.get("actions", []))
+        for a in report.get("actions", []):
+            if a.get("kind") == "vm.start" and HEALED in str(a.get("reason")):  # it had crashed
+                ctx.emit(Event("vms", f"{host}: {a.get('target')} started again: {a.get('reason')}",
+                               host=host, vm=a.get("target")))
         ctx.emit(Event("vms", f"{host}: {n} change{'s' if n != 1 else ''}" if n else f"{host}: up to date",
                        host=host, done=True))
         return report
@@ -188,6 +210,7 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     changed = sum(len(r.get("actions", [])) for r in reports)
     changed += teardown.retire_hosts(ctx, app, provider, set(ap.hosts))
     exposed = exposure.expose(ctx.state, app, provider, hosts, ap, ctx.emit)
+    faults.point("publish.exposed")
     record_vms(ctx, ap, sites, running, exposed, seeds)
     return PublishResult(app, plan, changed)  # its VMs as seen: the caller looks when it is time
 

@@ -8,7 +8,6 @@ connections, so a host is reached once per command however many stages talk to i
 from __future__ import annotations
 
 import posixpath
-import sqlite3
 import time
 from dataclasses import replace
 from typing import Callable, Iterator
@@ -21,6 +20,7 @@ from ..state import HostRecord, State
 from ..transport.base import Transport
 from ..transport.hostctl import HostRuntime, bundle, install
 from ..events import Emit, quiet
+from . import state_backup
 
 REACH_S = 120.0  # without a publish deadline: how long a host may take to answer at all
 
@@ -83,20 +83,33 @@ class Context:
     sessions to the hosts, and where progress goes. The state is opened on first use, so the
     checks that need none (root, QEMU, cloud credentials) come first and leave nothing behind."""
 
-    def __init__(self, paths: Paths, emit: Emit = quiet) -> None:
+    def __init__(self, paths: Paths, emit: Emit = quiet, check_lost: bool = True) -> None:
         self.paths = paths
         self.emit = emit
         self.hosts = HostSessions(paths, lambda: self.state)
         self._state: State | None = None
+        # off only for the commands that work on a damaged state: repair, destroy --force
+        self.check_lost = check_lost
 
     @property
     def state(self) -> State:
         if self._state is None:
-            self._state = open_state(self.paths)
+            state = open_state(self.paths)
+            if self.check_lost:
+                try:
+                    state_backup.check_not_lost(state)
+                except BaseException:
+                    state.close()
+                    raise
+            self._state = state
         return self._state
 
     def close(self) -> None:
         self.hosts.close()
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Close the state; the next use opens its file again (repair puts a new one there)."""
         if self._state is not None:
             self._state.close()
             self._state = None
@@ -105,7 +118,7 @@ class Context:
 def open_state(paths: Paths) -> State:
     try:
         return State(paths.state)
-    except (OSError, sqlite3.Error) as exc:
+    except OSError as exc:
         raise StateError(f"cannot open the state in {paths.state}: {exc}",
                          hint="set RAVEL_HOME to a directory you can write") from None
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from .. import keys
-from ..errors import RavelError, StateError
+from .. import faults, keys
+from ..errors import RavelError, StateDamaged, StateError
 from ..providers import get_provider
-from ..providers.base import Provider
+from ..providers.base import Provider, ServiceExposer
 from ..state import HostRecord
-from . import exposure, lifetime
+from . import exposure, lifetime, state_backup
 from ..events import Event
 from .fanout import parallel
 
@@ -58,6 +58,7 @@ def forget_app(ctx: Context, app: str) -> None:
         shutil.rmtree(keys.directory(ctx.paths.state) / "hostkeys" / app, ignore_errors=True)
         shutil.rmtree(keys.directory(ctx.paths.state) / "guestkeys" / app, ignore_errors=True)
         _forget_access_files(ctx, app)
+        state_backup.remove(ctx.state, app)  # before its rows: a backup without rows means loss
         ctx.state.delete_app(app)
     try:
         (ctx.state.dir / "locks" / f"{app}.lock").unlink()
@@ -65,15 +66,33 @@ def forget_app(ctx: Context, app: str) -> None:
         pass
 
 
-def destroy(ctx: Context, app: str, provider_name: str | None = None) -> int:
-    rec = ctx.state.app(app)
+def destroy(ctx: Context, app: str, provider_name: str | None = None, force: bool = False) -> int:
+    """Remove everything app `app` made: what the state records, and whatever the provider
+    still has for its name. `force`: also when the state cannot be read (damaged): then what
+    the hosts show is all there is to go by, on `provider_name` (default local)."""
+    rec, readable = None, True
+    try:
+        rec = ctx.state.app(app)
+    except StateDamaged:
+        if not force:
+            raise
+        readable = False
     provider = get_provider(rec.provider if rec else (provider_name or "local"), ctx.paths)
     with ctx.state.lock(app, "destroy"):
-        hosts = {r.name: r for r in ctx.state.hosts(app)}
+        faults.point("destroy.locked")
+        hosts = {r.name: r for r in ctx.state.hosts(app)} if readable else {}
         leftovers = [h for h in provider.leftover_hosts(app) if h not in hosts]
-        if rec is None and not hosts and not leftovers and not ctx.paths.app_data(app).exists():
+        if rec is None and not hosts and not leftovers and not ctx.paths.app_data(app).exists() \
+                and not ctx.paths.app_run(app).exists():
+            _drop_lock_file(ctx, app)
+            if not readable:
+                raise StateError(f"nothing of an app named {app!r} is left on {provider.name}")
             known = ", ".join(a.name for a in ctx.state.apps()) or "none"
             raise StateError(f"no app named {app!r} (apps: {known})")
+        if rec is not None:
+            ctx.state.set_app_status(app, "destroying")
+        state_backup.remove(ctx.state, app)  # before its rows: a backup without rows means loss
+        faults.point("destroy.marked")
 
         def remove(name: str) -> None:
             r = hosts.get(name)
@@ -82,20 +101,31 @@ def destroy(ctx: Context, app: str, provider_name: str | None = None) -> int:
             else:
                 provider.delete_host(app, name, 0)
             ctx.emit(Event("destroy", f"{name} removed", host=name, done=True))
+            faults.point("destroy.host")
 
-        lifetime.stop_reaper(ctx.state, app)  # its work is done here (unless it is the one doing it)
-        exposure.unexpose(ctx.state, app, provider)  # before the hosts their relays lead into
+        # before the hosts their relays lead into; without a state, relays are found by their tag
+        if readable:
+            lifetime.stop_reaper(ctx.state, app)  # its work is done here (unless it is the one doing it)
+            exposure.unexpose(ctx.state, app, provider)
+        elif isinstance(provider, ServiceExposer):
+            provider.unexpose(app, [])
         parallel(remove, list(hosts) + leftovers)
         shutil.rmtree(ctx.paths.app_run(app), ignore_errors=True)
         shutil.rmtree(ctx.paths.app_data(app), ignore_errors=True)
         shutil.rmtree(keys.directory(ctx.paths.state) / "hostkeys" / app, ignore_errors=True)
         shutil.rmtree(keys.directory(ctx.paths.state) / "guestkeys" / app, ignore_errors=True)
         _forget_access_files(ctx, app)
-        ctx.state.delete_app(app)
-        provider.cleanup()
+        provider.cleanup()  # the underlay once no app uses it; before the app is forgotten
+        faults.point("destroy.files")
+        if readable:
+            ctx.state.delete_app(app)
+        faults.point("destroy.forgotten")
+    _drop_lock_file(ctx, app)
+    return len(hosts) + len(leftovers)
+
+
+def _drop_lock_file(ctx: Context, app: str) -> None:
     try:
         (ctx.state.dir / "locks" / f"{app}.lock").unlink()
     except FileNotFoundError:
         pass
-    return len(hosts) + len(leftovers)
-

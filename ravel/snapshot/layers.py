@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from .. import faults
 from ..errors import StoreError
 from ..model.spec import NAME_RE
 from ..store.base import Store
@@ -325,6 +326,7 @@ def _fetch_one(store: Store, layer: Layer, parent: tuple[Path, str] | None, fina
         except StoreError as exc:
             raise StoreError(f"{what}: layer {layer.sha256[:12]} is missing from {store.url}",
                              hint="the snapshot cannot be restored; was the layer deleted by hand?") from exc
+        faults.point("restore.fetching")
         sha, size = sha256_file(tmp)
         if sha != layer.sha256 or size != layer.size:
             raise StoreError(f"{what}: layer {layer.sha256[:12]} in {store.url} is corrupted "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import faults
 from ..errors import StoreError
 from ..events import Emit, Event, quiet
 from ..model.blueprint import Blueprint, Disk
@@ -76,6 +77,7 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, min(4, len(jobs)))) as pool:
         restored = list(pool.map(one, jobs))
+    faults.point("restore.fetched")
     took = time.monotonic() - started
     fetched = sum(r.fetched_bytes for r in restored)
     memory = {vm.name: r.path for (vm, d), r in zip(jobs, restored) if d is None}

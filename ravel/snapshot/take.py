@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .. import faults
 from ..errors import CommandFailed, StateError, StoreError
 from ..events import Emit, Event, quiet
 from ..model.blueprint import Blueprint
@@ -98,8 +99,10 @@ def take_snapshot(paths: Paths, store: Store, name: str, rec: AppRecord, bp: Blu
     if not requests:
         raise StateError(f"app {app!r} has no VMs to snapshot")
     pending = Pending(store, name)  # before any pause: a running gc makes this fail first
+    faults.point("snapshot.pending")
     try:
         reports = _freeze({host: (runtime(h.host), req) for host, (h, req) in requests.items()})
+        faults.point("snapshot.frozen")
         manifest, files = _manifest(name, app, rec, bp, states, reports, machines)
         emit(Event("snapshot", f"paused {len(manifest.vms)} VMs for {manifest.pause_s * 1000:.0f} ms", done=True))
 
@@ -111,7 +114,9 @@ def take_snapshot(paths: Paths, store: Store, name: str, rec: AppRecord, bp: Blu
         transports = {host: runtime(h.host).t for host, (h, _) in requests.items()}
         with brought_here(files, reports, transports, store, paths.cache, emit) as brought:
             uploaded = pending.upload(brought.files, progress=progress)
+        faults.point("snapshot.uploaded")
         manifest_bytes = pending.commit(manifest)
+        faults.point("snapshot.committed")
     except BaseException:
         pending.abort()
         raise
