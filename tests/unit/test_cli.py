@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["validate", "plan", "schema", "publish", "status", "list", "console", "logs", "stop", "start", "destroy",
-            "gc"]
+            "gc", "doctor"]
 
 
 def ravel(*args: str, home: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
