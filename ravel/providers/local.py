@@ -160,6 +160,12 @@ class LocalProvider:
         self._ensure_underlay()
         ns = namespace_for(spec.app, spec.name)
         peer = f"rvh{spec.host_id}"
+        owner = self._peer_namespace(peer)
+        if owner is not None and owner != ns:
+            # host ids come from the state: one that lost an app hands its ids out again
+            raise ProviderError(f"{spec.name}: host id {spec.host_id} ({peer}) is still in use by namespace "
+                                f"{owner}, of an app this state does not know",
+                                hint="`ravel doctor --repair-state` takes that app back into the state")
         if ns not in namespaces():
             _ip("netns", "add", ns)
         _ip("-n", ns, "link", "set", "lo", "up")
@@ -225,7 +231,8 @@ class LocalProvider:
         # a QEMU whose namespace went without it (deleted by hand, or by a run killed halfway)
         # is found by the pidfile it was started with, under this host's run directory
         self._end_pids(stray_qemus(self.paths.app_run(app) / name), f"QEMU of {app}/{name}")
-        if self.underlay in namespaces():
+        if self.underlay in namespaces() and self._peer_namespace(f"rvh{host_id}") in (None, ns):
+            # (not when it leads into another app's host: a state that lost that app gave its id out again)
             _ip("-n", self.underlay, "link", "del", f"rvh{host_id}", check=False)
         keys.forget_host_key(self.keys, app, name)
 
@@ -276,12 +283,20 @@ class LocalProvider:
             out.append(FoundHost(m.group(1), m.group(2), ns, address, host_id, self._vnis_in(ns)))
         return out
 
+    def _peer_namespace(self, peer: str) -> str | None:
+        """The live, named namespace the other end of underlay port `peer` is in, if any."""
+        return self._other_end(self.underlay, peer)
+
     def _underlay_of(self, ns: str) -> str | None:
         """The namespace at the other end of the host's underlay device, by name."""
+        return self._other_end(ns, HOST_DEVICE)
+
+    @staticmethod
+    def _other_end(ns: str, device: str) -> str | None:
         try:
-            link = json.loads(_ip("-n", ns, "-j", "link", "show", "dev", HOST_DEVICE, check=False).stdout or "[]")
-            nsid = link[0]["link_netnsid"] if link else None
-        except (ValueError, KeyError, IndexError, TypeError):
+            link = json.loads(_ip("-n", ns, "-j", "link", "show", "dev", device, check=False).stdout or "[]")
+            nsid = link[0].get("link_netnsid") if link else None
+        except (ValueError, IndexError, TypeError, AttributeError):
             return None
         if nsid is None:
             return None

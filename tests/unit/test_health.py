@@ -71,3 +71,23 @@ def test_live_pid_is_the_process_started_with_that_pidfile(tmp_path):
         p.wait(10)
     assert live_pid(str(pidfile)) is None
     assert live_pid(str(tmp_path / "missing.pid")) is None
+
+
+def test_remote_apps_are_judged_by_their_last_observation_with_its_age(tmp_path):
+    from ravel.run.health import OBSERVED, app_health, observation, remember
+
+    state = State(tmp_path)
+    state.put_app("cloudy", "aws", "running")
+    state.host_ids("cloudy", ["host-1", "host-2"])
+    for vm, host in (("a", "host-1"), ("b", "host-1"), ("c", "host-2")):
+        state.put_vm("cloudy", vm, host, "running", {"console": f"/r/{vm}.serial"})
+    state.update_host("cloudy", "host-1", extra={"desired": {"keep": True}})
+    rec = state.require_app("cloudy")
+    assert app_health(state, rec).status == "running (3 not observed yet)"
+    # what status saw: written in place, never over what a publish wrote into the same extra
+    remember(state, "cloudy", {"host-1": {"a": {"running": True}, "b": {"running": False}}, "host-2": None})
+    host1 = next(h for h in state.hosts("cloudy") if h.name == "host-1")
+    assert host1.extra["desired"] == {"keep": True} and host1.extra[OBSERVED]["vms"] == {"a": True, "b": False}
+    state.note_host("cloudy", "host-2", OBSERVED, observation({"c": {"running": True}}, now=host1.extra[OBSERVED]["at"] - 600))
+    h = app_health(state, rec, now=host1.extra[OBSERVED]["at"] + 30)
+    assert h.down == ("b",) and h.status == "degraded (1 of 3 VMs down, seen 10 min ago)"
