@@ -130,6 +130,9 @@ def transport_kind(ctx: Context, app: str, provider: Provider, requested: str | 
 
 def stored_blueprint(ctx: Context, app: str) -> Blueprint:
     rec = ctx.state.require_app(app)
+    if rec.blueprint_text is None:  # recovered from its hosts by `ravel doctor --repair-state`
+        raise StateError(f"app {app!r} has no blueprint in the state (it was recovered from its hosts)",
+                         hint=f"`ravel publish FILE --name {app}` gives it one; `ravel destroy {app}` removes it")
     base = os.path.dirname(rec.blueprint_path) if rec.blueprint_path else None
     return load_blueprint(rec.blueprint_text or "", rec.blueprint_path or app, base)
 
