@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import services
+from . import services, supervise
 from .desired import VXLAN_PORT, ZERO_MAC, Desired, Network, Tap
 from .facts import ARGV_SUFFIX, Facts, Link, argv_sha256, fdb_wanted
 
@@ -385,7 +385,9 @@ def _stop(f: Any, reason: str, shutdown_s: int = 0) -> Action:
 def _vm_files(facts: Facts, name: str) -> List[str]:
     f = facts.vms[name]
     own = facts.owned.vms.get(name)
-    paths = [f.pidfile, f.qmp, os.path.join(facts.run_dir, name + ARGV_SUFFIX)]
+    # the exit record too: its supervisor writes it when the stop before this removal ends QEMU
+    paths = [f.pidfile, f.qmp, os.path.join(facts.run_dir, name + ARGV_SUFFIX),
+             supervise.exit_path(f.pidfile) if f.pidfile else ""]
     paths += list(own.disks) if own else []
     return sorted({p for p in paths if p} | set(f.files))
 

@@ -243,8 +243,8 @@ def test_vm_removed_from_desired_is_stopped_and_its_files_deleted():
     actions = reconcile(parse_desired(doc(vms=[])), converged(d))
     assert [(a.kind, a.target) for a in actions] == [("vm.stop", "web-1"), ("vm.remove", "web-1")]
     assert actions[1].params["files"] == sorted([
-        f"{RUN}/web-1.pid", f"{RUN}/web-1.qmp", f"{RUN}/web-1.argv",
-        f"{RUN}/web-1-disk0.qcow2", f"{RUN}/web-1-disk1.qcow2"])
+        f"{RUN}/web-1.pid", f"{RUN}/web-1.qmp", f"{RUN}/web-1.argv", f"{RUN}/web-1.exit",
+        f"{RUN}/web-1-disk0.qcow2", f"{RUN}/web-1-disk1.qcow2"])  # .exit: written as the stop ends QEMU
 
 
 def test_fdb_stale_entries_removed_before_new_ones_added():
