@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import enum
-import json
 import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from ..model.spec import NAME_RE
-from . import exits
+from . import documents, exits
 from ..run.lifetime import LifetimeRequest
 from .common import BUDGET_HELP, TTL_HELP, app, budget_option, err, out, provider_option, ttl_option
 from .common import lab as open_lab
@@ -54,6 +52,7 @@ def publish(
     ttl: Optional[str] = typer.Option(None, "--ttl", metavar="DURATION", help=TTL_HELP),
     budget: Optional[float] = typer.Option(None, "--budget", metavar="AMOUNT", callback=budget_option,
                                            help=BUDGET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON document (docs/json.md)."),
 ) -> None:
     """Create the hosts, wire the networks and boot every VM; re-running applies only changes."""
     if name is not None:
@@ -62,8 +61,7 @@ def publish(
         raise typer.BadParameter("--host-image and --ssh-from apply to the aws and gcp providers only")
     _warn_if_open_to_everyone(provider, ssh_from)
     if (file is None) == (from_snapshot is None):
-        err.print("error: give a blueprint FILE or --from SNAPSHOT (one of them)", markup=False)
-        raise typer.Exit(exits.ExitStatus.BAD_INPUT)
+        raise exits.UsageError("give a blueprint FILE or --from SNAPSHOT (one of them)")
     lifetime = LifetimeRequest(ttl_option(ttl), budget)
     lab = open_lab()
     try:
@@ -77,6 +75,9 @@ def publish(
                                  transport=transport.value if transport else None, lifetime=lifetime)
     finally:
         lab.close()
+    if as_json:
+        documents.write(documents.published(result, provider, from_snapshot))
+        return
     if result.changed == 0:
         out.print(f"{result.app}: nothing to do, everything is up to date")
     out.print(vm_table(result.app, result.vms))
@@ -120,7 +121,7 @@ def status(
     finally:
         lab.close()
     if as_json:
-        sys.stdout.write(json.dumps({n: [asdict(v) for v in vms] for n, vms in data.items()}, indent=2) + "\n")
+        documents.write({n: documents.vms(vms) for n, vms in data.items()})
         return
     if not data:
         out.print("no apps")
@@ -140,10 +141,10 @@ def list_apps(as_json: bool = typer.Option(False, "--json", help="Print as JSON.
     finally:
         lab.close()
     if as_json:
-        sys.stdout.write(json.dumps([{"name": a.name, "provider": a.provider, "status": a.status,
-                                      "hosts": len(h), "vms": len(v),
-                                      "expiry": e.to_dict() if (e := expiries[a.name]) else None}
-                                     for a, h, v in rows], indent=2) + "\n")
+        documents.write([{"name": a.name, "provider": a.provider, "status": a.status,
+                          "hosts": len(h), "vms": len(v),
+                          "expiry": e.to_dict() if (e := expiries[a.name]) else None}
+                         for a, h, v in rows])
         return
     out.print(apps_table(rows, expiries))
     for hint in sorted({e.hint for e in expiries.values() if e and e.hint and e.left_s <= 0}):
@@ -210,23 +211,29 @@ def logs(
 @app.command()
 @exits.handled
 def stop(app_name: str = typer.Argument(..., metavar="APP"),
-         vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]...")) -> None:
+         vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]..."),
+         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Stop an app's VMs (or the ones named); disks are kept."""
-    lab = open_lab()
-    try:
-        lab.set_running(app_name, vms or None, False)
-    finally:
-        lab.close()
+    _set_running(app_name, vms, False, as_json)
 
 
 @app.command()
 @exits.handled
 def start(app_name: str = typer.Argument(..., metavar="APP"),
-          vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]...")) -> None:
+          vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]..."),
+          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Start an app's stopped VMs (or the ones named)."""
+    _set_running(app_name, vms, True, as_json)
+
+
+def _set_running(app_name: str, vms: Optional[List[str]], running: bool, as_json: bool) -> None:
     lab = open_lab()
     try:
-        lab.set_running(app_name, vms or None, True)
+        changed = lab.set_running(app_name, vms or None, running)
+        if as_json:  # each VM as it is now, as `ravel status` shows it
+            now = lab.status(app_name)
+            documents.write(documents.running(app_name, "start" if running else "stop",
+                                              list(vms or [v.name for v in now]), changed, now))
     finally:
         lab.close()
 
@@ -236,16 +243,20 @@ def start(app_name: str = typer.Argument(..., metavar="APP"),
 def destroy(
     app_name: str = typer.Argument(..., metavar="APP"),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Remove an app: its VMs, disks, networks and hosts. Asks first, on a terminal only."""
     if not yes and sys.stdin.isatty():
-        if not typer.confirm(f"destroy {app_name} and delete its disks?", default=False):
+        if not typer.confirm(f"destroy {app_name} and delete its disks?", default=False, err=as_json):
             raise typer.Exit(1)
     lab = open_lab()
     try:
         n = lab.destroy(app_name)
     finally:
         lab.close()
+    if as_json:
+        documents.write(documents.destroyed(app_name, n))
+        return
     out.print(f"{app_name}: destroyed ({n} host{'s' if n != 1 else ''} removed)")
 
 
