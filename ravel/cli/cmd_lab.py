@@ -15,7 +15,7 @@ from . import documents, exits
 from ..run.lifetime import LifetimeRequest
 from .common import BUDGET_HELP, TTL_HELP, app, budget_option, err, out, provider_option, ttl_option
 from .common import lab as open_lab
-from .render import apps_table, vm_table
+from .render import apps_table, changes_report, vm_table
 
 _provider = provider_option
 
@@ -52,6 +52,10 @@ def publish(
     ttl: Optional[str] = typer.Option(None, "--ttl", metavar="DURATION", help=TTL_HELP),
     budget: Optional[float] = typer.Option(None, "--budget", metavar="AMOUNT", callback=budget_option,
                                            help=BUDGET_HELP),
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Only show what a publish would change (hosts, VMs, networks, services, firewall rules), "
+             "touching nothing; exit 0 when nothing would change, 10 when something would."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON document (docs/json.md)."),
 ) -> None:
     """Create the hosts, wire the networks and boot every VM; re-running applies only changes."""
@@ -63,6 +67,11 @@ def publish(
     if (file is None) == (from_snapshot is None):
         raise exits.UsageError("give a blueprint FILE or --from SNAPSHOT (one of them)")
     lifetime = LifetimeRequest(ttl_option(ttl), budget)
+    if dry_run:
+        if file is None:
+            raise exits.UsageError("--dry-run compares a blueprint FILE with the running app, not --from")
+        _dry_run(str(file), name, provider, transport.value if transport else None, timeout, as_json)
+        return
     lab = open_lab()
     try:
         if from_snapshot is not None:
@@ -85,6 +94,21 @@ def publish(
         out.print(f"all VMs ready after {result.ready_s:.1f} s")
     # the table's caption names `ravel console`
     out.print(f"detach a console with Ctrl-]   logs: ravel logs {result.app} VM")
+
+
+def _dry_run(file: str, name: Optional[str], provider: str, transport: Optional[str], timeout: float,
+             as_json: bool) -> None:
+    lab = open_lab(False)
+    try:
+        result = lab.dry_run(file, name=name, provider_name=provider, transport=transport, timeout=timeout)
+    finally:
+        lab.close()
+    if as_json:
+        documents.write(result.to_dict())
+    else:
+        out.print(changes_report(result))
+    if result.changed:  # for CI drift checks: 10 = a publish would change something
+        raise typer.Exit(exits.ExitStatus.CHANGES)
 
 
 def _warn_if_open_to_everyone(provider: str, ssh_from: Optional[str]) -> None:
