@@ -275,7 +275,7 @@ def _vm_changes(ap: AppPlan, desired: Mapping[str, Desired], applied: Mapping[st
                               host, old_host, disks))
             continue
         if host not in seen:
-            out.append(Change("vm", vm.name, "start", f"{host} is made again", host))
+            out.append(Change("vm", vm.name, "start", f"its host {host} is configured anew", host))
             continue
         change = _vm_action(vm.name, desired[host], seen[host].actions)
         if change is not None:

@@ -11,7 +11,6 @@ the end, with a check that nothing is left behind, even when a test fails.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from pathlib import Path

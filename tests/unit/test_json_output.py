@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 
 from ravel.cli.app import app
 from ravel.errors import Problem
-from tests.jsonschemas import SCHEMAS, check, parsed, schemas
+from tests.jsonschemas import SCHEMAS, parsed, schemas
 from tests.unit.importfixtures import make_vmdk
 
 ROOT = Path(__file__).resolve().parents[2]
