@@ -98,8 +98,10 @@ def test_every_reporting_command_accepts_json():
                          "docs/json.md) and list them in REPORTING, or say in NOT_REPORTING why not")
     assert not (set(REPORTING) | set(NOT_REPORTING)) - set(commands), "a listed command no longer exists"
     for name in REPORTING:
-        opts = {o for p in commands[name].params for o in p.opts}
-        assert "--json" in opts, f"`ravel {name}` has no --json"
+        flag = [p for p in commands[name].params if "--json" in p.opts]
+        assert flag, f"`ravel {name}` has no --json"
+        # exits.handled finds it by this name: its failures are then error documents too
+        assert flag[0].name == "as_json", f"`ravel {name}`: call the --json parameter as_json"
     for name in NOT_REPORTING:
         opts = {o for p in commands[name].params for o in p.opts}
         assert "--json" not in opts, f"`ravel {name}` has --json: move it to REPORTING"
