@@ -188,6 +188,7 @@ def _print_expiry(e) -> None:  # e: Expiry | None
 def extend(
     app_name: str = typer.Argument(..., metavar="APP"),
     ttl: str = typer.Option(..., "--ttl", metavar="DURATION", help="The app now lives this long from now (1h, 90m)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the new expiry as JSON."),
 ) -> None:
     """Move an app's expiry: it now ends DURATION from now (see `ravel publish --ttl`)."""
     seconds = ttl_option(ttl)
@@ -197,6 +198,9 @@ def extend(
         e = lab.extend(app_name, seconds)
     finally:
         lab.close()
+    if as_json:
+        documents.write({"app": app_name, "expiry": e.to_dict()})
+        return
     out.print(f"{app_name}: {e.describe()}", markup=False)
 
 

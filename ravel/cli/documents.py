@@ -10,6 +10,7 @@ import sys
 from dataclasses import asdict
 from typing import Any, Iterable
 
+from ..ci.pipeline import RunResult
 from ..plan.plan import Plan
 from ..run.lab import PublishResult, VmStatus
 
@@ -47,3 +48,12 @@ def running(app: str, action: str, targets: list[str], changed: int,
 
 def destroyed(app: str, hosts_removed: int) -> dict[str, Any]:
     return {"app": app, "destroyed": True, "hosts_removed": hosts_removed}
+
+
+def ran(result: RunResult, publish_line: str | None) -> dict[str, Any]:
+    """`ravel run`: `status` is its exit status (COMMAND's own, or ravel's when ravel failed:
+    then `messages` says what failed)."""
+    return {"app": result.app, "status": result.status,
+            "phases": [asdict(p) for p in result.phases],
+            "snapshot": result.snapshot, "publish_from": publish_line, "kept": result.kept,
+            "signal": result.signal, "messages": list(result.messages)}
