@@ -126,6 +126,8 @@ def test_plan_and_validate(tmp_path):
     p = ravel("plan", "blueprints/demo.yaml", "--json", home=tmp_path)
     assert p.returncode == 0, p.stderr
     assert parsed(p.stdout, "plan")["blueprint"] == "demo"
+    p = ravel("plan", "blueprints/demo.yaml", "--budget", "1", "--json", home=tmp_path)
+    assert parsed(p.stdout, "plan")["budget"]["amount"] == 1
     p = ravel("validate", "blueprints/demo.yaml", "blueprints/services-lab.yaml", "--json", home=tmp_path)
     assert p.returncode == 0, p.stderr
     assert [v["file"] for v in parsed(p.stdout, "validate")["valid"]] == ["blueprints/demo.yaml",
