@@ -131,7 +131,7 @@ def test_failing_command_is_snapshotted_and_its_status_passes_through(lab):
     gone(r, FAIL)
     assert snap in r("snapshots", "--json").stdout
     cases = junit_cases(junit)
-    assert cases["command"].find("failure").get("message") == "sh -c 'exit 3' exited with status 3"
+    assert cases["command"].find("failure").get("message") == "sh -c 'echo to-stderr; exit 3' exited with status 3"
     assert snap in cases["snapshot"].find("system-out").text
     # the exact line printed brings the failed lab back
     line = m.group(0).split()[1:]
@@ -181,7 +181,7 @@ def test_ttl_destroys_the_app_with_no_ravel_running_and_extend_pushes_it_back(la
     doc = parsed(r("extend", LONG, "--ttl", "90s", "--json").stdout, "extend")
     assert doc["app"] == LONG and 80 <= doc["expiry"]["left_s"] <= 90 and doc["expiry"]["action"] == "destroy"
     expiry = {a["name"]: a["expiry"] for a in parsed(r("list", "--json").stdout, "list")}
-    assert expiry[TTL]["left_s"] < expiry[LONG]["left_s"]
+    assert expiry[LONG]["left_s"] > 60  # (TTL may be gone already)
     wait_until(lambda: not namespaces_of(TTL) and not qemu_pids(TTL), 45, f"{TTL} to be destroyed")
     took = time.monotonic() - started
     assert 20 <= took <= 45, f"{TTL} destroyed after {took:.0f} s"
