@@ -96,6 +96,16 @@ def _pinned(directory: Path, kind: str, app: str, name: str) -> KeyPair:
     return KeyPair(path.read_text(), _wait_public(path))
 
 
+def existing(directory: Path, kind: str, app: str | None, name: str) -> KeyPair | None:
+    """A key made before, or None; never makes one (`ravel publish --dry-run` reads, never
+    writes). `kind`: "guestkeys", "hostkeys", or "" with `app` None for ravel's login key."""
+    path = directory / kind / app / f"{name}_ed25519" if app else directory / f"{name}_ed25519"
+    pub = path.with_suffix(".pub")
+    if not (path.exists() and pub.exists()):
+        return None
+    return KeyPair(path.read_text(), pub.read_text().strip())
+
+
 def directory(state: Path) -> Path:
     """Where a ravel set-up keeps its keys: next to the state (a 0700 directory), never in it."""
     return state / "keys"

@@ -60,6 +60,9 @@ class RunOptions:
     timeout: float | None = None  # COMMAND's bound
     publish_timeout: float = 600.0  # publish and ready together
     lifetime: LifetimeRequest = LifetimeRequest()
+    # where COMMAND's stdout goes (a file descriptor; None: ravel's own stdout). `ravel run
+    # --json` sends it to stderr, so stdout holds the run's document alone
+    command_stdout: int | None = None
 
 
 @dataclass
@@ -206,7 +209,8 @@ class Run:
         # all of it, and its children too end with it
         self.child_group = not sys.stdin.isatty()
         try:
-            self.child = subprocess.Popen(opts.command, env=env, process_group=0 if self.child_group else None)
+            self.child = subprocess.Popen(opts.command, env=env, stdout=opts.command_stdout,
+                                          process_group=0 if self.child_group else None)
         except OSError as exc:
             phase.done("error", time.monotonic() - t, f"cannot start {opts.command[0]}: {exc.strerror}", shown)
             result.status = 127 if isinstance(exc, FileNotFoundError) else 126

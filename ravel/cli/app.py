@@ -6,6 +6,7 @@ Commands live in one module per area (cmd_*.py); importing them registers them o
 from __future__ import annotations
 
 import signal
+import sys
 
 from . import _interrupted_while_loading
 from . import cmd_lab, cmd_plan  # noqa: F401  (registers commands)
@@ -15,9 +16,12 @@ from . import cmd_access  # noqa: F401  (ssh, exec, cp, vnc, ssh-config, invento
 from . import cmd_ci  # noqa: F401  (run)
 from . import cmd_doctor  # noqa: F401  (doctor)
 from .common import app
+from .exits import run_json, wants_json
 
 
 def main() -> None:
     if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if wants_json(sys.argv[1:]):  # even a usage error is then a JSON document (docs/json.md)
+        sys.exit(run_json(lambda: app(prog_name="ravel", standalone_mode=False)))
     app(prog_name="ravel")

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import exits
+from . import documents, exits
 from .common import app, err, out
 from .common import lab as open_lab
 
@@ -86,6 +86,7 @@ def cp(
     src: str = typer.Argument(..., metavar="SRC"),
     dst: str = typer.Argument(..., metavar="DST"),
     agent: bool = typer.Option(False, "--agent", help="Through the QEMU guest agent instead of SSH."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was copied as JSON."),
 ) -> None:
     """Copy files or directories between here and a VM: one side is APP:VM:/path (like docker cp).
 
@@ -99,6 +100,10 @@ def cp(
         done = (copy_by_agent if agent else copy)(lab.ctx, src, dst)
     finally:
         lab.close()
+    if as_json:
+        documents.write({"src": src, "dst": dst, "via": "agent" if agent else "ssh",
+                         "files": done.files, "bytes": done.bytes})
+        return
     err.print(f"copied {done.files} file{'s' if done.files != 1 else ''}, {done.bytes} bytes", markup=False)
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..ci.pipeline import RunOptions, run
+from ..ci.pipeline import RunOptions, publish_line, run
 from ..run.lifetime import LifetimeRequest
-from . import exits
+from . import documents, exits
 from .common import BUDGET_HELP, TTL_HELP, app, budget_option, err, provider_option, ttl_option
 from .common import lab as open_lab
 
@@ -35,6 +36,9 @@ def run_cmd(
                                           help="Bound on publishing and waiting until every VM is ready."),
     ttl: Optional[str] = typer.Option(None, "--ttl", metavar="DURATION", help=TTL_HELP),
     budget: Optional[float] = typer.Option(None, "--budget", metavar="AMOUNT", callback=budget_option, help=BUDGET_HELP),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print the run (phases, status, snapshot) as JSON; COMMAND's stdout then "
+                                      "goes to stderr."),
 ) -> None:
     """Publish FILE, wait until it is ready, run COMMAND here with RAVEL_APP, RAVEL_SSH_CONFIG and
     RAVEL_INVENTORY set, then destroy the app. On failure, snapshot it first (--snapshot-on-failure)
@@ -43,7 +47,8 @@ def run_cmd(
         raise typer.BadParameter("--memory goes with --snapshot-on-failure")
     opts = RunOptions(str(file), list(command), name=name, provider=provider, snapshot_on_failure=snapshot_on_failure,
                       memory=memory, keep_on_failure=keep_on_failure, store=store, junit=junit, timeout=timeout,
-                      publish_timeout=publish_timeout, lifetime=LifetimeRequest(ttl_option(ttl), budget))
+                      publish_timeout=publish_timeout, lifetime=LifetimeRequest(ttl_option(ttl), budget),
+                      command_stdout=sys.stderr.fileno() if as_json else None)
     lab = open_lab()
     try:
         result = run(lab, opts, lambda line: err.print(line, markup=False))
@@ -51,4 +56,6 @@ def run_cmd(
         lab.close()
     for line in result.messages:
         err.print(f"error: {line}", markup=False)
+    if as_json:  # the exit status is the document's `status`, as without --json
+        documents.write(documents.ran(result, publish_line(result.snapshot, opts) if result.snapshot else None))
     raise typer.Exit(result.status)

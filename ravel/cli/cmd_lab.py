@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import enum
-import json
 import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from ..model.spec import NAME_RE
-from . import exits
+from . import documents, exits
 from ..run.lifetime import LifetimeRequest
 from .common import BUDGET_HELP, TTL_HELP, app, budget_option, err, out, provider_option, ttl_option
 from .common import lab as open_lab
-from .render import apps_table, down_lines, vm_table
+from .render import apps_table, changes_report, down_lines, vm_table
 
 _provider = provider_option
 
@@ -54,6 +52,11 @@ def publish(
     ttl: Optional[str] = typer.Option(None, "--ttl", metavar="DURATION", help=TTL_HELP),
     budget: Optional[float] = typer.Option(None, "--budget", metavar="AMOUNT", callback=budget_option,
                                            help=BUDGET_HELP),
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Only show what a publish would change (hosts, VMs, networks, services, firewall rules), "
+             "touching nothing; exit 0 when nothing would change, 10 when something would."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON document (docs/json.md)."),
 ) -> None:
     """Create the hosts, wire the networks and boot every VM; re-running applies only changes."""
     if name is not None:
@@ -62,9 +65,13 @@ def publish(
         raise typer.BadParameter("--host-image and --ssh-from apply to the aws and gcp providers only")
     _warn_if_open_to_everyone(provider, ssh_from)
     if (file is None) == (from_snapshot is None):
-        err.print("error: give a blueprint FILE or --from SNAPSHOT (one of them)", markup=False)
-        raise typer.Exit(exits.ExitStatus.BAD_INPUT)
+        raise exits.UsageError("give a blueprint FILE or --from SNAPSHOT (one of them)")
     lifetime = LifetimeRequest(ttl_option(ttl), budget)
+    if dry_run:
+        if file is None:
+            raise exits.UsageError("--dry-run compares a blueprint FILE with the running app, not --from")
+        _dry_run(str(file), name, provider, transport.value if transport else None, timeout, as_json)
+        return
     lab = open_lab()
     try:
         if from_snapshot is not None:
@@ -77,6 +84,9 @@ def publish(
                                  transport=transport.value if transport else None, lifetime=lifetime)
     finally:
         lab.close()
+    if as_json:
+        documents.write(documents.published(result, provider, from_snapshot))
+        return
     if result.changed == 0:
         out.print(f"{result.app}: nothing to do, everything is up to date")
     out.print(vm_table(result.app, result.vms))
@@ -84,6 +94,21 @@ def publish(
         out.print(f"all VMs ready after {result.ready_s:.1f} s")
     # the table's caption names `ravel console`
     out.print(f"detach a console with Ctrl-]   logs: ravel logs {result.app} VM")
+
+
+def _dry_run(file: str, name: Optional[str], provider: str, transport: Optional[str], timeout: float,
+             as_json: bool) -> None:
+    lab = open_lab(False)
+    try:
+        result = lab.dry_run(file, name=name, provider_name=provider, transport=transport, timeout=timeout)
+    finally:
+        lab.close()
+    if as_json:
+        documents.write(result.to_dict())
+    else:
+        out.print(changes_report(result))
+    if result.changed:  # for CI drift checks: 10 = a publish would change something
+        raise typer.Exit(exits.ExitStatus.CHANGES)
 
 
 def _warn_if_open_to_everyone(provider: str, ssh_from: Optional[str]) -> None:
@@ -120,7 +145,7 @@ def status(
     finally:
         lab.close()
     if as_json:
-        sys.stdout.write(json.dumps({n: [asdict(v) for v in vms] for n, vms in data.items()}, indent=2) + "\n")
+        documents.write({n: documents.vms(vms) for n, vms in data.items()})
         return
     if not data:
         out.print("no apps")
@@ -143,11 +168,11 @@ def list_apps(as_json: bool = typer.Option(False, "--json", help="Print as JSON.
     finally:
         lab.close()
     if as_json:
-        sys.stdout.write(json.dumps([{"name": h.app, "provider": h.provider, "status": h.status,
-                                      "recorded": h.recorded, "hosts": h.hosts, "vms": len(h.vm_names),
-                                      "down": list(h.down), "seen_s": h.seen_s, "busy_pid": h.busy,
-                                      "expiry": e.to_dict() if (e := expiries.get(h.app)) else None}
-                                     for h in rows], indent=2) + "\n")
+        documents.write([{"name": h.app, "provider": h.provider, "status": h.status,
+                          "recorded": h.recorded, "hosts": h.hosts, "vms": len(h.vm_names),
+                          "down": list(h.down), "seen_s": h.seen_s, "busy_pid": h.busy,
+                          "expiry": e.to_dict() if (e := expiries.get(h.app)) else None}
+                         for h in rows])
         return
     out.print(apps_table(rows, expiries))
     for hint in sorted({e.hint for e in expiries.values() if e and e.hint and e.left_s <= 0}):
@@ -167,6 +192,7 @@ def _print_expiry(e) -> None:  # e: Expiry | None
 def extend(
     app_name: str = typer.Argument(..., metavar="APP"),
     ttl: str = typer.Option(..., "--ttl", metavar="DURATION", help="The app now lives this long from now (1h, 90m)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the new expiry as JSON."),
 ) -> None:
     """Move an app's expiry: it now ends DURATION from now (see `ravel publish --ttl`)."""
     seconds = ttl_option(ttl)
@@ -176,6 +202,9 @@ def extend(
         e = lab.extend(app_name, seconds)
     finally:
         lab.close()
+    if as_json:
+        documents.write({"app": app_name, "expiry": e.to_dict()})
+        return
     out.print(f"{app_name}: {e.describe()}", markup=False)
 
 
@@ -214,23 +243,29 @@ def logs(
 @app.command()
 @exits.handled
 def stop(app_name: str = typer.Argument(..., metavar="APP"),
-         vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]...")) -> None:
+         vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]..."),
+         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Stop an app's VMs (or the ones named); disks are kept."""
-    lab = open_lab()
-    try:
-        lab.set_running(app_name, vms or None, False)
-    finally:
-        lab.close()
+    _set_running(app_name, vms, False, as_json)
 
 
 @app.command()
 @exits.handled
 def start(app_name: str = typer.Argument(..., metavar="APP"),
-          vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]...")) -> None:
+          vms: Optional[List[str]] = typer.Argument(None, metavar="[VM]..."),
+          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Start an app's stopped VMs (or the ones named)."""
+    _set_running(app_name, vms, True, as_json)
+
+
+def _set_running(app_name: str, vms: Optional[List[str]], running: bool, as_json: bool) -> None:
     lab = open_lab()
     try:
-        lab.set_running(app_name, vms or None, True)
+        changed = lab.set_running(app_name, vms or None, running)
+        if as_json:  # each VM as it is now, as `ravel status` shows it
+            now = lab.status(app_name)
+            documents.write(documents.running(app_name, "start" if running else "stop",
+                                              list(vms or [v.name for v in now]), changed, now))
     finally:
         lab.close()
 
@@ -245,16 +280,20 @@ def destroy(
         help="Also when the state is damaged or lost the app: remove what the hosts show for its name."),
     provider: str = typer.Option("local", "--provider", "-p", callback=_provider,
                                  help="With --force and no readable state: where the app's hosts are."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Remove an app: its VMs, disks, networks and hosts. Asks first, on a terminal only."""
     if not yes and sys.stdin.isatty():
-        if not typer.confirm(f"destroy {app_name} and delete its disks?", default=False):
+        if not typer.confirm(f"destroy {app_name} and delete its disks?", default=False, err=as_json):
             raise typer.Exit(1)
     lab = open_lab(check_lost=not force)
     try:
         n = lab.destroy(app_name, provider_name=provider, force=force)
     finally:
         lab.close()
+    if as_json:
+        documents.write(documents.destroyed(app_name, n))
+        return
     out.print(f"{app_name}: destroyed ({n} host{'s' if n != 1 else ''} removed)")
 
 

@@ -17,7 +17,7 @@ from ..plan.fit import check_fit
 from ..plan.plan import make_plan
 from ..run.blueprints import read_blueprint
 from ..run.preflight import check_files
-from . import exits
+from . import documents, exits
 from ..model.durations import approx_duration
 from ..plan.lifetime import budget_seconds
 from .common import BUDGET_HELP, Optimize, app, budget_option, out, provider_option
@@ -32,9 +32,11 @@ def validate(
     files: List[Path] = typer.Argument(..., help="Blueprint files to check.", show_default=False),
     provider: str = typer.Option("local", "--provider", "-p", callback=_provider,
                                  help="Check VM sizes against this provider's host types."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (problems: an error document)."),
 ) -> None:
     """Check blueprints and print every problem as FILE:LINE:COL: key: message."""
     problems = []
+    valid = []
     for f in files:
         try:
             bp = read_blueprint(str(f))
@@ -49,9 +51,13 @@ def validate(
         if fit:
             problems.extend(fit)
         else:
-            out.print(f"{f}: ok ({len(bp.vms)} VMs, {len(bp.networks)} networks)")
+            valid.append({"file": str(f), "name": bp.name, "vms": len(bp.vms), "networks": len(bp.networks)})
+            if not as_json:
+                out.print(f"{f}: ok ({len(bp.vms)} VMs, {len(bp.networks)} networks)")
     if problems:
         raise BlueprintError(problems)
+    if as_json:
+        documents.write({"valid": valid})
 
 
 @app.command()
@@ -80,7 +86,7 @@ def plan(
         doc = p.to_dict()
         if budget is not None:
             doc["budget"] = {"amount": budget, "lifetime_s": lasts}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        documents.write(doc)
         return
     out.print(plan_table(p))
     if budget is not None:

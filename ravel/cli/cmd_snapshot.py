@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..paths import paths
 from ..snapshot.layers import gc, read_manifest, remove_snapshot
 from ..snapshot.take import snapshots as list_snapshots
 from ..store import open_store
-from . import exits
+from . import documents, exits
 from .common import app, err, out
 from .common import lab as open_lab
 
@@ -26,8 +25,7 @@ app.add_typer(store_app, name="store")
 
 
 def _usage(message: str) -> None:
-    err.print(f"error: {message}", markup=False)
-    raise typer.Exit(exits.ExitStatus.BAD_INPUT)
+    raise exits.UsageError(message)  # exits.handled: exit 2, and an error document with --json
 
 
 def _mib(n: int) -> str:
@@ -51,11 +49,12 @@ def snapshot(
     finally:
         lab.close()
     if as_json:
-        sys.stdout.write(json.dumps({
-            "name": r.name, "store": r.store, "pause_s": r.pause_s, "vms": r.vms, "layers": r.layers,
-            "bytes_total": r.bytes_total, "bytes_uploaded": r.bytes_uploaded, "manifest_bytes": r.manifest_bytes,
-            "bytes_stored": r.bytes_stored, "host_pause_s": r.per_host_pause,
-            "bytes_fetched": r.bytes_fetched, "layers_fetched": r.layers_fetched}, indent=2) + "\n")
+        documents.write({
+            "name": r.name, "app": app_name, "store": r.store, "pause_s": r.pause_s, "vms": r.vms,
+            "layers": r.layers, "bytes_total": r.bytes_total, "bytes_uploaded": r.bytes_uploaded,
+            "manifest_bytes": r.manifest_bytes, "bytes_stored": r.bytes_stored, "host_pause_s": r.per_host_pause,
+            "bytes_fetched": r.bytes_fetched, "layers_fetched": r.layers_fetched,
+            "memory": memory})
         return
     out.print(f"snapshot {r.name}: {r.vms} VMs paused for {r.pause_s * 1000:.0f} ms; "
               f"{r.layers} layers ({_mib(r.bytes_total)}), {_mib(r.bytes_stored)} new in {r.store}")
@@ -79,9 +78,8 @@ def snapshots(
     if action == "list":
         st, manifests = list_snapshots(p, store)
         if as_json:
-            sys.stdout.write(json.dumps([{"name": m.name, "app": m.app, "created": m.created, "vms": len(m.vms),
-                                          "bytes": m.total_bytes(), "pause_s": m.pause_s} for m in manifests],
-                                        indent=2) + "\n")
+            documents.write([{"name": m.name, "app": m.app, "created": m.created, "vms": len(m.vms),
+                              "bytes": m.total_bytes(), "pause_s": m.pause_s} for m in manifests])
             return
         if not manifests:
             out.print(f"no snapshots in {st.url}")
@@ -99,11 +97,14 @@ def snapshots(
     assert name is not None
     if action == "rm":
         remove_snapshot(st, name)
+        if as_json:
+            documents.write({"removed": name, "store": st.url})
+            return
         out.print(f"snapshot {name} removed; `ravel store gc` frees the layers no other snapshot uses")
         return
     m = read_manifest(st, name)
-    if as_json:
-        sys.stdout.write(m.to_json().decode())
+    if as_json:  # the manifest itself, as the store keeps it
+        sys.stdout.write(m.to_json().decode().rstrip("\n") + "\n")
         return
     out.print(f"snapshot {m.name} of app {m.app} ({m.provider}), {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(m.created))}")
     t = Table()
@@ -123,10 +124,15 @@ def snapshots(
 def store_gc(
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Remove the layers no snapshot references (refuses while a snapshot is being taken)."""
     st = open_store(store, paths())
     r = gc(st, dry_run=dry_run)
+    if as_json:
+        documents.write({"store": st.url, "dry_run": dry_run, "removed": list(r.removed),
+                         "freed_bytes": r.freed_bytes, "kept": r.kept})
+        return
     verb = "would remove" if dry_run else "removed"
     out.print(f"{st.url}: {verb} {len(r.removed)} layers ({_mib(r.freed_bytes)}), kept {r.kept}")
 
@@ -145,11 +151,12 @@ def import_vm(
     result = import_path(path, output)
     for note in result.notes:
         err.print(f"note: {note}", markup=False)
-    if as_json:
-        sys.stdout.write(json.dumps(result.json(), indent=2) + "\n")
     if output is not None:
         write_blueprint(result, output)
         err.print(f"wrote {output}", markup=False)
-    elif not as_json:
+    if as_json:  # written once it is done: the document names the file
+        documents.write({**result.json(), "notes": list(result.notes),
+                         "output": str(output) if output is not None else None})
+    elif output is None:
         sys.stdout.write(result.yaml())
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from ..model.durations import approx_duration
 from ..model.units import format_mib
@@ -114,3 +116,28 @@ def expires(e) -> str:  # e: Expiry | None
     if e.left_s > 0:
         return f"in {approx_duration(e.left_s)} ({e.action})"
     return f"expired {approx_duration(-e.left_s)} ago ({e.action})"
+
+
+
+def changes_report(dr) -> Group:  # dr: run.dryrun.DryRun
+    """`publish --dry-run`: the changes, then what each host's runtime would do."""
+    if not dr.changed:
+        parts: list = [f"{dr.app}: no changes; the running app matches {dr.blueprint}"]
+    else:
+        n = len(dr.changes)
+        what = "publishing it would make" if dr.exists else "a new app; publishing it would make"
+        t = Table(title=f"{dr.app}: {what} {n} change{'s' if n != 1 else ''}", title_justify="left")
+        for col in ("what", "name", "change", "host", "detail"):
+            t.add_column(col)
+        for c in dr.changes:
+            where = f"{c.source} -> {c.host}" if c.source else (c.host or "-")
+            t.add_row(c.kind, c.name, c.action, where, c.detail or "-")
+        parts = [t]
+    for h in dr.hosts:
+        lines = [f"  {a['kind']} {a['target']} ({a['reason']})" for a in h.actions]
+        lines += [f"  would fail: {p}" for p in h.problems]
+        lines += [f"  would send {f}" for f in h.sends]
+        if lines:
+            parts.append(Text("\n".join([f"{h.name} would do:", *lines])))
+    parts += [Text(f"note: {note}") for note in dr.notes]
+    return Group(*parts)

@@ -13,7 +13,7 @@ from ..paths import Paths
 from ..providers import get_provider
 from ..snapshot.take import SnapshotResult, open_target, take_snapshot
 from ..state import State
-from . import doctor, health, lifetime, observe, publish as pipeline, repair, teardown, vm_access
+from . import doctor, dryrun, health, lifetime, observe, publish as pipeline, repair, teardown, vm_access
 from .doctor import StateCheck
 from .health import AppHealth
 from .lifetime import Expiry, LifetimeRequest
@@ -46,6 +46,11 @@ class Lab:
                 lifetime: LifetimeRequest = LifetimeRequest()) -> PublishResult:
         return pipeline.publish(self.ctx, blueprint_path, name, provider_name, wait, timeout,
                                 ProvisionOptions(host_image, ssh_from, transport), lifetime_request=lifetime)
+
+    def dry_run(self, blueprint_path: str, name: str | None = None, provider_name: str = "local",
+                transport: str | None = None, timeout: float = dryrun.OBSERVE_S) -> dryrun.DryRun:
+        """What `publish` would change, touching nothing."""
+        return dryrun.dry_run(self.ctx, blueprint_path, name, provider_name, transport, timeout)
 
     def publish_snapshot(self, snapshot: str, name: str | None = None, provider_name: str = "local",
                          store_url: str | None = None, wait: bool = False,

@@ -75,6 +75,29 @@ def ensure_seeds(paths: Paths, ap: AppPlan) -> dict[str, Seed]:
     return out
 
 
+def planned_seeds(paths: Paths, ap: AppPlan) -> dict[str, Seed]:
+    """The seeds `ensure_seeds` would give, read-only (`publish --dry-run`): the same path for
+    a VM whose key exists, and a path no seed has for one that would get a new key (its VM
+    is new, so its argv differs anyway)."""
+    keydir = keys.directory(paths.state)
+    login = keys.existing(keydir, "", None, "id")
+    out: dict[str, Seed] = {}
+    for vm in ap.vms:
+        ci = vm.cloud_init
+        if ci is None:
+            continue
+        pair = keys.existing(keydir, "guestkeys", ap.app, vm.name)
+        if pair is None or login is None:
+            out[vm.name] = Seed(str(seeds_dir(paths, ap.app) / f"{vm.name}-new.iso"), vm.login or DEFAULT_USER, "", "")
+            continue
+        iid = instance_id(ap.app, vm.name, pair.public_line)
+        text = ci.user_data if ci.user_data_file is None else read_user_data(vm.name, ci.user_data_file)
+        files = seed_files(ap, vm.name, iid, login.public_line, pair, text)
+        path = seeds_dir(paths, ap.app) / f"{vm.name}-{files.digest()[:16]}.iso"
+        out[vm.name] = Seed(str(path), vm.login or DEFAULT_USER, pair.public_line, iid)
+    return out
+
+
 def forget_seed(paths: Paths, app: str, vm: str) -> None:
     """Remove a VM's seeds and its guest key, once the VM is gone."""
     folder = seeds_dir(paths, app)

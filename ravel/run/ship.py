@@ -126,3 +126,29 @@ def ship_chain(t: Transport, path: str, fmt: str, images_dir: str, present: set[
             t.run(["mv", "-f", staging, s.remote], timeout=60)
         present.add(name)
     return plan[-1].remote
+
+
+def preview(t: Transport, desired: Desired, images_dir: str) -> tuple[Desired, list[str]]:
+    """What `ship` would make of `desired` without sending anything (`publish --dry-run`): the
+    document naming the host's copies, and the files this machine would send first."""
+    files = referenced_files(desired)
+    if not files:
+        return desired, []
+    listing = t.run(["ls", "-1", images_dir], check=False)  # read-only
+    present = set(listing.stdout.split()) if listing.rc == 0 else set()
+    bases = {d.base: d.base_format or "qcow2" for vm in desired.vms for d in vm.disks if d.base}
+    mapping: dict[str, str] = {}
+    missing: list[str] = []
+    try:
+        for path in files:
+            if path in bases:
+                plan = chain_plan([(p, f, digest(p)) for p, f in local_chain(path, bases[path])], images_dir)
+                missing += [s.local for s in plan if posixpath.basename(s.remote) not in present]
+                mapping[path] = plan[-1].remote
+                continue
+            mapping[path] = remote_path(images_dir, path, digest(path))
+            if posixpath.basename(mapping[path]) not in present:
+                missing.append(path)
+    except OSError as exc:
+        raise StoreError(f"{t.host}: cannot read {exc.filename or ''}: {exc.strerror}") from None
+    return rewrite(desired, mapping), missing

@@ -75,8 +75,8 @@ class HostRuntime:
 
     def _call(self, command: str, doc: dict[str, Any] | None = None, timeout: float = RUNTIME_TIMEOUT_S) -> dict[str, Any]:
         data = json.dumps(doc).encode() if doc is not None else None
-        result = self.t.run([self.python, self.pyz, command], input=data,
-                            timeout=self._bounded(command, timeout), check=False)
+        argv, data = self._invocation(command, data)
+        result = self.t.run(argv, input=data, timeout=self._bounded(command, timeout), check=False)
         try:
             report = json.loads(result.stdout) if result.stdout.strip() else {}
         except json.JSONDecodeError:
@@ -88,6 +88,9 @@ class HostRuntime:
         if not isinstance(report, dict):
             raise TransportError(f"{self.t.host}: host runtime printed something that is not a report")
         return report
+
+    def _invocation(self, command: str, data: bytes | None) -> tuple[list[str], bytes | None]:
+        return [self.python, self.pyz, command], data
 
     def facts(self) -> dict[str, Any]:
         return self._call("facts", timeout=60)
@@ -105,3 +108,33 @@ class HostRuntime:
     def ready(self, run_dir: str, checks: list[dict[str, Any]], timeout: float = 30) -> dict[str, Any]:
         """Each guest's readiness, checked on the host (ravel/host/ready.py)."""
         return self._call("ready", {"run_dir": run_dir, "checks": checks}, timeout=timeout)
+
+
+# The runtime started from memory: the zipapp comes first on stdin, goes into a memfd and is
+# imported from /proc/self/fd/N; then the runtime reads the rest of stdin as usual.
+_FROM_MEMORY = (
+    "import os,sys\n"
+    "n=int(sys.argv[1]);code=sys.stdin.buffer.read(n)\n"
+    "if len(code)!=n:sys.exit('ravel-host: short input')\n"
+    "fd=os.memfd_create('ravel-host')\n"
+    "view=memoryview(code)\n"
+    "while view:view=view[os.write(fd,view):]\n"
+    "sys.path.insert(0,'/proc/self/fd/%d'%fd)\n"
+    "from ravel.host.commands import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+class ReadOnlyRuntime(HostRuntime):
+    """The runtime's read-only `observe`, run without installing anything on the host: `ravel
+    publish --dry-run` leaves a host exactly as it found it (not even a newer runtime file)."""
+
+    def __init__(self, transport: Transport, pyz: Path, python: str = REMOTE_PYTHON,
+                 deadline: float | None = None) -> None:
+        super().__init__(transport, str(pyz), python, deadline)
+        self.code = pyz.read_bytes()
+
+    def _invocation(self, command: str, data: bytes | None) -> tuple[list[str], bytes | None]:
+        if command != "observe":  # the others change the host, or need not run here
+            raise ValueError(f"ravel-host {command} is not read-only")
+        return [self.python, "-c", _FROM_MEMORY, str(len(self.code)), command], self.code + (data or b"")

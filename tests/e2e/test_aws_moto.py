@@ -29,6 +29,7 @@ from urllib.parse import unquote
 import pytest
 import yaml
 from tests.contract.servers import moto_server
+from tests.jsonschemas import parsed
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = ROOT / "tests" / "fakes"
@@ -338,6 +339,36 @@ def test_gc_removes_what_the_state_no_longer_knows(cloud):
     assert "app elsewhere" in p.stdout and "keeper" not in p.stdout
     assert cloud.ravel("destroy", "keeper", "-y").returncode == 0
     assert ours(cloud.tool("inventory")) == {"instances": [], "groups": [], "keys": [], "volumes": []}
+
+
+# -- --json and publish --dry-run on a cloud -----------------------------------------------------------
+
+def test_json_documents_and_a_dry_run_that_asks_the_cloud_for_nothing(cloud):
+    p = cloud.ravel("publish", str(cloud.blueprint), "-p", "aws", "--name", "jsonapp", "--timeout", TIMEOUT,
+                    "--host-image", cloud.ami, "--json")
+    assert p.returncode == 5, p.stderr
+    err = parsed(p.stdout, "error")["error"]
+    assert err["code"] == 5 and err["kind"] == "TransportError" and "did not answer SSH" in err["message"]
+    assert err["hint"] and err["message"] in p.stderr  # the human line is still on stderr
+
+    # its hosts exist but were never configured: the dry run reaches none, and makes nothing
+    mark = len(cloud.calls())
+    p = cloud.ravel("publish", str(cloud.blueprint), "-p", "aws", "--name", "jsonapp", "--dry-run", "--json")
+    assert p.returncode == 10, p.stderr
+    doc = parsed(p.stdout, "dry-run")
+    hosts = [c for c in doc["changes"] if c["kind"] == "host"]
+    assert [(c["name"], c["action"]) for c in hosts] == [(h, "create") for h in PLAN]
+    assert all(c["detail"].endswith("made before but never configured") for c in hosts)
+    assert {c["name"] for c in doc["changes"] if c["kind"] == "vm"} == {"hv", "web-1", "web-2"}
+    assert [c["action"] for c in cloud.calls()[mark:]] == ["GetCallerIdentity"]  # the credentials check only
+
+    p = cloud.ravel("gc", "-p", "aws", "--dry-run", "--json")
+    assert p.returncode == 0, p.stderr
+    assert parsed(p.stdout, "gc") == {"provider": "aws", "dry_run": True, "resources": []}  # jsonapp is known
+    p = cloud.ravel("destroy", "jsonapp", "-y", "--json")
+    assert p.returncode == 0, p.stderr
+    assert parsed(p.stdout, "destroy") == {"app": "jsonapp", "destroyed": True, "hosts_removed": 3}
+    assert ours(cloud.tool("inventory"), "jsonapp") == {"instances": [], "groups": [], "keys": [], "volumes": []}
 
 
 # -- where SSH may come from when the user does not say ----------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GUEST, ROOT, Ravel, force_cleanup, leftovers, namespaces, qemu_pids, wait_until
+from tests.jsonschemas import parsed
 from tests.unit.junitcheck import problems
 
 PID = os.getpid()
@@ -114,16 +115,23 @@ def test_run_true_passes_and_leaves_nothing(lab):
 def test_failing_command_is_snapshotted_and_its_status_passes_through(lab):
     r, bp = lab
     junit = r.home / "fail.xml"
-    p = r("run", str(bp), "--name", FAIL, "--snapshot-on-failure", "--junit", str(junit), "--",
-          "sh", "-c", "exit 3", timeout=300, check=False)
+    p = r("run", str(bp), "--name", FAIL, "--snapshot-on-failure", "--junit", str(junit), "--json", "--",
+          "sh", "-c", "echo to-stderr; exit 3", timeout=300, check=False)
     assert p.returncode == 3, p.stderr
     m = re.search(rf"^  ravel publish --from ({FAIL}-failed-\d{{8}}-\d{{6}}) --wait$", p.stderr, re.MULTILINE)
     assert m, p.stderr
     snap = m.group(1)
+    # --json: the run as one document on stdout (COMMAND's own stdout went to stderr)
+    doc = parsed(p.stdout, "run")
+    assert (doc["status"], doc["snapshot"], doc["publish_from"]) == (3, snap, m.group(0).strip())
+    assert [(ph["name"], ph["outcome"]) for ph in doc["phases"]] == [
+        ("publish", "passed"), ("ready", "passed"), ("command", "failed"), ("snapshot", "passed"),
+        ("destroy", "passed")]
+    assert "to-stderr" in p.stderr and doc["messages"] == []
     gone(r, FAIL)
     assert snap in r("snapshots", "--json").stdout
     cases = junit_cases(junit)
-    assert cases["command"].find("failure").get("message") == "sh -c 'exit 3' exited with status 3"
+    assert cases["command"].find("failure").get("message") == "sh -c 'echo to-stderr; exit 3' exited with status 3"
     assert snap in cases["snapshot"].find("system-out").text
     # the exact line printed brings the failed lab back
     line = m.group(0).split()[1:]
@@ -170,6 +178,10 @@ def test_ttl_destroys_the_app_with_no_ravel_running_and_extend_pushes_it_back(la
     assert re.search(r"lifetime: expires in \d+s .*then destroy; reaper pid \d+", r("status", TTL).stdout)
     p = r("extend", LONG, "--ttl", "90s")
     assert re.search(r"expires in 1m (2|3)\ds", p.stdout), p.stdout
+    doc = parsed(r("extend", LONG, "--ttl", "90s", "--json").stdout, "extend")
+    assert doc["app"] == LONG and 80 <= doc["expiry"]["left_s"] <= 90 and doc["expiry"]["action"] == "destroy"
+    expiry = {a["name"]: a["expiry"] for a in parsed(r("list", "--json").stdout, "list")}
+    assert expiry[LONG]["left_s"] > 60  # (TTL may be gone already)
     wait_until(lambda: not namespaces_of(TTL) and not qemu_pids(TTL), 45, f"{TTL} to be destroyed")
     took = time.monotonic() - started
     assert 20 <= took <= 45, f"{TTL} destroyed after {took:.0f} s"

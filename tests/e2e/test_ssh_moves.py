@@ -20,6 +20,8 @@ import pytest
 from conftest import ROOT, Ravel, force_cleanup, wait_until
 from test_ssh_lab import ssh_leftovers, sshd_pids
 
+from tests.jsonschemas import parsed
+
 APP = f"mv{os.getpid()}"
 
 BLUEPRINT = """\
@@ -72,6 +74,12 @@ def lab(tmp_path_factory):
 def sh(r: Ravel, vm: str, cmd: str) -> str:
     with r.console(APP, vm) as con:
         return con.check(cmd, timeout=45)
+
+
+def dry_run(r: Ravel, blueprint: Path) -> tuple[int, dict]:
+    p = r("publish", str(blueprint), "--name", APP, "--dry-run", "--json", check=False)
+    assert p.returncode in (0, 10), f"{p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p.returncode, parsed(p.stdout, "dry-run")
 
 
 def logs(r: Ravel, *args: str) -> bytes:
@@ -129,6 +137,12 @@ def test_a_vm_moves_host_with_its_disk_carried_over_ssh(lab):
     r, packed = lab
     before = r.status(APP)
     assert before["one"]["host"] != before["two"]["host"]
+    # a dry run first, over SSH too (the hosts' copies of the base image and boot files named as
+    # publish names them): the running app matches its blueprint; the packed one moves a VM
+    assert dry_run(r, packed.parent / "spread.yaml")[0] == 0
+    rc, doc = dry_run(r, packed)
+    (planned,) = [c for c in doc["changes"] if c["action"] == "move"]
+    assert rc == 10 and planned["from"] != planned["host"] and len(planned["disks"]) == 1
     disks = {}
     for vm in ("one", "two"):
         sh(r, vm, f"echo disk-of-{vm} | dd of=/dev/vda bs=512 seek=2048 count=1 conv=sync 2>/dev/null; sync")
@@ -150,6 +164,8 @@ def test_a_vm_moves_host_with_its_disk_carried_over_ssh(lab):
     # the guest boots on the disk it had: its own marker over the base image's first sector
     assert sh(r, vm, "dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 12") == f"disk-of-{vm}"
     assert sh(r, vm, "dd if=/dev/vda bs=8 count=1 2>/dev/null") == "AAAAAAAA"
+    assert (planned["name"], planned["from"], planned["host"]) == (vm, src, dst)  # as the dry run said
+    assert dry_run(r, packed)[0] == 0
     other = "two" if vm == "one" else "one"
     assert sh(r, other, "dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 12") == f"disk-of-{other}"
     # and its console log is read from its new host, exactly
