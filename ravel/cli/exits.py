@@ -43,6 +43,14 @@ class ExitStatus(enum.IntEnum):
     INTERRUPTED = 130
 
 
+def doctor_status(missing: list[str]) -> ExitStatus:
+    """`ravel doctor`, from the names of the required checks that failed: the machine lacking
+    something comes first (nothing works without it), then a state that needs repair."""
+    if any(name != "state" for name in missing):
+        return ExitStatus.ENVIRONMENT
+    return ExitStatus.STATE if missing else ExitStatus.OK
+
+
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

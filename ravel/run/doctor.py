@@ -1,6 +1,6 @@
-"""`ravel doctor`: what is wrong with this set-up, and what would fix it. For now the state:
-is the database sound, does it know every app its backups and the hosts show? Changes nothing
-(`--repair-state` is repair.py)."""
+"""`ravel doctor`, the state's part: is the database sound, does it know every app its backups
+and the hosts show? Changes nothing (`--repair-state` is repair.py; the machine's part is
+machine.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..errors import StateDamaged
 from ..providers import get_provider
 from ..providers.base import HostFinder
 from . import state_backup
+from .checks import Check
 from .sessions import Context
 
 
@@ -42,3 +43,16 @@ def check_state(ctx: Context) -> StateCheck:
     if isinstance(provider, HostFinder):
         out.unknown = sorted({h.app for h in provider.found_hosts()} - set(out.apps))
     return out
+
+
+def state_line(check: StateCheck) -> Check:
+    """The state check as one line of `ravel doctor` (required: every command needs the state)."""
+    if check.sound:
+        return Check("state", True, True, f"{check.path}: sound, {len(check.apps)} app(s), "
+                     f"{len(check.backups)} backed up")
+    found = [f"damaged: {p}" for p in check.problems]
+    if check.lost:
+        found.append(f"lost apps (they have backups): {', '.join(check.lost)}")
+    if check.unknown:
+        found.append(f"apps on this machine's hosts the state does not know: {', '.join(check.unknown)}")
+    return Check("state", False, True, f"{check.path}: {'; '.join(found)}", "ravel doctor --repair-state")

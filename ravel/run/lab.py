@@ -13,7 +13,8 @@ from ..paths import Paths
 from ..providers import get_provider
 from ..snapshot.take import SnapshotResult, open_target, take_snapshot
 from ..state import State
-from . import doctor, dryrun, health, lifetime, observe, publish as pipeline, repair, teardown, vm_access
+from . import doctor, dryrun, health, lifetime, machine, observe, publish as pipeline, repair, teardown, vm_access
+from .checks import Check
 from .doctor import StateCheck
 from .health import AppHealth
 from .lifetime import Expiry, LifetimeRequest
@@ -23,7 +24,7 @@ from .publish import PublishResult
 from .repair import Repair
 from .sessions import Context, applied_hosts
 
-__all__ = ["AppHealth", "Lab", "PublishResult", "Repair", "StateCheck", "VmStatus"]
+__all__ = ["AppHealth", "Check", "Lab", "PublishResult", "Repair", "StateCheck", "VmStatus"]
 
 
 class Lab:
@@ -100,6 +101,10 @@ class Lab:
         apps = self.state.apps()
         return ([health.app_health(self.state, a) for a in apps]
                 + health.unknown_apps(self.paths, {a.name for a in apps}))
+
+    def check_machine(self) -> list[Check]:
+        """`ravel doctor`: what this machine has of what ravel needs (machine.py)."""
+        return machine.check_machine(self.paths)
 
     def check_state(self) -> StateCheck:
         return doctor.check_state(self.ctx)
