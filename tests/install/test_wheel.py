@@ -60,6 +60,10 @@ def _dependency_dirs() -> list[str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Installed:
+    import setuptools  # the builder, a [test] dependency: older ones cannot make wheels alone
+
+    assert tuple(int(x) for x in setuptools.__version__.split(".")[:2]) >= (70, 1), \
+        f"setuptools {setuptools.__version__} here: `make venv` installs setuptools>=70.1 ([test])"
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     shutil.copytree(ROOT / "ravel", src / "ravel", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
