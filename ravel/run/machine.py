@@ -58,18 +58,18 @@ def runtime_and_kvm(paths: Paths) -> tuple[Check, Check]:
     return kvm_check(facts), runtime
 
 
-def _run(argv: list[str], timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
-    """(exit status, stdout+stderr); 127 when the program is missing, 124 on timeout."""
+def _run(argv: list[str], timeout: float = RUN_TIMEOUT) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr); 127 when the program is missing, 124 on timeout."""
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                            stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        return 127, f"{argv[0]}: not found"
+        return 127, "", f"{argv[0]}: not found"
     except PermissionError as exc:
-        return 126, f"{argv[0]}: {exc.strerror}"
+        return 126, "", f"{argv[0]}: {exc.strerror}"
     except subprocess.TimeoutExpired:
-        return 124, f"`{' '.join(argv)}` did not finish within {timeout:g} s"
-    return p.returncode, (p.stdout + p.stderr).strip()
+        return 124, "", f"`{' '.join(argv)}` did not finish within {timeout:g} s"
+    return p.returncode, p.stdout.strip(), p.stderr.strip()
 
 
 def root() -> Check:
@@ -112,7 +112,8 @@ def tool(name: str, package: str, why: str, *args: str, path: str | None = None,
         return Check(name, False, required, f"{path or name} is not installed ({why})",
                      f"apt-get install {package}")
     if args:
-        rc, out = _run([exe, *args])
+        rc, stdout, stderr = _run([exe, *args])
+        out = stdout or stderr  # ssh -V answers on stderr
         if rc != 0:
             return Check(name, False, required, f"{exe} {' '.join(args)} failed: {out[:200]}",
                          f"apt-get install --reinstall {package}")
@@ -135,13 +136,14 @@ def host_runtime(paths: Paths) -> tuple[Check, dict[str, Any] | None]:
     if python is None:
         return Check("host-runtime", False, True, f"{REMOTE_PYTHON} is not on PATH (hosts run the "
                      "runtime with it)", "apt-get install python3"), None
-    rc, out = _run([python, str(pyz), "facts"], timeout=30)
+    rc, out, err = _run([python, str(pyz), "facts"], timeout=30)
     try:
-        facts = json.loads(out[out.index("{"):]) if rc == 0 else None
+        facts = json.loads(out) if rc == 0 else None
     except ValueError:
         facts = None
     if not isinstance(facts, dict) or not isinstance(facts.get("kvm"), dict):
-        return Check("host-runtime", False, True, f"{python} {pyz.name} facts failed: {out[:200]}",
+        return Check("host-runtime", False, True,
+                     f"{python} {pyz.name} facts failed (exit {rc}): {(err or out)[:200]}",
                      "reinstall ravel (pip install --force-reinstall ravel)"), None
     return Check("host-runtime", True, True, f"{pyz} runs with {python}"), facts
 
