@@ -40,6 +40,7 @@ REPORTING = {
     "cp": ("cp",),
     "run": ("run",),
     "extend": ("extend",),
+    "doctor": ("doctor",),
 }
 # the others, and why they have no --json (a new command must be added to one of the two)
 NOT_REPORTING = {
@@ -121,6 +122,13 @@ def test_every_schema_is_valid_documented_and_used():
 
 
 # -- documents of commands that need no running app -----------------------------------------------
+
+def test_doctor(tmp_path):
+    p = ravel("doctor", "--json", home=tmp_path)
+    doc = parsed(p.stdout, "doctor")
+    assert p.returncode == (0 if doc["ok"] else 9), p.stderr
+    assert {"root", "qemu", "kvm"} <= {c["name"] for c in doc["checks"]}
+
 
 def test_plan_and_validate(tmp_path):
     p = ravel("plan", "blueprints/demo.yaml", "--json", home=tmp_path)
