@@ -34,6 +34,8 @@ def shipped() -> list[tuple[str, str]]:
     for doc in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]:
         text = doc.read_text()
         for m in re.finditer(r"```ya?ml\n(.*?)```", text, re.S):
+            if not re.search(r"^(name|vms|networks|defaults):", m.group(1), re.M):
+                continue  # not a blueprint (a CI workflow, an inventory)
             out.append((f"{doc.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 2}", m.group(1)))
     return out
 
