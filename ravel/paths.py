@@ -1,4 +1,8 @@
-"""Where ravel keeps things on this machine. `RAVEL_HOME` puts all of it under one directory."""
+"""Where ravel keeps things on this machine. `RAVEL_HOME` puts all of it under one directory.
+
+What ravel keeps under its state and data directories (the state database, guest disks, layers,
+snapshots, keys) is for the user running it only: directories 0700, files 0600.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,44 @@ class Paths:
 
     def app_run(self, app: str) -> Path:
         return self.run / app
+
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """`path` and every missing directory above it, made 0700 (mkdir's mode passes through
+    the umask, so each is set again); `path` itself is made private if it was not."""
+    missing = []
+    p = Path(path)
+    while not p.is_dir() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            pass
+        os.chmod(d, PRIVATE_DIR)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, PRIVATE_DIR)
+    return Path(path)
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Replace `path` with `data`, 0600, atomically (a reader sees the old file or the new)."""
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, PRIVATE_FILE)  # an old temporary file keeps its mode through O_CREAT
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def paths(env: dict[str, str] | None = None) -> Paths:

@@ -1,13 +1,16 @@
 """The SQLite state: apps, hosts, networks, VMs, and the allocations that must stay unique.
 
 One lock per app is an flock on a file, not a row: the kernel drops it when the holder dies,
-so a publish killed with SIGKILL never leaves the app locked.
+so a publish killed with SIGKILL never leaves the app locked. The file names its holder (pid,
+start time, host: ravel/owners.py) while held and is emptied on release, so a holder that died
+is seen by the next command, which says so.
 
 The database is opened on first use (commands that fail their checks first leave nothing
-behind), in WAL mode. Any SQLite failure that is not "busy" is damage: it is reported as
-StateDamaged naming the file, what `PRAGMA integrity_check` says, and the way out (`ravel
-doctor --repair-state`, `ravel destroy APP --force`), never as an internal error. Each app's
-rows can be exported as one JSON document and imported again: its backup (run/state_backup.py).
+behind), in WAL mode, 0600 in a 0700 directory (it holds every app's blueprint and hosts). Any
+SQLite failure that is not "busy" is damage: it is reported as StateDamaged naming the file,
+what `PRAGMA integrity_check` says, and the way out (`ravel doctor --repair-state`, `ravel
+destroy APP --force`), never as an internal error. Each app's rows can be exported as one JSON
+document and imported again: its backup (run/state_backup.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from . import owners
 from .errors import StateDamaged, StateError
+from .paths import PRIVATE_FILE, private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -118,12 +123,39 @@ class VmRecord:
     detail: dict[str, Any]
 
 
+def _private_db(db: Path) -> None:
+    """A database (and its WAL and shm) that an older ravel left readable is made private."""
+    for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            if f.stat().st_mode & 0o077:
+                os.chmod(f, PRIVATE_FILE)
+        except FileNotFoundError:
+            pass
+
+
+def _owner_doc(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None  # empty, or an older ravel's words
+    return doc if isinstance(doc, dict) else None
+
+
+def _holder(raw: bytes) -> str:
+    doc = _owner_doc(raw)
+    if doc is None:
+        return raw.decode(errors="replace").strip() or "another ravel process"
+    since = time.strftime("%H:%M:%S", time.localtime(float(doc.get("time", 0))))
+    return f"{doc.get('action', 'a command')} running as pid {doc.get('pid')} on {doc.get('host')} since {since}"
+
+
 class State:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.path = directory / DB_FILE
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (directory / "locks").mkdir(exist_ok=True, mode=0o700)
+        private_dir(directory)
+        private_dir(directory / "locks")
+        self.notice: Callable[[str], None] = lambda _: None  # where a cleared lock is said
         self._db: sqlite3.Connection | None = None
 
     @property
@@ -133,17 +165,22 @@ class State:
         return self._db
 
     def _open(self) -> sqlite3.Connection:
+        old = os.umask(0o077)  # a new database is 0600 from its first byte (its WAL and shm take its mode)
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self.failure(exc) from None
-        try:
-            db.execute(f"PRAGMA busy_timeout={BUSY_S * 1000}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise self.failure(exc) from None
+            try:
+                db = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise self.failure(exc) from None
+            try:
+                db.execute(f"PRAGMA busy_timeout={BUSY_S * 1000}")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                raise self.failure(exc) from None
+        finally:
+            os.umask(old)
+        _private_db(self.path)
         return db
 
     def failure(self, exc: BaseException) -> StateError:
@@ -206,12 +243,19 @@ class State:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another ravel process"
-                raise StateError(f"app {app!r} is busy: {holder}",
+                raise StateError(f"app {app!r} is busy: {_holder(os.pread(fd, 4096, 0))}",
                                  hint="wait for it to finish, or stop it; the lock goes when it exits") from None
+            left = _owner_doc(os.pread(fd, 4096, 0))
+            if left is not None:  # emptied on every release: its holder died holding it
+                why = owners.gone(left) or "it ended without releasing it"
+                self.notice(f"app {app!r}: cleared the lock of a {left.get('action', 'command')} "
+                            f"(pid {left.get('pid')} on {left.get('host')}): {why}")
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{action} running as pid {os.getpid()}".encode(), 0)
-            yield
+            os.pwrite(fd, json.dumps({"action": action, "time": time.time(), **owners.me().doc()}).encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
         finally:
             os.close(fd)
 

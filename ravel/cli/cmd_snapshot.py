@@ -1,5 +1,5 @@
-"""Snapshots and the image store: `ravel snapshot`, `ravel snapshots`, `ravel store gc`, and
-`ravel import` (VMware VMs into a blueprint)."""
+"""Snapshots and the image store: `ravel snapshot`, `ravel snapshots`, `ravel store gc`,
+`ravel store verify`, and `ravel import` (VMware VMs into a blueprint)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..errors import StoreError
 from ..paths import paths
-from ..snapshot.layers import gc, read_manifest, remove_snapshot
+from ..snapshot.gc import gc
+from ..snapshot.integrity import local_copies, verify_store
+from ..snapshot.layers import read_manifest, remove_snapshot
 from ..snapshot.take import snapshots as list_snapshots
 from ..store import open_store
-from . import documents, exits
+from . import documents, exits, progress
 from .common import app, err, out
 from .common import lab as open_lab
 
@@ -54,7 +57,8 @@ def snapshot(
             "layers": r.layers, "bytes_total": r.bytes_total, "bytes_uploaded": r.bytes_uploaded,
             "manifest_bytes": r.manifest_bytes, "bytes_stored": r.bytes_stored, "host_pause_s": r.per_host_pause,
             "bytes_fetched": r.bytes_fetched, "layers_fetched": r.layers_fetched,
-            "memory": memory})
+            "layers_checked": r.layers_checked, "bytes_checked": r.bytes_checked,
+            "layers_repaired": r.layers_repaired, "memory": memory})
         return
     out.print(f"snapshot {r.name}: {r.vms} VMs paused for {r.pause_s * 1000:.0f} ms; "
               f"{r.layers} layers ({_mib(r.bytes_total)}), {_mib(r.bytes_stored)} new in {r.store}")
@@ -76,7 +80,9 @@ def snapshots(
         _usage(f"`ravel snapshots {action}` needs a snapshot NAME")
     p = paths()
     if action == "list":
-        st, manifests = list_snapshots(p, store)
+        st, manifests, problems = list_snapshots(p, store)
+        for problem in problems:  # one damaged manifest hides no other snapshot
+            err.print(f"warning: {problem} (skipped)", markup=False)
         if as_json:
             documents.write([{"name": m.name, "app": m.app, "created": m.created, "vms": len(m.vms),
                               "bytes": m.total_bytes(), "pause_s": m.pause_s} for m in manifests])
@@ -128,13 +134,38 @@ def store_gc(
 ) -> None:
     """Remove the layers no snapshot references (refuses while a snapshot is being taken)."""
     st = open_store(store, paths())
-    r = gc(st, dry_run=dry_run)
+    r = gc(st, dry_run=dry_run, emit=progress.printer(err))
+    for problem in r.unreadable:
+        err.print(f"warning: {problem} (every layer it names was kept)", markup=False)
     if as_json:
         documents.write({"store": st.url, "dry_run": dry_run, "removed": list(r.removed),
-                         "freed_bytes": r.freed_bytes, "kept": r.kept})
+                         "freed_bytes": r.freed_bytes, "kept": r.kept, "unreadable": list(r.unreadable)})
         return
     verb = "would remove" if dry_run else "removed"
     out.print(f"{st.url}: {verb} {len(r.removed)} layers ({_mib(r.freed_bytes)}), kept {r.kept}")
+
+
+@store_app.command("verify")
+@exits.handled
+def store_verify(
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    repair: bool = typer.Option(False, "--repair", help="Upload damaged or missing layers again from copies on "
+                                "this machine; remove damaged layers that have none."),
+) -> None:
+    """Read back every layer and check its sha256, read every snapshot manifest, and list the
+    snapshots that cannot be restored (exit 8 while anything is wrong)."""
+    p = paths()
+    st = open_store(store, p)
+    r = verify_store(st, repair=repair, copies=lambda: local_copies(p), emit=progress.printer(err))
+    for line in r.repaired:
+        out.print(f"repaired: {line}", markup=False)
+    for line in r.problems:
+        out.print(f"problem: {line}", markup=False)
+    out.print(f"{st.url}: {r.layers} layers read back ({_mib(r.bytes_read)} in {r.seconds:.1f} s), "
+              f"{r.manifests} snapshots read; {len(r.problems)} problems" + (f", {len(r.repaired)} repaired" if repair else ""))
+    if r.problems:
+        raise StoreError(f"{st.url}: {len(r.problems)} problem{'s' if len(r.problems) != 1 else ''} found",
+                         hint=None if repair else "`ravel store verify --repair` mends what a copy on this machine can")
 
 
 @app.command("import")

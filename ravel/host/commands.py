@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import Any, Dict, List, Optional
@@ -90,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # guest disks, frozen layers and memory states are the guests' data: everything the runtime
+    # (and QEMU, started by it: `exec:cat > STATE`) creates is for root alone
+    os.umask(0o077)
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.cmd:

@@ -13,6 +13,13 @@ Protocol (so that every host of an app pauses together, driven by ravel):
    onto each new overlay (mode existing), with ``--memory`` a migration of RAM and device state
    to a file, then ``cont``; stdout: the report (pause times, each disk's layer chain with sha256)
 
+With ``memory``, the room a VM's state needs is checked while preparing, before any pause: the
+state is at most the guest RAM QEMU holds (its RAM blocks, and no more than the process's
+resident and swapped memory) plus page headers and device state, so a full disk is one clear
+"no space left on DIR: need N, have M" and nothing is paused. A state written only in part (the
+disk filled anyway) is removed, as is every state of a run that failed; states of earlier runs
+(ravel removes them once stored; a run that was killed may not have) are removed first.
+
 Why a new overlay under a new name, and not a rename of the open image: QEMU reopens an image by
 its file name when its permissions change (as when it becomes a backing file), so a file renamed
 under a running QEMU gets another file's contents read in its place (seen on QEMU 7.2: the
@@ -43,6 +50,9 @@ GO_TIMEOUT = 120.0
 HASH_CHUNK = 4 << 20
 HASHES_FILE = "hashes.json"
 TOP_SUFFIX = ".top"
+STATE_SUFFIX = ".state"
+STATE_MARGIN = 8 << 20  # device state and stream headers beyond the pages themselves
+MIB = 1 << 20
 
 
 class SnapshotError(Exception):
@@ -152,10 +162,14 @@ class HashCache:
         return digest, st.st_size
 
     def save(self) -> None:
+        """Best effort: a cache that cannot be written (a full disk) is only hashed again."""
         tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.entries, f, indent=0, sort_keys=True)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.entries, f, indent=0, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            proc.unlink_quiet(tmp)
 
 
 def backing_chain(path: str) -> List[Dict[str, Any]]:
@@ -278,11 +292,106 @@ class _Disk:
 
 def _write_json(path: str, doc: Any) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        proc.unlink_quiet(tmp)
+        raise
+
+
+# -- room for memory states ----------------------------------------------------------------------
+
+def free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 10 << 30 else f"{n / MIB:.1f} MiB"
+
+
+def no_space(where: str, need: int, have: int) -> str:
+    return f"no space left on {where}: need {size_text(need)}, have {size_text(have)}"
+
+
+def ram_bytes(q: QMP) -> int:
+    """Bytes of every RAM block of the VM (guest RAM, ROMs, video memory): what a migration
+    stream can carry at most, page by page."""
+    try:
+        text = q.cmd("human-monitor-command", **{"command-line": "info ramblock"})
+        total = 0
+        for line in str(text).splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 5:
+                total += int(parts[-2], 16)  # Used
+        if total:
+            return total
+    except (SnapshotError, ValueError):
+        pass
+    summary = q.cmd("query-memory-size-summary")
+    return int(summary.get("base-memory", 0)) + int(summary.get("plugged-memory") or 0)
+
+
+def resident_bytes(pidfile: Optional[str]) -> Optional[int]:
+    """Resident plus swapped memory of the QEMU process: a page of the guest that was never
+    touched is in neither and is saved as a zero page."""
+    pid = proc.read_pidfile(pidfile) if pidfile else None
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return sum(int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmSwap") if k in fields)
+    except (OSError, ValueError):
+        return None
+
+
+def state_bound(q: QMP, pidfile: Optional[str]) -> int:
+    """At most how large a paused VM's saved state is: each page once (the VM does not run, so
+    nothing is sent twice), a page that holds data at most its 4 KiB and a header, a zero page
+    a header only."""
+    ram = ram_bytes(q)
+    rss = resident_bytes(pidfile)
+    data = ram if rss is None else min(ram, rss)
+    return data + data // 256 + (ram // 4096) * 16 + STATE_MARGIN
+
+
+def _clear_old_states(directory: str, vm: str) -> None:
+    for f in proc.list_dir(directory):
+        if f.startswith(vm + ".") and f.endswith(STATE_SUFFIX):
+            proc.unlink_quiet(os.path.join(directory, f))
+
+
+def _check_room(states: Dict[str, str], need: Dict[str, int]) -> None:
+    by_dir: Dict[str, int] = {}
+    for vm, path in states.items():
+        by_dir[os.path.dirname(path)] = by_dir.get(os.path.dirname(path), 0) + need[vm]
+    for d, n in sorted(by_dir.items()):
+        have = free_bytes(d)
+        if n > have:
+            vms = ", ".join(sorted(vm for vm, p in states.items() if os.path.dirname(p) == d))
+            raise SnapshotError(no_space(d, n, have) + f" (the memory state of VM {vms})")
+
+
+def _state_failure(path: str, need: int, why: str) -> str:
+    """A failed save, said as a full disk when that is what it was (QEMU only sees its pipe
+    to `cat` break)."""
+    try:
+        written = os.path.getsize(path)
+    except OSError:
+        written = 0
+    d = os.path.dirname(path)
+    try:
+        free = free_bytes(d)
+    except OSError:
+        return why
+    if free < MIB or written + free < need:
+        return no_space(d, need, written + free) + f" (the memory state stopped at {size_text(written)})"
+    return why
 
 
 def _prepare(disk: _Disk, qmp: QMP, block: List[Dict[str, Any]]) -> None:
@@ -329,6 +438,7 @@ def run_snapshot(request: Dict[str, Any], stdin: LineReader, stdout: Any) -> int
     sessions: Dict[str, QMP] = {}
     disks: List[_Disk] = []
     states: Dict[str, str] = {}
+    need: Dict[str, int] = {}
 
     def say(doc: Dict[str, Any]) -> None:
         stdout.write(json.dumps(doc) + "\n")
@@ -346,9 +456,13 @@ def run_snapshot(request: Dict[str, Any], stdin: LineReader, stdout: Any) -> int
                 disks.append(disk)
                 _prepare(disk, q, block)
             if memory:
-                states[vm["name"]] = os.path.join(layer_dir(vm["disks"][0]["path"]) if vm["disks"]
-                                                  else os.path.dirname(vm["qmp"]), f"{vm['name']}.{tag}.state")
+                where = layer_dir(vm["disks"][0]["path"]) if vm["disks"] else os.path.dirname(vm["qmp"])
+                os.makedirs(where, mode=0o700, exist_ok=True)
+                _clear_old_states(where, vm["name"])
+                states[vm["name"]] = os.path.join(where, f"{vm['name']}.{tag}{STATE_SUFFIX}")
+                need[vm["name"]] = state_bound(q, vm.get("pidfile"))
                 q.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        _check_room(states, need)
         for disk in disks:  # written before the pause: a crash after it still settles correctly
             _write_json(top_marker(disk.path) + ".next", {"path": disk.new_top})
     except (SnapshotError, proc.CommandFailed, OSError, KeyError, TypeError, ValueError) as exc:
@@ -388,8 +502,11 @@ def run_snapshot(request: Dict[str, Any], stdin: LineReader, stdout: Any) -> int
         if memory and not errors:
             for name, path in states.items():
                 sessions[name].cmd("migrate", uri=f"exec:cat > {_shell_quote(path)}")
-            for name in states:
-                _wait_migration(sessions[name], name)
+            for name, path in states.items():
+                try:
+                    _wait_migration(sessions[name], name)
+                except SnapshotError as exc:
+                    errors.append(f"VM {name}: saving memory failed: {_state_failure(path, need[name], str(exc))}")
     except SnapshotError as exc:
         errors.append(str(exc))
     finally:
@@ -410,6 +527,8 @@ def run_snapshot(request: Dict[str, Any], stdin: LineReader, stdout: Any) -> int
         q.close()
     report: Dict[str, Any] = {"pause": {"start": t0, "end": t1, "seconds": t1 - t0}, "vms": {}}
     if errors:
+        for path in states.values():  # whole or in part, none of them is stored
+            proc.unlink_quiet(path)
         report["error"] = "; ".join(errors)
         say(report)
         return 1
@@ -442,10 +561,10 @@ def _wait_migration(q: QMP, name: str) -> None:
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
-            raise SnapshotError(f"VM {name}: saving memory failed: {st.get('error-desc', status)}")
+            raise SnapshotError(str(st.get("error-desc", status)))
         time.sleep(0.01)
     q.cmd("migrate_cancel")
-    raise SnapshotError(f"VM {name}: saving memory took longer than {MIGRATE_TIMEOUT:g} s")
+    raise SnapshotError(f"it took longer than {MIGRATE_TIMEOUT:g} s")
 
 
 def _shell_quote(path: str) -> str:

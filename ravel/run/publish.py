@@ -21,6 +21,7 @@ from ..events import Emit, Event, quiet
 from ..host.desired import to_doc
 from ..model.blueprint import Blueprint
 from ..model.resolve import load_blueprint
+from ..paths import private_dir
 from ..plan.app import AppPlan, resolve_app
 from ..plan.catalogue import Catalogue, load_catalogue
 from ..plan.fit import check_fit
@@ -184,7 +185,7 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     memory.check_machines(pending, desired)
     for name, h in hosts.items():
         if h.data_dir is None:  # a host's own data_dir lives on that host
-            Path(sites[name].data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(Path(sites[name].data_dir))
     moves.move_vms(ctx, app, provider, hosts, desired, deadline)
 
     def apply(host: str) -> dict[str, Any]:

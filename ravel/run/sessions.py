@@ -19,7 +19,7 @@ from ..providers.base import AppliedHost, Host, Provider
 from ..state import HostRecord, State
 from ..transport.base import Transport
 from ..transport.hostctl import HostRuntime, bundle, install
-from ..events import Emit, quiet
+from ..events import Emit, Event, quiet
 from . import state_backup
 
 REACH_S = 120.0  # without a publish deadline: how long a host may take to answer at all
@@ -101,6 +101,7 @@ class Context:
                 except BaseException:
                     state.close()
                     raise
+            state.notice = lambda text: self.emit(Event("lock", text))
             self._state = state
         return self._state
 

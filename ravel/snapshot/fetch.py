@@ -1,10 +1,11 @@
 """Frozen layers that live on hosts which do not share this machine's filesystem (SSH and cloud
 hosts), brought here so the store can take them.
 
-Only what the store lacks is fetched (each host reports every layer's sha256, so an unchanged
-layer costs one `exists` and no transfer), in parallel (several files of one host at once too),
+Only what the store lacks (or holds damaged) is fetched: each host reports every layer's
+sha256, the store's copies are checked first (integrity.py), and an unchanged layer costs no
+transfer. In parallel (several files of one host at once too),
 each file checked against the hash its host reported (hashed as it arrives), into a temporary
-directory under the cache that is removed whatever happens.
+directory under the cache (room checked first) that is removed whatever happens.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ..diskspace import lacking
 from ..errors import StoreError
-from ..store import Store
-from .layers import layer_key, sha256_file
+from .layers import sha256_file
 from ..transport.base import Streaming, Transport
 from ..transport.copying import pump
 from ..events import Emit, Event, quiet
@@ -85,21 +86,24 @@ def clear_stale(cache: Path) -> None:
 
 @contextlib.contextmanager
 def brought_here(files: Mapping[str, Path], reports: Mapping[str, Mapping[str, Any]],
-                 transports: Mapping[str, Transport], store: Store, cache: Path,
+                 transports: Mapping[str, Transport], cache: Path,
                  emit: Emit = quiet, parallel: int = PARALLEL_FETCHES) -> Iterator[Brought]:
-    """`files` (sha256 -> path as its host names it) with every layer that sits on a non-local
-    host and is new to the store replaced by a verified local copy; the copies are removed when
-    the block ends."""
+    """`files` (sha256 -> path as its host names it: the layers the store needs) with every
+    layer that sits on a non-local host replaced by a verified local copy; the copies are
+    removed when the block ends."""
     where = host_files(reports)
-    remote = {sha: where[sha] for sha in files
+    wanted = {sha: where[sha] for sha in sorted(files)
               if sha in where and not transports[where[sha].host].is_local}
-    wanted = {sha: f for sha, f in sorted(remote.items()) if not store.exists(layer_key(sha))}
-    here = {sha: Path(p) for sha, p in files.items() if sha not in remote}
+    here = {sha: Path(p) for sha, p in files.items() if sha not in wanted}
     if not wanted:
         yield Brought(here)
         return
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     clear_stale(cache)
+    short = lacking(cache, sum(f.size for f in wanted.values()))
+    if short:
+        raise StoreError(short, hint="layers new to the store pass through this cache on their way from the "
+                                     "hosts; make room there and snapshot again")
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
     try:
         def one(item: tuple[str, HostFile]) -> tuple[str, Path]:

@@ -3,12 +3,10 @@
 Keys: ``layers/<sha256>`` (a disk layer: a frozen qcow2 overlay, or a base image), stored once
 whatever number of snapshots use it; ``manifests/<name>.json`` (a snapshot: the blueprint that
 republishes it, each VM disk's layer chain with checksums); ``locks/<kind>-<id>.json`` (markers
-that keep `gc` and a snapshot in progress from running at the same time).
+that keep `gc` and a snapshot in progress from running at the same time: markers.py);
+``checks/<sha>.json`` (when a layer was last read back whole: integrity.py).
 
-Mutual exclusion without server-side locks: a snapshot writes its marker and then looks for a
-gc marker; gc writes its marker and then looks for snapshot markers. Whichever writes second
-sees the other (the stores read their own writes), so a gc never deletes a layer that a
-snapshot in progress is about to reference.
+A snapshot in progress is pending.py; removing unreferenced layers is gc.py.
 """
 
 from __future__ import annotations
@@ -19,24 +17,19 @@ import os
 import re
 import subprocess
 import tempfile
-import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .. import faults
 from ..errors import StoreError
 from ..model.spec import NAME_RE
+from ..paths import private_dir
 from ..store.base import Store
 
 MANIFEST_VERSION = 1
 LAYERS = "layers/"
 MANIFESTS = "manifests/"
-LOCKS = "locks/"
-STALE_LOCK_S = 24 * 3600.0  # a marker older than this is from a run that died; it is ignored
-PARALLEL_UPLOADS = 4
 HASH_CHUNK = 4 << 20
 SNAPSHOT_NAME_RE = re.compile(NAME_RE)  # like app names: a snapshot publishes as an app of its name
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -150,8 +143,9 @@ class Manifest:
                             str(doc.get("source_blueprint", "")),
                             None if doc.get("pause_s") is None else float(doc["pause_s"]),
                             str(doc.get("kind", "snapshot")), dict(doc.get("extra") or {}))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{where}: not a valid snapshot manifest: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise StoreError(f"{where}: not a valid snapshot manifest: {why}") from None
 
 
 def read_manifest(store: Store, name: str) -> Manifest:
@@ -166,114 +160,25 @@ def list_manifests(store: Store) -> list[str]:
     return [k[len(MANIFESTS):-len(".json")] for k in store.list(MANIFESTS) if k.endswith(".json")]
 
 
-# -- markers -----------------------------------------------------------------------------------
-
-def _markers(store: Store, kind: str, now: float) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for key in store.list(f"{LOCKS}{kind}-"):
+def read_manifests(store: Store) -> tuple[list[Manifest], list[str]]:
+    """Every snapshot in the store, each read on its own: one that cannot be read is a problem
+    reported (second list) and skipped, never the end of the listing."""
+    good, bad = [], []
+    for key in store.list(MANIFESTS):
+        if not key.endswith(".json"):
+            continue
         try:
-            doc = json.loads(store.get_bytes(key))
-        except (StoreError, ValueError):
-            continue  # removed meanwhile, or half-written by a dead run
-        if now - float(doc.get("time", 0)) < STALE_LOCK_S:
-            out.append((key, doc))
-    return out
-
-
-def _mark(store: Store, kind: str, what: Mapping[str, Any]) -> str:
-    key = f"{LOCKS}{kind}-{uuid.uuid4().hex[:12]}.json"
-    store.put_bytes(key, json.dumps({"time": time.time(), "pid": os.getpid(), **what}).encode())
-    return key
-
-
-class Pending:
-    """A snapshot in progress: its marker keeps gc away until `commit` or `abort`."""
-
-    def __init__(self, store: Store, name: str) -> None:
-        self.store = store
-        self.name = check_name(name)
-        self.key = _mark(store, "snapshot", {"name": name})
-        gcs = _markers(store, "gc", time.time())
-        if gcs:
-            store.delete(self.key)
-            raise StoreError(f"{store.url}: a garbage collection is running (pid {gcs[0][1].get('pid')})",
-                             hint="snapshot again when `ravel store gc` has finished")
-
-    def upload(self, files: Mapping[str, Path], parallel: int = PARALLEL_UPLOADS,
-               progress: Callable[[str, int, bool], None] | None = None) -> int:
-        """Upload the layers (sha256 -> local file) the store does not hold yet; returns the bytes
-        sent. A hash already in the store is never sent again."""
-        def one(item: tuple[str, Path]) -> int:
-            sha, path = item
-            key = layer_key(sha)
-            if self.store.exists(key):
-                if progress:
-                    progress(sha, 0, False)
-                return 0
-            self.store.put(key, path)
-            size = os.path.getsize(path)
-            if progress:
-                progress(sha, size, True)
-            return size
-
-        items = sorted(files.items())
-        if not items:
-            return 0
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(items)))) as pool:
-            return sum(pool.map(one, items))
-
-    def commit(self, manifest: Manifest) -> int:
-        """Write the manifest once every layer it names is in the store; returns its size."""
-        for sha in manifest.layers():
-            if not self.store.exists(layer_key(sha)):
-                raise StoreError(f"{self.store.url}: layer {sha[:12]} vanished during the snapshot")
-        data = manifest.to_json()
-        self.store.put_bytes(manifest_key(self.name), data)
-        self.store.delete(self.key)
-        return len(data)
-
-    def abort(self) -> None:
-        self.store.delete(self.key)
-
-
-# -- gc ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GcResult:
-    removed: tuple[str, ...]
-    freed_bytes: int
-    kept: int
-
-
-def gc(store: Store, dry_run: bool = False) -> GcResult:
-    """Remove every layer no manifest references. Refuses while a snapshot is in progress."""
-    mark = _mark(store, "gc", {})
-    try:
-        busy = _markers(store, "snapshot", time.time())
-        if busy:
-            names = ", ".join(sorted(str(d.get("name")) for _, d in busy))
-            raise StoreError(f"{store.url}: a snapshot is in progress ({names}); nothing removed",
-                             hint="run `ravel store gc` again when it has finished")
-        layers = [k[len(LAYERS):] for k in store.list(LAYERS)]  # listed before the manifests
-        referenced: set[str] = set()
-        for name in list_manifests(store):
-            referenced |= set(read_manifest(store, name).layers())
-        removed, freed = [], 0
-        for sha in layers:
-            if sha in referenced:
-                continue
-            freed += store.size(layer_key(sha)) or 0
-            if not dry_run:
-                store.delete(layer_key(sha))
-            removed.append(sha)
-        return GcResult(tuple(removed), freed, len(layers) - len(removed))
-    finally:
-        store.delete(mark)
+            good.append(Manifest.from_json(store.get_bytes(key), f"{store.url}/{key}"))
+        except StoreError as exc:
+            bad.append(exc.message)
+    return good, bad
 
 
 def remove_snapshot(store: Store, name: str) -> None:
-    read_manifest(store, name)  # a clear error when there is no such snapshot
-    store.delete(manifest_key(name))
+    key = manifest_key(check_name(name))
+    if not store.exists(key):  # a clear error when there is no such snapshot; a damaged one goes too
+        read_manifest(store, name)
+    store.delete(key)
 
 
 # -- restore: fetch, verify, rebase ------------------------------------------------------------
@@ -285,19 +190,36 @@ class Restored:
     fetched_bytes: int  # bytes read from the store (0 when every layer was already here)
 
 
+def chain_files(chain: Iterable[Layer], cache: Path) -> list[tuple[Layer, Path]]:
+    """Where each layer of a chain (base first) lives once fetched: the same layer over
+    another parent is another file (its header names that parent)."""
+    out: list[tuple[Layer, Path]] = []
+    parent: Path | None = None
+    for layer in chain:
+        tag = hashlib.sha256(str(parent).encode()).hexdigest()[:12] if parent else "root"
+        parent = cache / f"{layer.sha256}.{tag}.{layer.format}"
+        out.append((layer, parent))
+    return out
+
+
+def bytes_to_fetch(chains: Iterable[Iterable[Layer]], cache: Path) -> int:
+    """What fetching these chains into `cache` writes at most: every layer not there yet."""
+    files = {final: layer.size for chain in chains for layer, final in chain_files(chain, cache)}
+    return sum(size for final, size in files.items()
+               if not (final.exists() and final.with_name(final.name + ".sha256").exists()))
+
+
 def fetch_chain(store: Store, chain: Iterable[Layer], cache: Path, what: str) -> Restored:
     """Fetch a layer chain (base first) into `cache`, verify each layer's sha256, and rebase each
     qcow2 layer onto its parent's local copy. A missing or corrupted layer is a StoreError naming
     it; nothing partial is left under its final name. Layers already here are checked again."""
-    cache.mkdir(parents=True, exist_ok=True)
+    private_dir(cache)
     parent: tuple[Path, str] | None = None
     fetched = 0
-    layers = list(chain)
+    layers = chain_files(chain, cache)
     if not layers:
         raise StoreError(f"{what}: the snapshot has no layers for this disk")
-    for layer in layers:
-        tag = hashlib.sha256(str(parent[0]).encode()).hexdigest()[:12] if parent else "root"
-        final = cache / f"{layer.sha256}.{tag}.{layer.format}"
+    for layer, final in layers:
         if not _still_good(final):
             fetched += _fetch_one(store, layer, parent, final, what)
         parent = (final, layer.format)
@@ -324,8 +246,13 @@ def _fetch_one(store: Store, layer: Layer, parent: tuple[Path, str] | None, fina
         try:
             store.get(layer_key(layer.sha256), tmp)
         except StoreError as exc:
+            if store.exists(layer_key(layer.sha256)):
+                raise
             raise StoreError(f"{what}: layer {layer.sha256[:12]} is missing from {store.url}",
                              hint="the snapshot cannot be restored; was the layer deleted by hand?") from exc
+        except OSError as exc:  # the local store copies straight into the cache
+            raise StoreError(f"{what}: cannot fetch layer {layer.sha256[:12]} into {final.parent}: "
+                             f"{exc.strerror or exc}") from None
         faults.point("restore.fetching")
         sha, size = sha256_file(tmp)
         if sha != layer.sha256 or size != layer.size:
@@ -335,9 +262,18 @@ def _fetch_one(store: Store, layer: Layer, parent: tuple[Path, str] | None, fina
         if parent is not None and layer.format == "qcow2":
             _rebase(tmp, parent[0], parent[1])
             sha = sha256_file(tmp)[0]  # the header now names the local parent
-        os.chmod(tmp, 0o444)  # a base image: QEMU only ever reads it
-        final.with_name(final.name + ".sha256").write_text(sha + "\n")
-        os.replace(tmp, final)
+        os.chmod(tmp, 0o400)  # a base image: QEMU (root) only ever reads it
+        side = final.with_name(final.name + ".sha256")
+        try:
+            os.replace(tmp, final)
+            # after the file: a file without its sum is fetched again, never trusted
+            fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(sha + "\n")
+        except OSError as exc:
+            side.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+            raise StoreError(f"{what}: cannot write {final}: {exc.strerror or exc}") from None
         return size
     finally:
         if tmp.exists():

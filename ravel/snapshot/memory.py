@@ -11,14 +11,13 @@ that moved on, even if this list was not updated in time.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..errors import StateError
-from ..paths import Paths
+from ..paths import Paths, write_private
 from ..host.desired import Desired
 from .machine import machine_signature, signature_difference
 
@@ -52,11 +51,8 @@ def _write(paths: Paths, app: str, entries: Mapping[str, Resume]) -> None:
     if not entries:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{FILE}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({vm: {"state": r.state, "machine": list(r.machine)}
-                               for vm, r in sorted(entries.items())}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_private(path, json.dumps({vm: {"state": r.state, "machine": list(r.machine)}
+                                    for vm, r in sorted(entries.items())}, indent=1) + "\n")
 
 
 def record(paths: Paths, app: str, entries: Mapping[str, Resume]) -> None:

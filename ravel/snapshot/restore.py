@@ -7,7 +7,6 @@ the machine its state was saved from (machine.py); the publish then resumes the 
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -15,14 +14,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import faults
+from ..diskspace import lacking
 from ..errors import StoreError
 from ..events import Emit, Event, quiet
 from ..model.blueprint import Blueprint, Disk
 from ..model.dump import blueprint_dict, to_yaml
 from ..model.resolve import load_blueprint
-from ..paths import Paths
+from ..paths import Paths, private_dir, write_private
 from ..store import open_store
-from .layers import DiskChain, Manifest, VmImage, clear_cache_tmp, fetch_chain, manifest_key, read_manifest
+from .layers import (DiskChain, Manifest, VmImage, bytes_to_fetch, clear_cache_tmp, fetch_chain, manifest_key,
+                     read_manifest)
 from .machine import accel_of, blueprint_signatures, signature_difference
 
 
@@ -57,8 +58,7 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     the one to publish (another provider's host types)."""
     store = open_store(store_url, paths)
     manifest = read_manifest(store, name)
-    cache = images_dir(paths)
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache = private_dir(images_dir(paths))
     clear_cache_tmp(cache)
     bp = load_blueprint(manifest.blueprint, f"{store.url}/{manifest_key(name)}")
     _check_memory(name, manifest, bp)
@@ -66,6 +66,11 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
         bp = check(bp)
     jobs = [(vm, d) for vm in manifest.vms for d in vm.disks]
     jobs += [(vm, None) for vm in manifest.vms if vm.memory]
+    chains = [d.layers if d is not None else (vm.memory,) for vm, d in jobs]
+    short = lacking(cache, bytes_to_fetch(chains, cache))  # type: ignore[arg-type]
+    if short:
+        raise StoreError(short, hint="nothing was fetched or started; make room there (`ravel destroy` of apps "
+                                     "published from snapshots frees their layers' copies)")
 
     def one(job: tuple[VmImage, DiskChain | None]):
         vm, d = job
@@ -100,12 +105,8 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
             raise StoreError(f"snapshot {name}: VM {vm.name} has {len(vm.disks)} disks in its blueprint "
                              f"but {len(disks.get(vm.name, []))} in the manifest")
     out = restored_blueprint(paths, name)
-    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = to_yaml(blueprint_dict(bp, name=name, disks=disks),
-                   header=f"published from snapshot {name} ({store.url}) of app {manifest.app}")
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_private(out, to_yaml(blueprint_dict(bp, name=name, disks=disks),
+                               header=f"published from snapshot {name} ({store.url}) of app {manifest.app}"))
     return Restoration(out, memory, {vm.name: vm.machine for vm in manifest.vms if vm.memory})
 
 

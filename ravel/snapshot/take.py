@@ -4,8 +4,10 @@ Every host of the app prepares (QMP connected, new overlays created) and says re
 are told "go" at once, pause their VMs, freeze each disk's top as a layer, resume, and report.
 The pause window is from the first pause to the last resume, across hosts. Frozen layers go to
 the store by content hash, in parallel, never twice (layers on hosts that do not share this
-filesystem are brought here first, fetch.py); a manifest (the publishable blueprint + each
-disk's layer chain with checksums) is written last.
+filesystem are brought here first, fetch.py); a layer the store already holds is checked first
+(integrity.py) and uploaded again when it is damaged; a manifest (the publishable blueprint +
+each disk's layer chain with checksums) is written last. Memory states are removed from the
+hosts once stored, or when the snapshot fails: they are only ever read from the store.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import faults
-from ..errors import CommandFailed, StateError, StoreError
+from ..errors import CommandFailed, RavelError, StateError, StoreError
 from ..events import Emit, Event, quiet
 from ..model.blueprint import Blueprint
 from ..model.dump import blueprint_dict, to_yaml
@@ -28,8 +30,9 @@ from ..store import Store, open_store
 from ..transport.hostctl import HostRuntime
 from ..transport.hostrun import HostRun
 from .fetch import brought_here
-from .layers import (DiskChain, Layer, Manifest, Pending, VmImage, check_name, list_manifests, manifest_key,
-                     read_manifest)
+from .integrity import checked_all
+from .layers import DiskChain, Layer, Manifest, VmImage, check_name, manifest_key, read_manifests
+from .pending import Pending
 from .machine import machine_signature
 
 READY_TIMEOUT_S = 120.0
@@ -50,6 +53,9 @@ class SnapshotResult:
     per_host_pause: dict[str, float] = field(default_factory=dict)
     bytes_fetched: int = 0  # layer bytes brought from hosts that do not share this filesystem
     layers_fetched: int = 0
+    layers_checked: int = 0  # layers already in the store, read back and hashed again
+    bytes_checked: int = 0
+    layers_repaired: int = 0  # damaged in the store, uploaded again
 
     @property
     def bytes_stored(self) -> int:
@@ -90,7 +96,7 @@ def take_snapshot(paths: Paths, store: Store, name: str, rec: AppRecord, bp: Blu
                 raise StateError(f"VM {vm.name} of app {app!r} is {st.state if st else 'unknown'}; "
                                  f"a snapshot needs every VM running",
                                  hint=f"ravel start {app} {vm.name}")
-            reqs.append({"name": vm.name, "qmp": vm.qmp,
+            reqs.append({"name": vm.name, "qmp": vm.qmp, "pidfile": vm.pidfile,
                          "disks": [{"path": d.path, "drive": f"disk{i}"} for i, d in enumerate(vm.disks)]})
             machines[vm.name] = machine_signature(vm.argv)
         if reqs:
@@ -98,8 +104,9 @@ def take_snapshot(paths: Paths, store: Store, name: str, rec: AppRecord, bp: Blu
                                          "go_timeout": GO_TIMEOUT_S, "vms": reqs})
     if not requests:
         raise StateError(f"app {app!r} has no VMs to snapshot")
-    pending = Pending(store, name)  # before any pause: a running gc makes this fail first
+    pending = Pending(store, name, emit)  # before any pause: a running gc makes this fail first
     faults.point("snapshot.pending")
+    reports: dict[str, dict[str, Any]] = {}
     try:
         reports = _freeze({host: (runtime(h.host), req) for host, (h, req) in requests.items()})
         faults.point("snapshot.frozen")
@@ -110,21 +117,46 @@ def take_snapshot(paths: Paths, store: Store, name: str, rec: AppRecord, bp: Blu
             if sent:
                 emit(Event("upload", f"layer {sha[:12]} ({size / 2**20:.1f} MiB)"))
 
-        # layers on hosts that do not share this filesystem come here first (new ones only)
+        # every layer the store holds is checked before the manifest names it; what is
+        # missing or damaged is uploaded from the app's own copy
+        started = time.monotonic()
+        checks = pending.check({sha: layer.size for sha, layer in manifest.layers().items()})
+        read, read_bytes = checked_all(checks.values())
+        if read:
+            emit(Event("verify", f"{read} layers in the store read back and hashed, {read_bytes / 2**20:.1f} MiB "
+                                 f"in {time.monotonic() - started:.1f} s", done=True))
+        damaged = {sha: c for sha, c in checks.items() if c.status == "damaged"}
+        needed = {sha: p for sha, p in files.items() if not checks[sha].ok}
+        # layers on hosts that do not share this filesystem come here first (needed ones only)
         transports = {host: runtime(h.host).t for host, (h, _) in requests.items()}
-        with brought_here(files, reports, transports, store, paths.cache, emit) as brought:
-            uploaded = pending.upload(brought.files, progress=progress)
+        with brought_here(needed, reports, transports, paths.cache, emit) as brought:
+            uploaded = pending.upload(brought.files, damaged, progress=progress)
         faults.point("snapshot.uploaded")
         manifest_bytes = pending.commit(manifest)
         faults.point("snapshot.committed")
     except BaseException:
         pending.abort()
         raise
+    finally:
+        _drop_memory_states(reports, runtime, {host: h for host, (h, _) in requests.items()})
     emit(Event("upload", f"{uploaded / 2**20:.1f} MiB new in {store.url}", done=True))
     return SnapshotResult(name, store.url, manifest.pause_s or 0.0, len(manifest.vms), len(files),
                           manifest.total_bytes(), uploaded, manifest_bytes,
                           {h: r["pause"]["seconds"] for h, r in reports.items()},
-                          brought.fetched_bytes, len(brought.fetched))
+                          brought.fetched_bytes, len(brought.fetched), read, read_bytes, len(damaged))
+
+
+def _drop_memory_states(reports: Mapping[str, dict[str, Any]], runtime: Callable[[Host], HostRuntime],
+                        hosts: Mapping[str, AppliedHost]) -> None:
+    """Remove the memory states the hosts saved (a VM's RAM: as large as the guest's memory),
+    stored or not: nothing reads them on the host again."""
+    for host, report in reports.items():
+        paths = [info["memory"]["path"] for info in report.get("vms", {}).values() if info.get("memory")]
+        if paths:
+            try:
+                runtime(hosts[host].host).t.run(["rm", "-f", "--", *paths], timeout=60, check=False)
+            except RavelError:
+                pass  # the host is unreachable now; its next snapshot clears old states (host/snapshot.py)
 
 
 def _freeze(requests: Mapping[str, tuple[HostRuntime, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -189,6 +221,8 @@ def _manifest(name: str, app: str, rec: AppRecord, bp: Blueprint, states: Mappin
 
 # -- listing, removing -------------------------------------------------------------------------
 
-def snapshots(paths: Paths, store_url: str | None = None) -> tuple[Store, list[Manifest]]:
+def snapshots(paths: Paths, store_url: str | None = None) -> tuple[Store, list[Manifest], list[str]]:
+    """The store, its snapshots, and what could not be read (each a problem, skipped)."""
     store = open_store(store_url, paths)
-    return store, [read_manifest(store, n) for n in list_manifests(store)]
+    manifests, problems = read_manifests(store)
+    return store, manifests, problems

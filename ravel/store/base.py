@@ -6,7 +6,9 @@ Every backend passes the same contract suite (tests/contract/test_store.py).
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -17,10 +19,30 @@ _KEY = re.compile(r"^[A-Za-z0-9._@=+-]+(/[A-Za-z0-9._@=+-]+)*$")
 # large files go up and down in parts, in parallel, where the backend has it
 PART_SIZE = 16 * 1024 * 1024
 PARALLEL_PARTS = 8
+WEEK_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    size: int
+    # differs whenever the bytes under the key may have changed: replaced by a put (every
+    # store), or written in place (a local file: its ctime moves)
+    stamp: str
+
+
+@dataclass(frozen=True)
+class Space:
+    where: str  # the directory that fills up
+    free: int  # bytes an unprivileged write can still use
 
 
 class Store(Protocol):
     url: str  # how a user names this store: file:///dir, s3://bucket/prefix, gs://bucket/prefix
+    # How long a layer already in the store is trusted without reading it back whole and
+    # hashing it again, while its stamp is the one seen at that full check: 0 (every time) where
+    # reading back is cheap (a local disk); object stores read back over the network, at the
+    # price of a download (see docs/snapshots.md, "Integrity", for the figures)
+    reread_every_s: float
 
     def put(self, key: str, src: Path) -> None:
         """Upload a local file under `key` (replacing any blob there); atomic for readers."""
@@ -37,6 +59,17 @@ class Store(Protocol):
     def size(self, key: str) -> int | None:
         """Bytes stored under `key`, or None when there is no such blob."""
 
+    def stat(self, key: str) -> BlobInfo | None:
+        """Size and stamp of the blob under `key`, or None when there is no such blob."""
+
+    def digest(self, key: str) -> tuple[str, int]:
+        """sha256 (hex) and size of the bytes stored under `key`, read back in full (nothing is
+        kept on this machine); StoreError naming the key if it is missing."""
+
+    def free_space(self) -> Space | None:
+        """Room left for puts, where the store can tell (a local directory); None for object
+        stores, which do not fill up."""
+
     def delete(self, key: str) -> None:
         """Remove `key`; nothing happens when it is already gone."""
 
@@ -52,3 +85,23 @@ def check_key(key: str) -> str:
 
 def missing(url: str, key: str) -> StoreError:
     return StoreError(f"{url}: no blob {key!r}", hint="the store does not hold it: was it removed by hand?")
+
+
+class Hashing:
+    """A write-only file object that hashes what is written to it, in order (a download's
+    sink when only the digest is wanted)."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def result(self) -> tuple[str, int]:
+        return self.h.hexdigest(), self.size

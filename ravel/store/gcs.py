@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import StoreError
-from .base import PARALLEL_PARTS, PART_SIZE, check_key, missing
+from .base import PARALLEL_PARTS, PART_SIZE, WEEK_S, BlobInfo, Hashing, Space, check_key, missing
 
 
 class GCSStore:
+    # reading a layer back is a download: between weekly full checks a layer is trusted while
+    # its generation (a new one for every write of the object) is the one last checked
+    reread_every_s = WEEK_S
+
     def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
         from google.cloud import storage
 
@@ -100,6 +104,30 @@ class GCSStore:
                 return None
             raise self._fail("look up", key, exc) from None
         return None if blob is None else int(blob.size or 0)
+
+    def stat(self, key: str) -> BlobInfo | None:
+        try:
+            blob = self.bucket.get_blob(self._blob(key).name)
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise self._fail("look up", key, exc) from None
+        if blob is None:
+            return None
+        return BlobInfo(int(blob.size or 0), f"{blob.generation}@{blob.crc32c or ''}")
+
+    def digest(self, key: str) -> tuple[str, int]:
+        sink = Hashing()
+        try:
+            self._blob(key).download_to_file(sink)
+        except Exception as exc:
+            if _not_found(exc):
+                raise missing(self.url, key) from None
+            raise self._fail("read back", key, exc) from None
+        return sink.result()
+
+    def free_space(self) -> Space | None:
+        return None
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None

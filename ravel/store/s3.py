@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import StoreError
-from .base import PARALLEL_PARTS, PART_SIZE, check_key, missing
+from .base import PARALLEL_PARTS, PART_SIZE, WEEK_S, BlobInfo, Hashing, Space, check_key, missing
 
 
 class S3Store:
+    # reading a layer back is a download (and egress, from outside AWS): between weekly full
+    # checks a layer is trusted while its ETag and modification time are the ones last checked
+    reread_every_s = WEEK_S
+
     def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -73,6 +77,29 @@ class S3Store:
             if _not_found(exc):
                 return None
             raise self._fail("look up", key, exc) from None
+
+    def stat(self, key: str) -> BlobInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise self._fail("look up", key, exc) from None
+        stamp = f"{head.get('ETag', '')}@{head.get('LastModified', '')}@{head.get('VersionId', '')}"
+        return BlobInfo(int(head["ContentLength"]), stamp)
+
+    def digest(self, key: str) -> tuple[str, int]:
+        sink = Hashing()  # s3transfer writes a non-seekable sink in order, parts still in parallel
+        try:
+            self.client.download_fileobj(self.bucket, self._key(key), sink, Config=self.transfer)
+        except Exception as exc:
+            if _not_found(exc):
+                raise missing(self.url, key) from None
+            raise self._fail("read back", key, exc) from None
+        return sink.result()
+
+    def free_space(self) -> Space | None:
+        return None
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
