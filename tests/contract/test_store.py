@@ -1,5 +1,5 @@
 """One contract for every Store backend: a local directory, S3 (moto's server) and GCS (an
-emulator), each a real server on 127.0.0.1."""
+emulator), each a real server on 127.0.0.1 (the `store` fixture: conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,26 +12,8 @@ import pytest
 from ravel.errors import StoreError
 from ravel.paths import paths
 from ravel.store import open_store
-from ravel.store.base import PART_SIZE
+from ravel.store.base import PART_SIZE, Space
 
-from .servers import env, gcs_emulator, make_bucket, moto_server
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    with moto_server() as s3, gcs_emulator(tmp_path_factory.mktemp("gcs")) as gcs:
-        with env({**s3, **gcs}):
-            yield
-
-
-@pytest.fixture(params=["local", "s3", "gs"])
-def store(request, servers, tmp_path):
-    kind = request.param
-    if kind == "local":
-        return open_store(f"file://{tmp_path}/store", paths())
-    url = f"{kind}://bucket-{os.getpid()}-{abs(hash(request.node.name)) % 10**8}/some/prefix"
-    make_bucket(url)
-    return open_store(url, paths())
 
 
 def test_put_get_roundtrip(store, tmp_path):
@@ -87,6 +69,34 @@ def test_large_blob_in_parts(store, tmp_path):
     dest = tmp_path / "big.out"
     store.get("layers/big", dest)
     assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(data).digest()
+    # read back in parts too, hashed in order
+    assert store.digest("layers/big") == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_stat_and_digest(store):
+    store.put_bytes("layers/a", b"one")
+    info = store.stat("layers/a")
+    assert info is not None and info.size == 3
+    assert store.digest("layers/a") == (hashlib.sha256(b"one").hexdigest(), 3)
+    assert store.stat("layers/a") == info  # reading changes nothing
+    store.put_bytes("layers/a", b"two")  # same size, other bytes: another stamp
+    again = store.stat("layers/a")
+    assert again is not None and again.size == 3 and again.stamp != info.stamp
+    assert store.digest("layers/a")[0] == hashlib.sha256(b"two").hexdigest()
+    assert store.stat("layers/nope") is None
+    with pytest.raises(StoreError, match="layers/nope"):
+        store.digest("layers/nope")
+
+
+def test_free_space_where_the_store_can_fill(store):
+    space = store.free_space()
+    if store.url.startswith("file://"):
+        st = os.statvfs(store.url[len("file://"):].rsplit("/", 1)[0])
+        assert isinstance(space, Space) and space.where == store.url[len("file://"):]
+        assert abs(space.free - st.f_bavail * st.f_frsize) < 64 << 20
+    else:
+        assert space is None  # an object store does not fill up
+    assert store.reread_every_s == (0 if store.url.startswith("file://") else 7 * 24 * 3600)
 
 
 def test_parallel_puts(store, tmp_path):
@@ -107,6 +117,9 @@ def test_parallel_puts(store, tmp_path):
 def test_bad_keys_refused(store, key):
     with pytest.raises(StoreError, match="invalid store key"):
         store.put_bytes(key, b"x")
+    for look in (store.stat, store.digest):
+        with pytest.raises(StoreError, match="invalid store key"):
+            look(key)
 
 
 def test_store_urls(tmp_path):

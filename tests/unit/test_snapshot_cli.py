@@ -21,7 +21,7 @@ def ravel(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return p
 
 
-@pytest.mark.parametrize("cmd", [["snapshot"], ["snapshots"], ["store", "gc"], ["import"]])
+@pytest.mark.parametrize("cmd", [["snapshot"], ["snapshots"], ["store", "gc"], ["store", "verify"], ["import"]])
 def test_help(tmp_path, cmd):
     p = ravel(tmp_path, *cmd, "--help")
     assert p.returncode == 0 and "Usage:" in p.stdout
@@ -96,3 +96,64 @@ def test_a_snapshot_of_a_local_app_publishes_on_another_provider_with_its_own_ho
     assert "unknown host type" not in p.stderr, p.stderr
     assert p.returncode == 8, p.stderr
     assert "local-small" in p.stdout + p.stderr  # said, not silently dropped
+
+
+def _stored_snapshot(home: Path, name: str, data: bytes) -> str:
+    import hashlib
+
+    from ravel.snapshot.layers import DiskChain, Layer, Manifest, VmImage
+    from ravel.store.local import LocalStore
+
+    store = LocalStore(home / "data" / "store")
+    sha = hashlib.sha256(data).hexdigest()
+    store.put_bytes(f"layers/{sha}", data)
+    m = Manifest(name, "x", "name: x\nvms: {a: {}}\n",
+                 (VmImage("a", "host-1", (DiskChain(0, 1 << 20, (Layer(sha, len(data), "raw"),)),)),))
+    store.put_bytes(f"manifests/{name}.json", m.to_json())
+    return sha
+
+
+def test_a_damaged_manifest_is_reported_and_skipped(tmp_path):
+    _stored_snapshot(tmp_path, "good", b"layer one")
+    (tmp_path / "data" / "store" / "manifests" / "bad.json").write_bytes(b"\x00garbage")
+    p = ravel(tmp_path, "snapshots")
+    assert p.returncode == 0, p.stderr
+    assert "good" in p.stdout and "bad" not in p.stdout
+    assert p.stderr.startswith("warning: file://") and "manifests/bad.json: not a valid snapshot manifest" in p.stderr
+    p = ravel(tmp_path, "snapshots", "--json")
+    assert p.returncode == 0 and [s["name"] for s in json.loads(p.stdout)] == ["good"]
+    p = ravel(tmp_path, "snapshots", "rm", "bad")
+    assert p.returncode == 0 and ravel(tmp_path, "snapshots").stderr == ""
+
+
+def test_store_verify_and_repair(tmp_path):
+    sha = _stored_snapshot(tmp_path, "good", b"layer one")
+    p = ravel(tmp_path, "store", "verify")
+    assert p.returncode == 0 and "1 layers read back" in p.stdout and "0 problems" in p.stdout, p.stdout
+    (tmp_path / "data" / "store" / "layers" / sha).write_bytes(b"layer 0ne")
+    p = ravel(tmp_path, "store", "verify")
+    assert p.returncode == 8, p.stderr
+    assert f"problem: layer {sha[:12]} is damaged: its bytes hash to" in p.stdout
+    assert "snapshot good cannot be restored" in p.stdout
+    assert p.stderr.splitlines()[0].endswith("1 problem found") and "--repair" in p.stderr
+    p = ravel(tmp_path, "store", "verify", "--repair")  # no copy here: the damaged layer goes
+    assert p.returncode == 8 and f"repaired: layer {sha[:12]}: removed (damaged" in p.stdout, p.stdout
+    assert f"problem: layer {sha[:12]} is missing" in p.stdout
+    assert not (tmp_path / "data" / "store" / "layers" / sha).exists()
+
+
+def test_gc_clears_the_marker_of_a_killed_snapshot(tmp_path):
+    _stored_snapshot(tmp_path, "good", b"layer one")
+    gone = subprocess.Popen(["true"])
+    gone.wait(10)
+    locks = tmp_path / "data" / "store" / "locks"
+    locks.mkdir()
+    import time
+
+    (locks / "snapshot-0123456789ab.json").write_text(json.dumps({"time": time.time(), "pid": gone.pid,
+                                                                  "name": "killed"}))
+    p = ravel(tmp_path, "store", "gc")
+    assert p.returncode == 0, p.stderr
+    assert f"cleared the marker of a snapshot killed (pid {gone.pid})" in p.stderr
+    assert f"pid {gone.pid} has exited" in p.stderr and "removed 0 layers" in p.stdout
+    assert list(locks.iterdir()) == []
