@@ -35,7 +35,7 @@ def write_private(path: Path, pair: KeyPair) -> bool:
     fails if another process got there first: concurrent callers (threads, or two ravel
     processes on one RAVEL_HOME) then all use the one key that won. Returns True if ours won.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -46,7 +46,9 @@ def write_private(path: Path, pair: KeyPair) -> bool:
         if path.exists():
             return False
         pub_tmp = tmp.with_suffix(".pub")
-        pub_tmp.write_text(pair.public_line + "\n")
+        fd = os.open(pub_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # like all of the state
+        with os.fdopen(fd, "w") as f:
+            f.write(pair.public_line + "\n")
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -56,6 +58,17 @@ def write_private(path: Path, pair: KeyPair) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _private_dirs(d: Path) -> None:
+    """`d` and every missing directory above it, 0700 (mkdir's mode passes through the umask)."""
+    missing = []
+    while not d.is_dir() and d.parent != d:
+        missing.append(d)
+        d = d.parent
+    for m in reversed(missing):
+        m.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(m, 0o700)
 
 
 def _wait_public(path: Path) -> str:

@@ -31,7 +31,7 @@ import yaml
 from .. import keys
 from ..errors import RavelError
 from ..model.blueprint import DEFAULT_USER
-from ..paths import Paths
+from ..paths import Paths, private_dir
 from ..plan.app import AppPlan
 from ..render.seed import ISO_NAMES, VOLUME_ID, SeedFiles, part_type, seed_files
 
@@ -134,9 +134,7 @@ def iso_image(files: SeedFiles, out: BinaryIO) -> None:
 def write_seed(folder: Path, vm: str, files: SeedFiles) -> Path:
     """The seed's ISO in `folder`, named by its contents: written (0600, atomically) only when
     missing; the VM's other seeds are removed."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if folder.stat().st_mode & 0o077:
-        os.chmod(folder, 0o700)
+    private_dir(folder)
     path = folder / f"{vm}-{files.digest()[:16]}.iso"
     if not path.exists():
         tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"

@@ -76,3 +76,16 @@ def test_data_files_are_private(tmp_path):
     got = modes(tmp_path / "home")
     assert {n: m for n, m in got.items() if m not in (0o700, 0o600)} == {}, got
     assert got["data/apps/app/resume.json"] == 0o600 and got["data/snapshots/s.yaml"] == 0o600
+
+
+def test_keys_are_private_public_halves_too(tmp_path):
+    from ravel import keys
+
+    os.umask(0o022)
+    d = keys.directory(tmp_path / "state")
+    keys.user_key(d)
+    keys.host_key(d, "app", "host-1")
+    keys.guest_key(d, "app", "vm")
+    got = modes(tmp_path / "state")
+    assert {n: m for n, m in got.items() if m not in (0o700, 0o600)} == {}, got
+    assert any(n.endswith(".pub") for n in got)
