@@ -93,15 +93,21 @@ def gone(doc: Mapping[str, Any], beat_age: float | None = None, lease_s: float =
     if boot and boot != here.boot:
         return f"{host or 'this machine'} has restarted since"
     now_start = start_ticks(pid)
-    if now_start is None:
-        return f"pid {pid} has exited"
     if doc.get("start") is not None:
+        if now_start is None:
+            return f"pid {pid} has exited"
         try:
             recorded = int(doc["start"])
         except (TypeError, ValueError):
             return "its start time is unreadable"
         return None if recorded == now_start else f"pid {pid} is another process now"
-    # an older marker (pid and time only): a process that started after it was written is not its owner
+    # an older marker (pid and time only) names no machine: it may be another's, so its pid is
+    # trusted only once the marker is older than a lease; a process that started after it was
+    # written is not its owner
+    if beat_age is not None and lease_s and beat_age <= lease_s:
+        return None
+    if now_start is None:
+        return f"pid {pid} has exited"
     try:
         written = float(doc.get("time", 0))
     except (TypeError, ValueError):

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from ..errors import StateError, TransportError
 from ..host.desired import Desired, DesiredError, parse_desired
-from ..paths import Paths
+from ..paths import Paths, private_dir
 from ..providers.base import AppliedHost, Host, Provider
 from ..state import HostRecord, State
 from ..transport.base import Transport
@@ -102,6 +102,8 @@ class Context:
                     state.close()
                     raise
             state.notice = lambda text: self.emit(Event("lock", text))
+            if self.paths.data.is_dir():  # guest disks, layers, the store: an older ravel's was readable
+                private_dir(self.paths.data)
             self._state = state
         return self._state
 

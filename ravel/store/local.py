@@ -27,6 +27,10 @@ FILE_MODE = 0o600
 HASH_CHUNK = 4 << 20
 
 
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 class LocalStore:
     reread_every_s = 0.0  # hashing a local file runs at ~1.6 GB/s here: every layer, every time
 
@@ -44,24 +48,29 @@ class LocalStore:
             os.chmod(self.root, DIR_MODE)
 
     def _sweep(self, d: Path) -> None:
-        """Remove temporary files of puts whose process is gone (killed mid-put)."""
+        """Remove temporary files of puts whose process is gone (killed mid-put). A name says
+        which machine and boot wrote it: another machine's (a shared directory) is left alone."""
         if d in self._swept:
             return
         self._swept.add(d)
+        me = owners.me()
         try:
             names = [e.name for e in os.scandir(d) if e.name.startswith(TMP_PREFIX)]
         except OSError:
             return
         for name in names:
             try:
-                pid, start = (int(x) for x in name[len(TMP_PREFIX):].split("-")[:2])
+                pid, start, host, boot = name[len(TMP_PREFIX):].split("-")[:4]
             except ValueError:
                 continue  # an older ravel's name: nothing tells whether it is still being written
-            if owners.start_ticks(pid) != start:
-                try:
-                    os.unlink(d / name)
-                except FileNotFoundError:
-                    pass
+            if host != _short(me.host):
+                continue
+            if boot == _short(me.boot) and owners.start_ticks(int(pid)) == int(start):
+                continue  # its writer runs
+            try:
+                os.unlink(d / name)
+            except FileNotFoundError:
+                pass
 
     def _write(self, key: str, fill) -> None:
         dest = self._path(key)
@@ -69,7 +78,8 @@ class LocalStore:
         try:
             self._make_dirs(dest.parent)
             self._sweep(dest.parent)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{TMP_PREFIX}{me.pid}-{me.start}-")
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{TMP_PREFIX}{me.pid}-{me.start}-"
+                                                            f"{_short(me.host)}-{_short(me.boot)}-")
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot write {key}: {exc.strerror or exc}") from None
         try:

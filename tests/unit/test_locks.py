@@ -40,10 +40,14 @@ def test_dead_reused_rebooted_and_remote_owners():
     assert owners.gone(far) is None  # nothing to go by: alive
     assert owners.gone(far, beat_age=30, lease_s=300) is None
     assert owners.gone(far, beat_age=301, lease_s=300) == "no heartbeat from elsewhere for 301 s"
-    # before owners were recorded: pid and time only
+    # before owners were recorded: pid and time only, on no named machine: judged by the pid
+    # once older than a lease
     assert owners.gone({"pid": os.getpid(), "time": time.time()}) is None
     assert owners.gone({"pid": os.getpid(), "time": time.time() - 365 * 24 * 3600}) == \
         f"pid {os.getpid()} is another process now"
+    assert owners.gone({"pid": p.pid, "time": time.time() - 10}, beat_age=10, lease_s=300) is None
+    assert owners.gone({"pid": p.pid, "time": time.time() - 400}, beat_age=400, lease_s=300) == \
+        f"pid {p.pid} has exited"
     assert owners.gone({"time": 1}) == "it names no process"
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -34,7 +35,8 @@ def test_state_database_is_private_and_an_older_one_is_made_so(tmp_path):
     os.chmod(tmp_path / "state" / "state.db", 0o644)
     os.chmod(tmp_path / "state", 0o755)
     State(tmp_path / "state").app("a")
-    assert modes(tmp_path / "state")["state.db"] == 0o600
+    again = modes(tmp_path / "state")
+    assert again["state.db"] == 0o600 and again["."] == 0o700
 
 
 def test_local_store_is_private(tmp_path):
@@ -56,14 +58,18 @@ def test_partial_puts_of_dead_writers_are_removed(tmp_path):
     p = subprocess.Popen(["true"])
     p.wait(10)
     me = owners.me()
+    host, boot = (hashlib.sha256(x.encode()).hexdigest()[:8] for x in (me.host, me.boot))
     layers = tmp_path / "store" / "layers"
-    dead = layers / f".put-{p.pid}-{me.start}-abc"
-    mine = layers / f".put-{me.pid}-{me.start}-def"  # a put of this very process, in progress
+    dead = layers / f".put-{p.pid}-{me.start}-{host}-{boot}-abc"
+    rebooted = layers / f".put-{me.pid}-{me.start}-{host}-00000000-abc"  # this machine, an earlier boot
+    mine = layers / f".put-{me.pid}-{me.start}-{host}-{boot}-def"  # a put of this very process, in progress
+    other = layers / f".put-{p.pid}-{me.start}-00000000-{boot}-abc"  # another machine's (a shared folder)
     old = layers / ".put-xyz"  # an older ravel's name: nothing tells, kept
-    for f in (dead, mine, old):
+    for f in (dead, rebooted, mine, other, old):
         f.write_bytes(b"partial")
     LocalStore(tmp_path / "store").put_bytes("layers/b", b"2")
-    assert not dead.exists() and mine.exists() and old.exists()
+    assert not dead.exists() and not rebooted.exists()
+    assert mine.exists() and other.exists() and old.exists()
     assert list(store.list("layers/")) == ["layers/a", "layers/b"]
 
 

@@ -150,10 +150,16 @@ def test_gc_clears_the_marker_of_a_killed_snapshot(tmp_path):
     locks.mkdir()
     import time
 
-    (locks / "snapshot-0123456789ab.json").write_text(json.dumps({"time": time.time(), "pid": gone.pid,
-                                                                  "name": "killed"}))
+    from ravel import owners
+
+    me = owners.me()
+    (locks / "snapshot-0123456789ab.json").write_text(json.dumps(
+        {**me.doc(), "pid": gone.pid, "time": time.time(), "beat": time.time(), "name": "killed"}))
+    (locks / "snapshot-ba9876543210.json").write_text(json.dumps(  # an older ravel's, a day old
+        {"time": time.time() - 86400, "pid": gone.pid, "name": "older"}))
     p = ravel(tmp_path, "store", "gc")
     assert p.returncode == 0, p.stderr
-    assert f"cleared the marker of a snapshot killed (pid {gone.pid})" in p.stderr
+    assert f"cleared the marker of a snapshot killed (pid {gone.pid} on {me.host})" in p.stderr
+    assert f"cleared the marker of a snapshot older (pid {gone.pid})" in p.stderr
     assert f"pid {gone.pid} has exited" in p.stderr and "removed 0 layers" in p.stdout
     assert list(locks.iterdir()) == []
