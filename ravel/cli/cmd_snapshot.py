@@ -16,7 +16,7 @@ from ..paths import paths
 from ..snapshot.gc import gc
 from ..snapshot.integrity import local_copies, verify_store
 from ..snapshot.layers import read_manifest, remove_snapshot
-from ..snapshot.take import snapshots as list_snapshots
+from ..snapshot.take import listing
 from ..store import open_store
 from . import documents, exits, progress
 from .common import app, err, out
@@ -80,7 +80,7 @@ def snapshots(
         _usage(f"`ravel snapshots {action}` needs a snapshot NAME")
     p = paths()
     if action == "list":
-        st, manifests, problems = list_snapshots(p, store)
+        st, manifests, problems = listing(p, store)
         for problem in problems:  # one damaged manifest hides no other snapshot
             err.print(f"warning: {problem} (skipped)", markup=False)
         if as_json:
@@ -151,12 +151,20 @@ def store_verify(
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     repair: bool = typer.Option(False, "--repair", help="Upload damaged or missing layers again from copies on "
                                 "this machine; remove damaged layers that have none."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Read back every layer and check its sha256, read every snapshot manifest, and list the
     snapshots that cannot be restored (exit 8 while anything is wrong)."""
     p = paths()
     st = open_store(store, p)
     r = verify_store(st, repair=repair, copies=lambda: local_copies(p), emit=progress.printer(err))
+    if as_json:
+        documents.write({"store": st.url, "repair": repair, "layers": r.layers, "bytes_read": r.bytes_read,
+                         "snapshots": r.manifests, "problems": r.problems, "repaired": r.repaired,
+                         "seconds": r.seconds})
+        if r.problems:
+            raise typer.Exit(exits.ExitStatus.STORE)
+        return
     for line in r.repaired:
         out.print(f"repaired: {line}", markup=False)
     for line in r.problems:

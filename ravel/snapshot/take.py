@@ -221,7 +221,13 @@ def _manifest(name: str, app: str, rec: AppRecord, bp: Blueprint, states: Mappin
 
 # -- listing, removing -------------------------------------------------------------------------
 
-def snapshots(paths: Paths, store_url: str | None = None) -> tuple[Store, list[Manifest], list[str]]:
+def snapshots(paths: Paths, store_url: str | None = None) -> tuple[Store, list[Manifest]]:
+    """The store and its snapshots; a damaged manifest is skipped (`listing` says which)."""
+    store, manifests, _ = listing(paths, store_url)
+    return store, manifests
+
+
+def listing(paths: Paths, store_url: str | None = None) -> tuple[Store, list[Manifest], list[str]]:
     """The store, its snapshots, and what could not be read (each a problem, skipped)."""
     store = open_store(store_url, paths)
     manifests, problems = read_manifests(store)

@@ -35,6 +35,7 @@ REPORTING = {
     "snapshot": ("snapshot",),
     "snapshots": ("snapshots-list", "snapshot-manifest", "snapshots-rm"),
     "store gc": ("store-gc",),
+    "store verify": ("store-verify",),
     "import": ("import",),
     "gc": ("gc",),
     "cp": ("cp",),
@@ -187,6 +188,16 @@ def test_snapshot_store_documents(tmp_path):
     assert p.returncode == 0, p.stderr
     doc = parsed(p.stdout, "store-gc")
     assert doc["removed"] == [] and doc["dry_run"] is False and doc["store"].startswith("file://")
+    p = ravel("store", "verify", "--json", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    doc = parsed(p.stdout, "store-verify")
+    assert doc["problems"] == [] and doc["layers"] == 0 and doc["repair"] is False
+    (tmp_path / "data" / "store" / "manifests").mkdir(parents=True)
+    (tmp_path / "data" / "store" / "manifests" / "bad.json").write_text("{")
+    p = ravel("store", "verify", "--json", home=tmp_path)
+    assert p.returncode == 8, p.stderr
+    doc = parsed(p.stdout, "store-verify")
+    assert len(doc["problems"]) == 1 and "not a valid snapshot manifest" in doc["problems"][0]
     for args in (["snapshots", "show", "nothing"], ["snapshots", "rm", "nothing"], ["publish", "--from", "nothing"]):
         err = failed(ravel(*args, "--json", home=tmp_path), 8)
         assert "no snapshot named 'nothing'" in err["message"]
