@@ -11,10 +11,11 @@ import typer
 
 from ..errors import BlueprintError
 from ..model.spec import json_schema
-from ..plan.catalogue import load_catalogue
 from ..plan.fit import check_fit
 from ..plan.plan import make_plan
+from ..paths import paths
 from ..run.blueprints import read_blueprint
+from ..run.capacity import admit_local, catalogue_for
 from ..run.preflight import check_files
 from . import exits
 from .common import Optimize, app, out, provider_option
@@ -27,18 +28,21 @@ _provider = provider_option
 @exits.handled
 def validate(
     files: List[Path] = typer.Argument(..., help="Blueprint files to check.", show_default=False),
-    provider: str = typer.Option("local", "--provider", "-p", callback=_provider,
-                                 help="Check VM sizes against this provider's host types."),
+    provider: Optional[str] = typer.Option(
+        None, "--provider", "-p", callback=lambda v: v and _provider(v),
+        help="Also check that every VM fits one of this provider's host types (local: sized from "
+             "this machine). Without it, only the blueprint itself is checked."),
 ) -> None:
     """Check blueprints and print every problem as FILE:LINE:COL: key: message."""
     problems = []
+    catalogue = catalogue_for(provider) if provider else None
     for f in files:
         try:
             bp = read_blueprint(str(f))
         except BlueprintError as exc:
             problems.extend(exc.problems)
             continue
-        fit = check_fit(bp, load_catalogue(provider))
+        fit = check_fit(bp, catalogue) if catalogue else []
         try:
             check_files(bp)  # images, ISOs, kernels: there, readable, what they claim to be
         except BlueprintError as exc:
@@ -62,11 +66,13 @@ def plan(
     """Show which hosts would run the blueprint, which VM goes where, and the hourly cost."""
     mode = optimize.value if optimize else None
     bp = read_blueprint(str(file))
-    catalogue = load_catalogue(provider)
+    catalogue = catalogue_for(provider)
     problems = check_fit(bp, catalogue, mode)
     if problems:
         raise BlueprintError(problems)
     p = make_plan(bp, catalogue, mode)
+    if provider == "local":  # what `publish` would refuse, refused here first
+        admit_local(paths(), bp.name, p)
     if as_json:
         sys.stdout.write(json.dumps(p.to_dict(), indent=2) + "\n")
     else:

@@ -21,7 +21,7 @@ from ..host.desired import to_doc
 from ..model.blueprint import Blueprint
 from ..model.resolve import load_blueprint
 from ..plan.app import AppPlan, resolve_app
-from ..plan.catalogue import Catalogue, load_catalogue
+from ..plan.catalogue import Catalogue
 from ..plan.fit import check_fit
 from ..plan.plan import Plan, make_plan
 from ..providers import get_provider
@@ -30,7 +30,7 @@ from ..render.host_state import HostSite, desired_states, ready_check
 from ..snapshot import memory
 from ..snapshot.memory import Resume
 from ..snapshot.restore import restore_snapshot, restored_blueprint
-from . import exposure, moves, teardown
+from . import capacity, exposure, moves, teardown
 from .blueprints import read_blueprint
 from .fanout import parallel
 from .observe import VmStatus, await_ready, status
@@ -69,7 +69,9 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
     started = time.monotonic()
     bp = read_blueprint(blueprint_path)
     app = name or bp.name
-    plan = checked_plan(bp, load_catalogue(provider_name))
+    plan = checked_plan(bp, capacity.catalogue_for(provider_name))
+    if provider_name == "local":  # before anything is made: does it fit what this machine has left?
+        capacity.admit_local(ctx.paths, app, plan)
     provider = get_provider(provider_name, ctx.paths)
     provider.preflight()
     bp = check_files(bp)
@@ -128,7 +130,7 @@ def set_running(ctx: Context, app: str, vms: list[str] | None, running: bool) ->
         targets = set(vms or known)
         flags = {name: (running if name in targets else v.state == "running") for name, v in known.items()}
         bp = check_files(stored_blueprint(ctx, app))  # base image formats, as at publish
-        plan = make_plan(bp, load_catalogue(rec.provider))
+        plan = make_plan(bp, capacity.recorded_catalogue(rec.provider, rec.plan))
         result = converge(ctx, app, bp, plan, provider, flags)
         ctx.state.set_app_status(app, "running" if any(flags.values()) else "stopped")
         return result.changed
@@ -235,7 +237,7 @@ def publish_snapshot(ctx: Context, snapshot: str, name: str | None = None, provi
         raise StateError(f"app {app!r} already exists (from {existing.blueprint_path or 'another blueprint'}); "
                          f"snapshot {snapshot} is not published over it",
                          hint=f"publish it under another --name, or `ravel destroy {app}` first")
-    catalogue = load_catalogue(provider_name)
+    catalogue = capacity.catalogue_for(provider_name)
 
     def fits(bp: Blueprint) -> Blueprint:  # before a layer is fetched: a snapshot can be large
         bp = portable(bp, catalogue, ctx.emit)
