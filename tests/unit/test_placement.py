@@ -198,7 +198,10 @@ def test_plans_obey_every_rule_or_the_error_is_real(case: tuple[Request, Catalog
 @PROPERTY
 @given(requests())
 def test_same_input_same_plan(case: tuple[Request, Catalogue]) -> None:
+    # the greedy; the exact stage gives a plan only with a proof, whose wall-clock budget a
+    # loaded machine could miss on one run and not the next (test_capacity checks a proof)
     request, catalogue = case
+    request = dataclasses.replace(request, exact_s=0.0)
     try:
         first = place(request, catalogue)
     except PlacementError as error:
