@@ -175,6 +175,7 @@ def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str
     start = time.monotonic()
     deadline = start + max(timeout, 1.0)
     pending = {v.name: v for v in ctx.state.vms(app) if v.state == "running"}
+    total = len(pending)
     last: dict[str, Readiness] = {}
     by_host: dict[str, list[dict[str, Any]]] = {}
     for v in pending.values():
@@ -213,7 +214,8 @@ def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str
                                                str(r.get("last_line") or ""))
                         if last[name].ready and name in pending:
                             del pending[name]
-                            ctx.emit(Event("wait", f"{name} ready", vm=name, done=True))
+                            ctx.emit(Event("wait", f"{name} ready ({total - len(pending)} of {total} ready, "
+                                                   f"{len(pending)} booting)", vm=name, done=True))
             if pending:
                 time.sleep(min(WATCH_S / 2, max(0.0, deadline - time.monotonic())))
     finally:

@@ -30,9 +30,8 @@ from ..render.host_state import HostSite, desired_states, ready_check
 from ..snapshot import memory
 from ..snapshot.memory import Resume
 from ..snapshot.restore import restore_snapshot, restored_blueprint
-from . import capacity, exposure, moves, teardown
+from . import capacity, exposure, moves, teardown, waves
 from .blueprints import read_blueprint
-from .fanout import parallel
 from .observe import VmStatus, await_ready, status
 from .preflight import check_files
 from .provision import ProvisionOptions, provision, recorded_transport
@@ -157,17 +156,20 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     sites = host_sites(ctx, app, hosts)
     pending = memory.pending(ctx.paths, app)  # VMs that resume from a memory state
     seeds = ensure_seeds(ctx.paths, ap)  # cloud-init: each VM's NoCloud seed, made once
-    desired = desired_states(ap, sites, running, {vm: r.state for vm, r in pending.items()},
-                             {vm: s.path for vm, s in seeds.items()})
+
+    def make_desired(flags: Mapping[str, bool] | None) -> dict[str, Any]:
+        return desired_states(ap, sites, flags, {vm: r.state for vm, r in pending.items()},
+                              {vm: s.path for vm, s in seeds.items()})
+
+    desired = make_desired(running)
     memory.check_machines(pending, desired)
     for name, h in hosts.items():
         if h.data_dir is None:  # a host's own data_dir lives on that host
             Path(sites[name].data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     moves.move_vms(ctx, app, provider, hosts, desired, deadline)
 
-    def apply(host: str) -> dict[str, Any]:
+    def apply(host: str, wanted: Any, quiet: bool) -> dict[str, Any]:
         runtime = ctx.hosts.runtime(provider, hosts[host], deadline)
-        wanted = desired[host]
         if not runtime.t.is_local:
             # the host cannot read this machine's files: send kernels and images first
             images = posixpath.join(posixpath.dirname(hosts[host].run_root.rstrip("/")), "images")
@@ -177,16 +179,28 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
         rec = next(r for r in ctx.state.hosts(app) if r.name == host)
         ctx.state.update_host(app, host, extra={**rec.extra, "desired": to_doc(wanted)})
         n = len(report.get("actions", []))
-        ctx.emit(Event("vms", f"{host}: {n} change{'s' if n != 1 else ''}" if n else f"{host}: up to date",
-                       host=host, done=True))
+        if not quiet:
+            ctx.emit(Event("vms", f"{host}: {n} change{'s' if n != 1 else ''}" if n else f"{host}: up to date",
+                           host=host, done=True))
         return report
 
-    reports = parallel(apply, ap.hosts)
+    # many guests start in waves as CPU frees up, so that booting ones are not starved (waves.py)
+    checks = {vm.name: {**ready_check(ap, vm.name, sites[ap.host_of(vm.name)]),
+                        **({"host_key": seeds[vm.name].host_key_public} if vm.name in seeds else {})}
+              for vm in ap.vms}
+    reports = waves.apply_in_waves(ctx, ap, sites, provider, hosts, running, make_desired, apply, checks,
+                                   deadline, running_now(ctx, app) | set(pending))
     changed = sum(len(r.get("actions", [])) for r in reports)
     changed += teardown.retire_hosts(ctx, app, provider, set(ap.hosts))
     exposed = exposure.expose(ctx.state, app, provider, hosts, ap, ctx.emit)
     record_vms(ctx, ap, sites, running, exposed, seeds)
     return PublishResult(app, plan, changed)  # its VMs as seen: the caller looks when it is time
+
+
+def running_now(ctx: Context, app: str) -> set[str]:
+    """VMs the app's hosts were last told to run: they keep running, never started again."""
+    return {vm["name"] for r in ctx.state.hosts(app) for vm in ((r.extra.get("desired") or {}).get("vms") or [])
+            if vm.get("running", True)}
 
 
 def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running: Mapping[str, bool] | None,
