@@ -501,6 +501,7 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                 ready=_ready(ctx, loc, spec, placed, networks, cloud_init is not None),
                 uefi_vars=_path(base_dir, spec.uefi_vars) if spec.uefi_vars else None,
                 agent=spec.agent,
+                cpu_model=spec.cpu_model,
             ), loc))
     return out
 

@@ -122,6 +122,10 @@ class VmSpec(_Spec):
     memory: Size = Field(512, description="guest RAM; plain integers are MiB")
     count: int = Field(1, ge=1, le=10000, description="expands `web` into web-1..web-N")
     nested: bool = Field(False, description="the guest is itself a hypervisor")
+    cpu_model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="QEMU CPU model (-cpu), e.g. Haswell-noTSX for a guest that needs one; default: host "
+        "under KVM, max for nested VMs under TCG (it has SVM), else the fastest model measured under TCG")
     firmware: Literal["bios", "uefi"] = "bios"
     disks: list[DiskSpec] = Field(default_factory=list)
     nics: list[NicSpec] = Field(default_factory=list)

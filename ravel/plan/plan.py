@@ -9,6 +9,7 @@ from typing import Any, Literal
 from ..model.blueprint import Blueprint
 from .catalogue import Catalogue
 from .placement import QEMU_OVERHEAD_MIB, Demand, Placement, Request, place
+from .sharing import ksm_hosts
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class Plan:
         """How far the cost may be above the optimum: 0 when proven optimal."""
         return 0.0 if self.placement.optimal else max(0.0, self.ratio - 1.0)
 
+    def ksm_hosts(self) -> dict[str, int]:
+        """Hosts that turn on same-page merging: several guests of one image (sharing.py)."""
+        return ksm_hosts(self.placement, {vm.name: vm for vm in self.blueprint.vms}, self.optimize)
+
     def notes(self) -> list[str]:
         """What the user trades, in words: VMs under TCG where the catalogue offers KVM."""
         tcg = [h for h in self.placement.hosts if h.accel == "tcg"]
@@ -57,6 +62,7 @@ class Plan:
         vms = {vm.name: {"cpus": vm.cpus, "memory_mib": vm.memory_mib, "host": self.host_of(vm.name)}
                for vm in self.blueprint.vms}
         machine = self.catalogue.machine
+        ksm = self.ksm_hosts()
         return {
             "blueprint": self.blueprint.name,
             "provider": self.provider,
@@ -77,6 +83,7 @@ class Plan:
                     "hourly_cost": h.type.hourly_cost,
                     "accel": h.accel,
                     "reserve": {"cpus": h.reserve_cpus, "memory_mib": h.reserve_mib},
+                    "ksm": h.name in ksm,
                     "vms": list(h.vms),
                 }
                 for h in self.placement.hosts

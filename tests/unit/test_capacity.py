@@ -351,3 +351,24 @@ def test_committed_cloud_catalogues_say_where_nested_virt_comes_from(catalogue: 
     if catalogue is AWS:
         assert "refresh_aws_catalogue.py" in catalogue.nested_virt_source
         assert "processor-info.supported-features" in catalogue.nested_virt_source
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU model a guest sees
+
+
+def test_cpu_model_is_chosen_by_accelerator_nesting_and_the_blueprint() -> None:
+    from ravel.render.qemu import TCG_CPU_MODEL, cpu_model_for
+
+    bp = load_blueprint("name: c\nvms:\n  plain: {}\n  hv: {nested: true}\n  vmw: {cpu_model: Haswell-noTSX}\n"
+                        "  vmwhv: {nested: true, cpu_model: EPYC}\n", "c.yaml")
+    vm = {v.name: v for v in bp.vms}
+    assert cpu_model_for(vm["plain"], "tcg") == TCG_CPU_MODEL
+    assert cpu_model_for(vm["hv"], "tcg") == "max"  # it needs SVM, which only max emulates
+    assert cpu_model_for(vm["plain"], "kvm") == cpu_model_for(vm["hv"], "kvm") == "host"
+    # the blueprint's model wins everywhere (VMware guests sometimes need one)
+    assert {cpu_model_for(vm[n], a) for n in ("vmw",) for a in ("tcg", "kvm")} == {"Haswell-noTSX"}
+    assert cpu_model_for(vm["vmwhv"], "tcg") == "EPYC"
+    with pytest.raises(Exception) as bad:
+        load_blueprint("name: c\nvms:\n  x: {cpu_model: 'max,+svm'}\n", "c.yaml")
+    assert "cpu_model" in str(getattr(bad.value, "problems", bad.value))

@@ -49,7 +49,7 @@ def test_plan_json_shape():
     assert data["machine"] == {"cores": len(os.sched_getaffinity(0)), "memory_mib": meminfo_mib("MemTotal")}
     assert data["optimal"] is True and data["gap"] == 0
     for h in data["hosts"]:
-        assert set(h) == {"name", "type", "cpus", "memory_mib", "hourly_cost", "accel", "reserve", "vms"}
+        assert set(h) == {"name", "type", "cpus", "memory_mib", "hourly_cost", "accel", "reserve", "ksm", "vms"}
         assert h["accel"] in ("kvm", "tcg")
         assert h["reserve"] == {"cpus": 0, "memory_mib": 64}
     placed = [vm for h in data["hosts"] for vm in h["vms"]]
