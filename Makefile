@@ -74,6 +74,9 @@ bench: setup
 	$(BIN)/python bench/snapshot_ssh_bench.py
 	$(BIN)/python bench/move_bench.py
 	$(BIN)/python bench/seed_bench.py
+	$(BIN)/python bench/scale_bench.py
+	$(BIN)/python bench/tcg_cpu_bench.py
+	$(BIN)/python bench/memory_bench.py
 	$(BIN)/python bench/real_guest_bench.py
 	$(BIN)/python bench/access_bench.py
 

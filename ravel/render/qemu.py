@@ -63,10 +63,12 @@ def guest_cmdline(vm: VM, nics: Sequence[NicPlan], gateways: Mapping[str, str] |
     return " ".join(parts)
 
 
-# The CPU model a guest sees under TCG, chosen by measurement (bench/tcg_cpu_bench.py; the
-# figures are in docs/capacity.md): the real Debian guest's CPU-bound work ran fastest under it.
-# `max` offers every feature TCG can emulate, SVM included, so nested VMs keep it.
-TCG_CPU_MODEL = "max"
+# The CPU model a guest sees under TCG, chosen by measurement (bench/tcg_cpu_bench.py, the real
+# Debian 12 guest, figures in docs/capacity.md): sha256sum of 200 MiB took 2.93 s under EPYC-Rome,
+# 2.99 under qemu64, 3.01 under Nehalem, 4.20 under max (0.67 natively), a shell loop the same
+# under all (6.1-6.5 s); of the fastest, EPYC-Rome also runs x86-64-v3 guests (AVX2: RHEL 10),
+# which qemu64 (v1) and Nehalem (v2) cannot. `max` offers SVM, so nested VMs keep it.
+TCG_CPU_MODEL = "EPYC-Rome"
 
 
 def cpu_model_for(vm: VM, accel: str) -> str:
