@@ -20,6 +20,11 @@ greedy guided by the linear-programming relaxation:
 6. Small labs get a few greedy variants; first-fit decreasing is computed too; the cheapest
    plan wins, so a plan is never dearer than the FFD baseline. Over max_hosts, hosts are
    merged down to the limit, or the biggest types filled first.
+7. Labs of up to exact.EXACT_UP_TO VMs are then solved exactly (exact.py, HiGHS, a time
+   budget): a proven optimum replaces the plan if cheaper and becomes its bound.
+
+Every host type keeps a reserve for the host itself (reserve.py) in both modes; performance
+mode uses only types where KVM reaches the guests when the allowed types include some.
 
 Everything here is pure and deterministic: no I/O, no randomness, no iteration over sets.
 """
