@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,8 +195,12 @@ def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str
                 a = applied[host]
                 try:
                     rt = ctx.hosts.runtime(provider, a.host, reach_s=max(1.0, deadline - time.monotonic()))
+                    # local hosts share this machine's cores: the more guests boot per core, the
+                    # longer each check may wait for an answer (host/ready.py)
+                    slow = len(pending) / len(os.sched_getaffinity(0)) if provider.name == "local" else 1.0
                     runs[host] = HostRun(host, rt, {"run_dir": a.desired.run_dir, "checks": by_host[host],
-                                                    "interval": WATCH_S, "max_s": deadline - time.monotonic()},
+                                                    "interval": WATCH_S, "max_s": deadline - time.monotonic(),
+                                                    "slow": max(1.0, slow)},
                                          command="wait-ready")
                     seen[host] = 0
                 except RavelError:

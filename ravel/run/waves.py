@@ -237,11 +237,12 @@ def apply_in_waves(ctx: Any, ap: Any, sites: Mapping[str, Any], provider: Any, h
     host_of = {vm.name: ap.host_of(vm.name) for vm in ap.vms}
     to_start = [vm.name for vm in ap.vms if final[vm.name] and vm.name not in already]
     guests = GuestCpu({vm: f"{sites[host].run_dir}/{vm}.pid" for vm, host in host_of.items()})
+    cores_of = {h.name: h.type.cpus - h.reserve_cpus for h in ap.placement.hosts}
     if ap.plan.provider == "local":
         room = local_room(len(os.sched_getaffinity(0)), guests)
         pool_of = {vm: "machine" for vm in host_of}
     else:
-        room = host_room({h.name: h.type.cpus - h.reserve_cpus for h in ap.placement.hosts})
+        room = host_room(cores_of)
         pool_of = dict(host_of)
     queue = BootQueue(list(to_start), pool_of)
     everything = make_desired(final)
@@ -263,8 +264,13 @@ def apply_in_waves(ctx: Any, ap: Any, sites: Mapping[str, Any], provider: Any, h
     def open_run(host: str, checks: list[dict[str, Any]]) -> HostRun:
         rt = ctx.hosts.runtime(provider, hosts[host], deadline)
         left = (deadline or started_at + 3600.0) - time.monotonic()
+        # the checks' own bounds stretch with how many guests boot per core of their pool
+        booting = len(queue.booting(time.monotonic()))
+        cores = len(os.sched_getaffinity(0)) if pool_of[checks[0]["vm"]] == "machine" else \
+            max(1, cores_of.get(host, 1))
         return HostRun(host, rt, {"run_dir": everything[host].run_dir, "checks": checks, "interval": WATCH_S,
-                                  "max_s": max(1.0, left)}, command="wait-ready")
+                                  "max_s": max(1.0, left), "slow": max(1.0, booting / cores)},
+                       command="wait-ready")
 
     start_in_waves(queue, room, host_of, start, Watches(open_run, ready_checks, host_of), ctx.emit,
                    deadline or started_at + 3600.0, guests=guests)
