@@ -43,11 +43,14 @@ from ravel.plan.catalogue import Catalogue, HostType
 from ravel.plan import exact
 from ravel.plan.lp import covering_bound
 
-# Memory that QEMU itself holds per VM, on top of the guest's RAM. Measured on this project's
-# build machines: an idle 128 MiB guest's QEMU under TCG is ~240 MB resident, ~46 MiB of which
-# is the translation cache (the runtime caps tb-size at 64 MiB), the rest device models,
-# libraries and page tables. KVM has no translation cache, hence the smaller figure.
-QEMU_OVERHEAD_MIB = {"tcg": 160, "kvm": 96}
+# Memory that QEMU itself holds per VM, on top of the guest's RAM. Measured by
+# bench/memory_bench.py on the real Debian 12 guest published through ravel (cloud-init, TCG,
+# 1 and 4 GiB, after boot and after CPU-bound work): 104-106 MiB resident outside the guest's RAM
+# block, of which 64 MiB is the translation cache (full: tb-size caps it) and ~42 MiB device
+# models, libraries and heap (docs/capacity.md). TCG: that plus ~20 % for guests with more
+# devices and vCPUs. KVM has no translation cache: the other part with the same headroom (it
+# cannot run here; the published per-VM overheads of QEMU/KVM, tens of MiB, agree).
+QEMU_OVERHEAD_MIB = {"tcg": 128, "kvm": 64}
 
 # Every host keeps a reserve for itself in both modes (its OS, plumbing, page tables): a fixed
 # part and a share of its memory, per catalogue (reserve.py); performance mode keeps vCPUs too.

@@ -303,7 +303,7 @@ def test_running_apps_are_read_from_the_state(tmp_path: Path) -> None:
     state.close()
     # a and c run (b is stopped): their RAM and QEMUs, and both hosts' reserves; no QEMU holds
     # anything (no pid files), so all of it is still to come
-    assert running_apps(home) == [AppUse("lab", 1024 + 256 + 2 * 160 + 2 * 64, 0)]
+    assert running_apps(home) == [AppUse("lab", 1024 + 256 + 2 * QEMU_OVERHEAD_MIB["tcg"] + 2 * 64, 0)]
 
 
 # ---------------------------------------------------------------------------------------------

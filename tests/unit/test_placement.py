@@ -314,8 +314,8 @@ def vms(
 
 
 def test_constants_are_the_documented_ones() -> None:
-    assert QEMU_OVERHEAD_MIB == {"tcg": 160, "kvm": 96}
-    assert (CLOUD_HOST.fixed_mib, CLOUD_HOST.share, CLOUD_HOST.cpus) == (512, 0.03, 1)
+    assert QEMU_OVERHEAD_MIB == {"tcg": 128, "kvm": 64}
+    assert (CLOUD_HOST.fixed_mib, CLOUD_HOST.share, CLOUD_HOST.cpus) == (512, 0.04, 1)
     assert (NAMESPACE_HOST.fixed_mib, NAMESPACE_HOST.share, NAMESPACE_HOST.cpus) == (64, 0.0, 1)
     assert LOCAL.reserve == NAMESPACE_HOST and AWS.reserve == CLOUD_HOST == GCP.reserve
 
@@ -337,20 +337,20 @@ def test_one_small_vm_gets_the_smallest_local_host() -> None:
 
 
 def test_memory_counts_the_hypervisor_overhead_and_the_reserve_exactly() -> None:
-    # local-small has 2048 MiB, keeps 64 for itself: a guest of 2048 - 64 - 160 fits, one MiB
+    # local-small has 2048 MiB, keeps 64 for itself: a guest of 2048 - 64 - 128 fits, one MiB
     # more does not, in either mode
     for mode in ("cost", "performance"):
-        fits = place(Request((Demand("a", 1, 1824),), optimize=mode), LOCAL)
+        fits = place(Request((Demand("a", 1, 1856),), optimize=mode), LOCAL)
         assert fits.hosts[0].type.name == "local-small"
         assert (fits.hosts[0].reserve_mib, fits.hosts[0].reserve_cpus) == (
             64, 1 if mode == "performance" else 0)
-        over = place(Request((Demand("a", 1, 1825),), optimize=mode), LOCAL)
+        over = place(Request((Demand("a", 1, 1857),), optimize=mode), LOCAL)
         assert over.hosts[0].type.name == "local-medium"
-    # a cloud host keeps 512 MiB + 3 %: m8i.large (8 GiB, KVM) holds 8192 - 758 - 96
-    m8i = Request((Demand("a", 1, 7338),), host_types=("m8i.large", "m8i.xlarge"))
+    # a cloud host keeps 512 MiB + 4 %: m8i.large (8 GiB, KVM) holds 8192 - 840 - 64
+    m8i = Request((Demand("a", 1, 7288),), host_types=("m8i.large", "m8i.xlarge"))
     assert place(m8i, AWS).hosts[0].type.name == "m8i.large"
-    assert place(m8i, AWS).hosts[0].reserve_mib == 512 + math.ceil(0.03 * 8192)
-    m8i = dataclasses.replace(m8i, demands=(Demand("a", 1, 7339),))
+    assert place(m8i, AWS).hosts[0].reserve_mib == 512 + math.ceil(0.04 * 8192)
+    m8i = dataclasses.replace(m8i, demands=(Demand("a", 1, 7289),))
     assert place(m8i, AWS).hosts[0].type.name == "m8i.xlarge"
 
 
@@ -368,9 +368,9 @@ def test_cost_mode_overcommits_cpu_and_performance_mode_never_does() -> None:
 
 
 def test_a_perfectly_packable_lab_meets_its_bound() -> None:
-    # two 4 vCPU guests of 1856 MiB (+ 160 MiB of QEMU each) fill a local-medium less its
+    # two 4 vCPU guests of 1888 MiB (+ 128 MiB of QEMU each) fill a local-medium less its
     # 64 MiB reserve exactly
-    plan = place(Request(vms(4, 4, 1856)), LOCAL)
+    plan = place(Request(vms(4, 4, 1888)), LOCAL)
     assert plan.cost_per_hour == pytest.approx(0.08)
     assert plan.ratio == pytest.approx(1.0)
 
@@ -403,9 +403,9 @@ def test_vm_larger_than_any_host_names_vm_dimension_and_nearest_type() -> None:
     error = caught.value
     assert error.vm == "db-1" and error.dimension == "memory" and error.nearest == "local-large"
     assert error.message == (
-        'vm "db-1" needs 48 vCPU + 65696 MiB (incl. 160 MiB hypervisor overhead); nearest allowed '
+        'vm "db-1" needs 48 vCPU + 65664 MiB (incl. 128 MiB hypervisor overhead); nearest allowed '
         "type local-large offers 16 vCPU (8 x overcommit 2.0) and 8128 MiB (8192 - 64 reserved "
-        "for the host): cpus short by 32 vCPU and memory short by 57568 MiB"
+        "for the host): cpus short by 32 vCPU and memory short by 57536 MiB"
     )
 
 
