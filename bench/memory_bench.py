@@ -11,7 +11,7 @@
 4. KSM (ravel/plan/sharing.py, docs/capacity.md): ten guests on one host, the sum of their
    QEMUs' proportional set sizes (PSS: a page merged by KSM counts once, split between its
    users) N minutes after all are ready, with KSM on (ravel turns it on for that host) and
-   with it off (the same lab published again, KSM switched to unmerge at ready time).
+   without (each guest boots its own copy of the image, so the plan sees no shared image).
 
     flock /work/tmp/heavy.lock .venv/bin/python bench/memory_bench.py [--minutes 5] [--skip-ksm]
 """
@@ -106,12 +106,20 @@ def overhead_and_os(home: Path) -> dict:
 
 
 def ten_guests(home: Path, minutes: float, ksm_on: bool) -> dict:
+    """Ten guests on one host; with KSM as ravel turns it on (one base image), or without: each
+    guest boots its own copy of the image, so the plan sees ten images and KSM stays off."""
     lab = Lab(home, f"ksm{'on' if ksm_on else 'off'}{os.getpid() % 1000}")
-    try:
-        took = lab.publish({f"g{i}": {} for i in range(10)}, memory_mib=512,
-                           extra="placement: {max_hosts: 1, cpu_overcommit: 8}\n")
+    vms = {}
+    for i in range(10):
+        keys: dict = {}
         if not ksm_on:
-            (KSM / "run").write_text("2")  # stop, and unmerge what was merged while they booted
+            copy = home / f"debian-{i}.qcow2"
+            home.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "--reflink=auto", str(IMAGE), str(copy)], check=True)
+            keys = {"disks": [{"image": str(copy)}]}
+        vms[f"g{i}"] = keys
+    try:
+        took = lab.publish(vms, memory_mib=512, extra="placement: {max_hosts: 1, cpu_overcommit: 8}\n")
         pids = [int(v["pid"]) for v in lab.status()]
         hosts = {v["host"] for v in lab.status()}
         samples = []
@@ -135,6 +143,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--skip-ksm", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-on", action="store_true", help="only the lab without KSM")
+    parser.add_argument("--skip-off", action="store_true", help="only the lab with KSM")
     args = parser.parse_args()
     if not IMAGE.exists():
         sys.exit(f"{IMAGE} is missing: run `make setup`")
@@ -143,12 +153,12 @@ def main() -> None:
         if not args.skip_overhead:
             print(json.dumps(overhead_and_os(Path(tmp))), flush=True)
         if not args.skip_ksm:
-            before = (KSM / "run").read_text().strip()
-            try:
-                on = ten_guests(Path(tmp) / "on", args.minutes, True)
+            if not args.skip_off:
                 off = ten_guests(Path(tmp) / "off", args.minutes, False)
-            finally:
-                (KSM / "run").write_text(before)
+            if not args.skip_on:
+                on = ten_guests(Path(tmp) / "on", args.minutes, True)
+            if args.skip_on or args.skip_off:
+                return
             a, b = on["samples"][-1]["pss_sum_mib"], off["samples"][-1]["pss_sum_mib"]
             print(json.dumps({"ten_guests_pss_mib": {"ksm_on": a, "ksm_off": b}, "saving_mib": b - a,
                               "saving_per_extra_guest_mib": round((b - a) / 9, 1),

@@ -59,7 +59,7 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     cache = images_dir(paths)
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     clear_cache_tmp(cache)
-    bp = load_blueprint(manifest.blueprint, f"{store.url}/{manifest_key(name)}")
+    bp = _saved_cpu_models(load_blueprint(manifest.blueprint, f"{store.url}/{manifest_key(name)}"), manifest)
     _check_memory(name, manifest, bp)
     if check is not None:
         bp = check(bp)
@@ -105,6 +105,17 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     tmp.write_text(text)
     os.replace(tmp, out)
     return Restoration(out, memory, {vm.name: vm.machine for vm in manifest.vms if vm.memory})
+
+
+def _saved_cpu_models(bp: Blueprint, manifest: Manifest) -> Blueprint:
+    """A VM whose memory was saved resumes only under the CPU model it ran with: the blueprint
+    names it, should ravel's default have changed since (render/qemu.py TCG_CPU_MODEL)."""
+    saved = {vm.name: vm.machine for vm in manifest.vms if vm.memory and vm.machine}
+
+    def model(vm_name: str) -> str | None:
+        return next((e.split(" ", 1)[1] for e in saved.get(vm_name, ()) if e.startswith("-cpu ")), None)
+
+    return replace(bp, vms=tuple(replace(vm, cpu_model=vm.cpu_model or model(vm.name)) for vm in bp.vms))
 
 
 def _check_memory(name: str, manifest: Manifest, bp: Any) -> None:
