@@ -16,7 +16,7 @@ APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc l
             dnsmasq-base nftables openssh-server cloud-init grub-pc-bin grub-common xorriso mtools \
             mmdebstrap fdisk e2fsprogs dosfstools
 
-.PHONY: setup system venv guest realguest demo test test-unit bench cloud-smoke clean distclean
+.PHONY: setup system venv guest realguest demo test test-scale test-unit bench cloud-smoke clean distclean
 
 setup: system venv guest realguest
 
@@ -56,7 +56,11 @@ demo: setup
 	@echo "try: $(BIN)/ravel status demo; $(BIN)/ravel console demo web-1; $(BIN)/ravel destroy demo"
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not scale" tests
+
+# the 50-guest lab of tests/e2e/test_scale.py (~2.5 min on 2 cores): CI runs it beside make test
+test-scale: setup
+	$(BIN)/python -m pytest -m scale tests/e2e/test_scale.py
 
 test-unit: venv
 	$(BIN)/python -m pytest -n 2 tests/unit
@@ -70,6 +74,9 @@ bench: setup
 	$(BIN)/python bench/snapshot_ssh_bench.py
 	$(BIN)/python bench/move_bench.py
 	$(BIN)/python bench/seed_bench.py
+	$(BIN)/python bench/scale_bench.py
+	$(BIN)/python bench/tcg_cpu_bench.py
+	$(BIN)/python bench/memory_bench.py
 	$(BIN)/python bench/real_guest_bench.py
 	$(BIN)/python bench/access_bench.py
 

@@ -12,10 +12,11 @@ import typer
 
 from ..errors import BlueprintError
 from ..model.spec import json_schema
-from ..plan.catalogue import load_catalogue
 from ..plan.fit import check_fit
 from ..plan.plan import make_plan
+from ..paths import paths
 from ..run.blueprints import read_blueprint
+from ..run.capacity import admit_local, catalogue_for
 from ..run.preflight import check_files
 from . import documents, exits
 from ..model.durations import approx_duration
@@ -30,20 +31,23 @@ _provider = provider_option
 @exits.handled
 def validate(
     files: List[Path] = typer.Argument(..., help="Blueprint files to check.", show_default=False),
-    provider: str = typer.Option("local", "--provider", "-p", callback=_provider,
-                                 help="Check VM sizes against this provider's host types."),
+    provider: Optional[str] = typer.Option(
+        None, "--provider", "-p", callback=lambda v: v and _provider(v),
+        help="Also check that every VM fits one of this provider's host types (local: sized from "
+             "this machine). Without it, only the blueprint itself is checked."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (problems: an error document)."),
 ) -> None:
     """Check blueprints and print every problem as FILE:LINE:COL: key: message."""
     problems = []
     valid = []
+    catalogue = catalogue_for(provider) if provider else None
     for f in files:
         try:
             bp = read_blueprint(str(f))
         except BlueprintError as exc:
             problems.extend(exc.problems)
             continue
-        fit = check_fit(bp, load_catalogue(provider))
+        fit = check_fit(bp, catalogue) if catalogue else []
         try:
             check_files(bp)  # images, ISOs, kernels: there, readable, what they claim to be
         except BlueprintError as exc:
@@ -76,11 +80,13 @@ def plan(
     # the blueprint lives until the command ends: stop the cyclic collector from walking its
     # objects again and again while the planner allocates (a fifth of a 10,000-VM plan's time)
     gc.freeze()
-    catalogue = load_catalogue(provider)
+    catalogue = catalogue_for(provider)
     problems = check_fit(bp, catalogue, mode)
     if problems:
         raise BlueprintError(problems)
     p = make_plan(bp, catalogue, mode)
+    if provider == "local":  # what `publish` would refuse, refused here first
+        admit_local(paths(), bp.name, p)
     lasts = budget_seconds(budget, p.placement.cost_per_hour) if budget is not None else None
     if as_json:
         doc = p.to_dict()

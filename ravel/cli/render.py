@@ -39,10 +39,19 @@ def plan_table(plan: Plan) -> Table:
                   format_mib(sum(h.type.memory_mib for h in rest)), "", money(sum(h.type.hourly_cost for h in rest)),
                   f"{sum(len(h.vms) for h in rest)} VMs (--json lists every host)")
     ratio = plan.ratio
-    t.caption = (
+    proof = "optimal" if p.optimal else f"gap <= {plan.gap:.1%}"
+    lines = [
         f"cost {money(p.cost_per_hour)}/h  lower bound {money(p.lower_bound_per_hour)}/h  "
-        f"cost/bound {ratio:.3f}" + ("  (prices are nominal for local hosts)" if cur == "nominal" else "")
-    )
+        f"cost/bound {ratio:.3f} ({proof})" + ("  (prices are nominal for local hosts)" if cur == "nominal" else "")
+    ]
+    machine = plan.catalogue.machine
+    if machine is not None:
+        kept = ", ".join(f"{mib} MiB" for mib in sorted({h.reserve_mib for h in p.hosts}))
+        lines.append(f"local host types sized from this machine: {machine.cores} cores, "
+                     f"{machine.memory_mib / 1024:.1f} GiB; each host keeps {kept} for itself; "
+                     f"the lab takes {plan.memory_mib / 1024:.1f} GiB with its QEMUs")
+    lines += [f"note: {n}" for n in plan.notes()]
+    t.caption = "\n".join(lines)
     t.caption_justify = "left"
     return t
 

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import proc, ready, resume, services, snapshot, supervise
+from . import ksm, proc, ready, resume, services, snapshot, supervise
 from .desired import Desired
 from .facts import (
     OWNED_FILE, Facts, Owned, OwnedVM, argv_sha256, gather, owned_document,
@@ -136,6 +136,10 @@ def _execute(action: Action) -> str:
     kind, p = action.kind, action.params
     if kind.startswith("router."):
         return services.execute(kind, action.argv, p)
+    if kind == "ksm.on":
+        return ksm.turn_on(p["run_dir"])
+    if kind == "ksm.release":
+        return ksm.release(p["run_dir"])
     if kind in ("run_dir.create", "run_dir.chmod"):
         os.makedirs(p["path"], mode=p["mode"], exist_ok=True)
         os.chmod(p["path"], p["mode"])

@@ -427,6 +427,8 @@ class Desired:
     vms: Tuple[VM, ...] = _f(tuple, (), item=VM)
     version: int = _f(int, DESIRED_VERSION, required=True, check=_version)
     router: Optional[Router] = _f(Router, None)  # this host's piece of the app's network services
+    # several guests of one base image here: the kernel's same-page merging on (ksm.py)
+    ksm: bool = _f(bool, False, sparse=True)
 
     def link_kinds(self) -> Dict[str, str]:
         """Every link this document wants, name -> kind ('bridge' | 'vxlan' | 'tap')."""

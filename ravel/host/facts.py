@@ -26,6 +26,8 @@ from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
 from . import kvm, proc, supervise
 from .desired import Desired, ZERO_MAC
+from .ksm import KsmFacts
+from .ksm import gather as gather_ksm
 from .services import RouterFacts, gather_router
 
 OWNED_FILE = "owned.json"
@@ -99,6 +101,7 @@ class Facts:
     paths: Dict[str, bool] = field(default_factory=dict)  # disk and base paths -> exist?
     underlay_addresses: Optional[Tuple[str, ...]] = None  # None: not observed
     router: Optional[RouterFacts] = None  # network services (services.py); None: not observed
+    ksm: Optional[KsmFacts] = None  # None: not observed
 
     def exists(self, path: str) -> bool:
         return self.paths.get(path, False)
@@ -272,7 +275,7 @@ def gather(desired: Desired) -> Facts:
             paths.setdefault(path, os.path.exists(path))
     return Facts(run_dir=run_dir, run_dir_exists=run_dir_exists, run_dir_mode=run_dir_mode,
                  links=links, fdb=fdb, owned=owned, vms=vms, paths=paths,
-                 underlay_addresses=addresses, router=gather_router(desired))
+                 underlay_addresses=addresses, router=gather_router(desired), ksm=gather_ksm(run_dir))
 
 
 def gather_vms(desired: Desired, owned: Owned) -> Dict[str, VMFact]:

@@ -32,6 +32,9 @@ CONNECT_S = 3.0
 BANNER_S = 5.0
 KEYSCAN_S = 5.0
 PING_S = 1.0
+# a request's "slow" (how many guests boot per core, from the caller) stretches the bounds above:
+# a guest starved of CPU answers late, and a bound it can never meet would keep it booting
+MOST_SLOW = 4.0
 LOG_TAIL = 1 << 20  # the console is searched in its last MiB
 DEFAULT_MARKERS = ("RAVEL-READY", "login:")
 # a VM resumed from a saved memory state does not boot again: it prints, leases and announces
@@ -42,9 +45,11 @@ SHOWN_BY_BOOT = ("console", "lease", "link")
 def check_all(request: Dict[str, Any]) -> Dict[str, Any]:
     run_dir = str(request.get("run_dir") or "")
     leases = _read(dnsmasq_paths(run_dir)["leases"]).decode(errors="replace") if run_dir else ""
+    slow = min(MOST_SLOW, max(1.0, float(request.get("slow") or 1.0)))
+
     def one(c: Dict[str, Any]) -> Dict[str, Any]:
         log = this_boot(str(c.get("log") or ""))
-        ok, seen = check(c, log, leases)
+        ok, seen = check(c, log, leases, slow)
         return {"ready": ok, "seen": seen, "booting_s": _age(str(c.get("pidfile") or "")), "last_line": last_line(log)}
 
     checks = list(request.get("checks") or [])
@@ -54,7 +59,7 @@ def check_all(request: Dict[str, Any]) -> Dict[str, Any]:
     return {"vms": {str(c["vm"]): r for c, r in zip(checks, results)}}
 
 
-def check(c: Dict[str, Any], log: str, leases: str) -> "tuple[bool, str]":
+def check(c: Dict[str, Any], log: str, leases: str, slow: float = 1.0) -> "tuple[bool, str]":
     kind = c.get("kind")
     if kind == "none":
         return True, "not checked"
@@ -77,16 +82,16 @@ def check(c: Dict[str, Any], log: str, leases: str) -> "tuple[bool, str]":
     if kind == "ping":
         return ping(ip)
     if kind == "ssh":
-        ok, seen = probe_tcp(ip, port, banner=True)
+        ok, seen = probe_tcp(ip, port, banner=True, slow=slow)
         if ok and c.get("host_key"):
-            return pinned_key(ip, port, str(c["host_key"]))
+            return pinned_key(ip, port, str(c["host_key"]), slow)
         return ok, seen
     if kind == "tcp":
-        return probe_tcp(ip, port, banner=False)
+        return probe_tcp(ip, port, banner=False, slow=slow)
     return False, f"unknown check {kind!r}"
 
 
-def pinned_key(ip: str, port: int, want: str) -> "tuple[bool, str]":
+def pinned_key(ip: str, port: int, want: str, slow: float = 1.0) -> "tuple[bool, str]":
     """SSH counts as ready only once the guest shows the host key ravel made for it: a guest
     whose cloud-init has not yet installed it (a first boot, or a restored snapshot's disk with
     the old key) is still booting, and a connection would be refused as a mismatch."""
@@ -94,8 +99,8 @@ def pinned_key(ip: str, port: int, want: str) -> "tuple[bool, str]":
     if keyscan is None:
         return True, "SSH banner (ssh-keyscan is not on this host: the key was not compared)"
     try:
-        p = subprocess.run([keyscan, "-t", "ed25519", "-T", str(int(KEYSCAN_S)), "-p", str(port), ip],
-                           capture_output=True, text=True, timeout=KEYSCAN_S + 2)
+        p = subprocess.run([keyscan, "-t", "ed25519", "-T", str(int(KEYSCAN_S * slow)), "-p", str(port), ip],
+                           capture_output=True, text=True, timeout=KEYSCAN_S * slow + 2)
     except subprocess.TimeoutExpired:
         return False, f"{ip}:{port} did not show its host key in time"
     want_key = want.split()[:2]
@@ -108,12 +113,12 @@ def pinned_key(ip: str, port: int, want: str) -> "tuple[bool, str]":
                    "installed ravel's yet" if shown else f"{ip}:{port} showed no ed25519 host key")
 
 
-def probe_tcp(ip: str, port: int, banner: bool) -> "tuple[bool, str]":
+def probe_tcp(ip: str, port: int, banner: bool, slow: float = 1.0) -> "tuple[bool, str]":
     try:
-        with socket.create_connection((ip, port), timeout=CONNECT_S) as s:
+        with socket.create_connection((ip, port), timeout=CONNECT_S * slow) as s:
             if not banner:
                 return True, f"{ip}:{port} accepts"
-            s.settimeout(BANNER_S)
+            s.settimeout(BANNER_S * slow)
             got = s.recv(256)
     except socket.timeout:
         return False, f"{ip}:{port} {'sent no banner' if banner else 'did not answer'}"

@@ -27,6 +27,7 @@ KINDS = (
     "fdb.delete", "fdb.add",
     "tap.delete", "tap.recreate", "tap.create", "tap.update",
     *services.KINDS,  # gateway addresses, sysctls, nft tables, dnsmasq
+    "ksm.on", "ksm.release",
     "disk.create",
     "vm.stop", "vm.remove", "disk.delete",
     "vm.start", "vm.cont",
@@ -34,7 +35,7 @@ KINDS = (
 )
 
 # Phases, in order; within a phase, deletions of stale items come first, then per item.
-PHASES = ("run_dir", "underlay", "bridge", "vxlan", "fdb", "tap", "router", "disk.create",
+PHASES = ("run_dir", "underlay", "bridge", "vxlan", "fdb", "tap", "router", "ksm", "disk.create",
           "vm.stop", "vm.start", "destroy")
 
 
@@ -181,6 +182,16 @@ def reconcile(desired: Desired, facts: Facts) -> List[Action]:
                 cmd = ("qemu-img", "create", "-f", "qcow2", d.path, f"{d.size_mib}M")
                 why = f"missing (blank, {d.size_mib} MiB)"
             actions.append(Action("disk.create", d.path, why, (cmd,), {"path": d.path}))
+
+    # same-page merging for several guests of one image (ksm.py); on before they boot
+    k = facts.ksm
+    if k is not None and k.run is not None:
+        if desired.ksm and (not k.marked or k.run != "1"):
+            actions.append(Action("ksm.on", "ksm", "several guests of one base image here" if k.run != "1"
+                                  else "on already; this host notes that it wants it",
+                                  params={"run_dir": desired.run_dir}))
+        elif not desired.ksm and k.marked:
+            actions.append(Action("ksm.release", "ksm", "no longer wanted here", params={"run_dir": desired.run_dir}))
 
     # VM stops, removals
     restart: Dict[str, str] = {}
@@ -412,6 +423,8 @@ def teardown(facts: Facts, desired: Optional[Desired] = None, prefixes: Sequence
     name in ``keep``). Idempotent: [] once nothing is left.
     """
     actions: List[Action] = [_from_step(s) for s in services.router_teardown(facts.run_dir, facts.router)]
+    if facts.ksm is not None and facts.ksm.marked:
+        actions.append(Action("ksm.release", "ksm", "app destroyed", params={"run_dir": facts.run_dir}))
     for name, f in sorted(facts.vms.items()):
         if f.running:
             actions.append(_stop(f, "app destroyed"))

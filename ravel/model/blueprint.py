@@ -102,6 +102,7 @@ class VM:
     ready: Ready = Ready("console", pattern=None)  # resolved by the loader: see resolve._ready
     uefi_vars: str | None = None  # a UEFI variable store to start from (else the firmware's empty one)
     agent: bool = True  # the QEMU guest agent's channel (virtio-serial), for `ravel exec`
+    cpu_model: str | None = None  # QEMU -cpu; None: render/qemu.py chooses (cpu_model_for)
 
     @property
     def kernel_boot(self) -> bool:

@@ -62,6 +62,8 @@ def vm_dict(vm: VM, macs: Mapping[int, str] | None = None) -> dict[str, Any]:
         out["cloud_init"] = _cloud_init(vm.cloud_init)
     if not vm.agent:
         out["agent"] = False
+    if vm.cpu_model:
+        out["cpu_model"] = vm.cpu_model
     if vm.user:
         out["user"] = vm.user
     ready = _ready(vm.ready)

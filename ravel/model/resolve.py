@@ -700,6 +700,7 @@ def _vms(ctx: _Ctx, top: dict, defaults: PosDict | None, networks: dict[str, Net
                              nics_ok and checked.ok(("cloud_init",), ("ready",))),
                 uefi_vars=_path(base_dir, spec.uefi_vars) if spec.uefi_vars else None,
                 agent=spec.agent,
+                cpu_model=spec.cpu_model,
             ), loc))
     return out
 

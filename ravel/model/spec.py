@@ -154,6 +154,10 @@ class VmDefaults(_Spec):
     nested: bool = Field(False, description="the guest is itself a hypervisor (ESXi, KVM...): placed on "
                          "host types with hardware nested virtualization when the provider has them; "
                          "under TCG QEMU exposes AMD SVM")
+    cpu_model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="QEMU CPU model (-cpu), e.g. Haswell-noTSX for a guest that needs one; default: host "
+        "under KVM, max for nested VMs under TCG (it has SVM), else the fastest model measured under TCG")
     firmware: Literal["bios", "uefi"] = Field(
         "bios", description="uefi: Debian's OVMF (secure boot off), with a variable store of the VM's "
         "own that survives stop/start, moves and snapshots")

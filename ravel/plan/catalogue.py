@@ -16,6 +16,7 @@ from importlib.resources.abc import Traversable
 from typing import Any, NoReturn
 
 from ravel.errors import PlacementError
+from ravel.plan.reserve import CLOUD_HOST, NAMESPACE_HOST, Reserve
 
 _TOP_KEYS = ("provider", "region", "currency", "source", "as_of", "note", "host_types")
 
@@ -37,6 +38,17 @@ class HostType:
 
 
 @dataclass(frozen=True)
+class Machine:
+    """The machine local hosts are carved from, as read at plan time (ravel/run/capacity.py)."""
+
+    cores: int
+    memory_mib: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"cores": self.cores, "memory_mib": self.memory_mib}
+
+
+@dataclass(frozen=True)
 class Catalogue:
     provider: str
     region: str
@@ -45,6 +57,13 @@ class Catalogue:
     as_of: str
     note: str
     host_types: tuple[HostType, ...]
+    # what every host keeps for itself: a whole OS on a cloud instance, a namespace locally
+    reserve: Reserve = CLOUD_HOST
+    machine: Machine | None = None  # local types derived from this machine (plan/local_types.py)
+    nested_virt_source: str = ""
+
+    def reserve_mib(self, host_type: HostType) -> int:
+        return self.reserve.memory_mib(host_type.memory_mib)
 
     def names(self) -> list[str]:
         return [t.name for t in self.host_types]
@@ -103,6 +122,9 @@ def catalogue_from_dict(data: dict[str, Any], origin: str = "catalogue") -> Cata
         if host_type.name in seen:
             _malformed(origin, f"host type {host_type.name} appears twice")
         seen.add(host_type.name)
+    source = data.get("nested_virt_source", "")
+    if not isinstance(source, str):
+        _malformed(origin, "nested_virt_source must be a string")
     return Catalogue(
         provider=data["provider"],
         region=data["region"],
@@ -111,6 +133,8 @@ def catalogue_from_dict(data: dict[str, Any], origin: str = "catalogue") -> Cata
         as_of=data["as_of"],
         note=data["note"],
         host_types=types,
+        reserve=NAMESPACE_HOST if data["provider"] == "local" else CLOUD_HOST,
+        nested_virt_source=source,
     )
 
 

@@ -27,8 +27,9 @@ def check_fit(bp: Blueprint, catalogue: Catalogue, optimize: str | None = None) 
         if shape in seen:
             continue
         seen.add(shape)
+        # whether it fits at all, not the best plan: no exact solver (nor its import)
         alone = Request(demands=(Demand(vm.name, vm.cpus, vm.memory_mib, vm.nested),), optimize=base.optimize,
-                        cpu_overcommit=base.cpu_overcommit, host_types=base.host_types)
+                        cpu_overcommit=base.cpu_overcommit, host_types=base.host_types, exact_s=0.0)
         try:
             place(alone, catalogue)
         except PlacementError as exc:

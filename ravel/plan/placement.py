@@ -20,6 +20,11 @@ greedy guided by the linear-programming relaxation:
 6. Small labs get a few greedy variants; first-fit decreasing is computed too; the cheapest
    plan wins, so a plan is never dearer than the FFD baseline. Over max_hosts, hosts are
    merged down to the limit, or the biggest types filled first.
+7. Labs of up to exact.EXACT_UP_TO VMs are then solved exactly (exact.py, HiGHS, a time
+   budget): a proven optimum replaces the plan if cheaper and becomes its bound.
+
+Every host type keeps a reserve for the host itself (reserve.py) in both modes; performance
+mode uses only types where KVM reaches the guests when the allowed types include some.
 
 Everything here is pure and deterministic: no I/O, no randomness, no iteration over sets.
 """
@@ -35,16 +40,20 @@ from typing import Literal
 
 from ravel.errors import PlacementError
 from ravel.plan.catalogue import Catalogue, HostType
+from ravel.plan import exact
+from ravel.plan.lp import covering_bound
 
-# Memory that QEMU itself holds per VM, on top of the guest's RAM. Measured on this project's
-# build machines: an idle 128 MiB guest's QEMU under TCG is ~240 MB resident, ~46 MiB of which
-# is the translation cache (the runtime caps tb-size at 64 MiB), the rest device models,
-# libraries and page tables. KVM has no translation cache, hence the smaller figure.
-QEMU_OVERHEAD_MIB = {"tcg": 160, "kvm": 96}
+# Memory that QEMU itself holds per VM, on top of the guest's RAM. Measured by
+# bench/memory_bench.py on the real Debian 12 guest published through ravel (cloud-init, TCG,
+# 1 and 4 GiB, after boot and after CPU-bound work): 104-106 MiB resident outside the guest's RAM
+# block, of which 64 MiB is the translation cache (full: tb-size caps it) and ~42 MiB device
+# models, libraries and heap (docs/capacity.md). TCG: that plus ~20 % for guests with more
+# devices and vCPUs. KVM has no translation cache: the other part with the same headroom (it
+# cannot run here; the published per-VM overheads of QEMU/KVM, tens of MiB, agree).
+QEMU_OVERHEAD_MIB = {"tcg": 128, "kvm": 64}
 
-# Performance mode keeps this much of every host for its own kernel, bridges, VXLAN and sshd,
-# so guests never compete with the host plumbing.
-HOST_RESERVE = (1, 1024)  # (vCPU, MiB)
+# Every host keeps a reserve for itself in both modes (its OS, plumbing, page tables): a fixed
+# part and a share of its memory, per catalogue (reserve.py); performance mode keeps vCPUs too.
 
 Optimize = Literal["cost", "performance"]
 
@@ -88,6 +97,8 @@ class Request:
     # each tuple names VMs that must run on pairwise distinct hosts
     anti_affinity: tuple[tuple[str, ...], ...] = ()
     max_hosts: int | None = None
+    # wall-clock budget of the exact solver (exact.py) on labs of up to EXACT_UP_TO VMs; 0: none
+    exact_s: float = exact.BUDGET_S
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ class PlacedHost:
     type: HostType
     accel: str  # "kvm" | "tcg"
     vms: tuple[str, ...]
+    reserve_cpus: int = 0  # kept for the host itself (performance mode)
+    reserve_mib: int = 0  # kept for the host itself (both modes)
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,8 @@ class Placement:
     cost_per_hour: float
     lower_bound_per_hour: float
     vm_host: Mapping[str, str] = field(hash=False)
+    # the exact solver (exact.py) proved that no valid plan is cheaper
+    optimal: bool = False
 
     @property
     def ratio(self) -> float:
@@ -126,6 +141,8 @@ class _Kind:
     overhead: int  # MiB of QEMU per VM
     takes_nested: bool
     cost: float
+    reserve_cpu: int = 0
+    reserve_mem: int = 0
 
     def fits(self, cpu: int, mem: int, nested: bool) -> bool:
         return (
@@ -154,6 +171,8 @@ class _Problem:
     conflicts: dict[str, set[str]]  # membership tests only, never iterated
     order: dict[str, int]  # demand name -> position in the request
     nested_only_on_nested: bool
+    # performance mode left out the allowed types where guests would run under TCG
+    kvm_only: bool = False
 
 
 class _Bin:
@@ -220,12 +239,12 @@ class _Bin:
 
 def _prepare(request: Request, catalogue: Catalogue) -> _Problem:
     _check_request(request)
-    kinds = _kinds(request, catalogue)
+    kinds, kvm_only = _kinds(request, catalogue)
     order = {d.name: i for i, d in enumerate(request.demands)}
     nested_only = any(k.host.nested_virt for k in kinds)
     for demand in request.demands:
         if not any(k.fits(demand.cpus, demand.memory_mib, demand.nested) for k in kinds):
-            raise _no_fit(demand, kinds, request)
+            raise _no_fit(demand, kinds, request, kvm_only)
     conflicts: dict[str, set[str]] = {}
     for group in request.anti_affinity:
         for name in group:
@@ -242,6 +261,7 @@ def _prepare(request: Request, catalogue: Catalogue) -> _Problem:
         conflicts=conflicts,
         order=order,
         nested_only_on_nested=nested_only,
+        kvm_only=kvm_only,
     )
 
 
@@ -298,11 +318,13 @@ def _check_request(request: Request) -> None:
             members.add(name)
 
 
-def _kinds(request: Request, catalogue: Catalogue) -> list[_Kind]:
+def _kinds(request: Request, catalogue: Catalogue) -> tuple[list[_Kind], bool]:
+    """The allowed host types as the planner sees them, and whether performance mode kept only
+    those where KVM reaches the guests."""
     names = list(dict.fromkeys(request.host_types)) or catalogue.names()
     usable = []
     for host in [catalogue.get(name) for name in names]:
-        cpu, mem = _capacity(host, request)
+        cpu, mem = _capacity(host, request, catalogue)
         if cpu >= 1 and mem > QEMU_OVERHEAD_MIB[host.accel]:  # else too small for its own reserve
             usable.append((host, cpu, mem))
     if not usable:
@@ -312,10 +334,16 @@ def _kinds(request: Request, catalogue: Catalogue) -> list[_Kind]:
             dimension="host_type",
             hint="allow larger host types",
         )
+    # Performance mode: under TCG every VM, not only a guest hypervisor, runs about ten times
+    # slower than under KVM, so where some allowed type gives KVM only such types are used.
+    kvm_only = request.optimize == "performance" and any(h.nested_virt for h, _, _ in usable)
+    kvm_only = kvm_only and not all(h.nested_virt for h, _, _ in usable)
+    if kvm_only:
+        usable = [u for u in usable if u[0].nested_virt]
     # nested VMs go only where hardware virtualization reaches guests, if any type offers it;
     # otherwise anywhere, since QEMU's TCG emulates SVM for them
     nested_available = any(host.nested_virt for host, _, _ in usable)
-    return [
+    kinds = [
         _Kind(
             index=index,
             host=host,
@@ -324,17 +352,21 @@ def _kinds(request: Request, catalogue: Catalogue) -> list[_Kind]:
             overhead=QEMU_OVERHEAD_MIB[host.accel],
             takes_nested=host.nested_virt or not nested_available,
             cost=host.hourly_cost,
+            reserve_cpu=host.cpus - cpu if request.optimize == "performance" else 0,
+            reserve_mem=host.memory_mib - mem,
         )
         for index, (host, cpu, mem) in enumerate(usable)
     ]
+    return kinds, kvm_only
 
 
-def _capacity(host: HostType, request: Request) -> tuple[int, int]:
+def _capacity(host: HostType, request: Request, catalogue: Catalogue) -> tuple[int, int]:
+    mem = host.memory_mib - catalogue.reserve_mib(host)
     if request.optimize == "performance":
-        return host.cpus - HOST_RESERVE[0], host.memory_mib - HOST_RESERVE[1]
+        return host.cpus - catalogue.reserve.cpus, mem
     # VM vCPUs are whole numbers, so the usable capacity is the floor; the epsilon keeps
     # 3 x 1.1 = 3.3000000000000003 and 10 x 0.3 = 2.9999999999999996 on the intended side.
-    return math.floor(host.cpus * request.cpu_overcommit + 1e-9), host.memory_mib
+    return math.floor(host.cpus * request.cpu_overcommit + 1e-9), mem
 
 
 def _shapes(demands: Iterable[Demand]) -> list[_Shape]:
@@ -352,7 +384,7 @@ def _shapes(demands: Iterable[Demand]) -> list[_Shape]:
 # Errors that say what ran out (nomad's AllocsFit is the model)
 
 
-def _no_fit(demand: Demand, kinds: list[_Kind], request: Request) -> PlacementError:
+def _no_fit(demand: Demand, kinds: list[_Kind], request: Request, kvm_only: bool) -> PlacementError:
     candidates = [k for k in kinds if k.takes_nested or not demand.nested]
 
     def shortfall(kind: _Kind) -> tuple[float, int]:
@@ -380,6 +412,9 @@ def _no_fit(demand: Demand, kinds: list[_Kind], request: Request) -> PlacementEr
         hints.append("or use optimize: cost, which may overcommit vCPUs")
     if restricted:
         hints.append("(nested VMs only go on host types with hardware nested virtualization)")
+    if kvm_only:
+        hints.append("(performance mode uses only host types where KVM reaches the guests; "
+                     "optimize: cost may run VMs under TCG instead)")
     return PlacementError(
         message,
         vm=demand.name,
@@ -391,12 +426,10 @@ def _no_fit(demand: Demand, kinds: list[_Kind], request: Request) -> PlacementEr
 
 def _offer(kind: _Kind, request: Request) -> str:
     host = kind.host
+    mem = f"{kind.mem} MiB ({host.memory_mib} - {kind.reserve_mem} reserved for the host)"
     if request.optimize == "performance":
-        return (
-            f"{kind.cpu} vCPU ({host.cpus} - {HOST_RESERVE[0]} reserved for the host) and "
-            f"{kind.mem} MiB ({host.memory_mib} - {HOST_RESERVE[1]} reserved)"
-        )
-    return f"{kind.cpu} vCPU ({host.cpus} x overcommit {request.cpu_overcommit}) and {kind.mem} MiB"
+        return f"{kind.cpu} vCPU ({host.cpus} - {kind.reserve_cpu} reserved for the host) and {mem}"
+    return f"{kind.cpu} vCPU ({host.cpus} x overcommit {request.cpu_overcommit}) and {mem}"
 
 
 def _too_many_hosts(problem: _Problem, best: int) -> PlacementError:
@@ -460,7 +493,59 @@ def _bound(problem: _Problem) -> float:
     # an anti-affinity group needs one host per member, each at least able to hold it
     for group in problem.request.anti_affinity:
         bounds.append(math.fsum(cheapest[name] for name in group))
+    if problem.request.anti_affinity or problem.request.max_hosts is not None:
+        # the bounds above each see one constraint; the LP sees them all at once
+        bounds.append(_counting_bound(problem, {k: v[0] for k, v in facts.items()}))
     return max(bounds) * (1 - _BOUND_SLACK)
+
+
+# Shapes that not every host type can hold get a row "at least one host that can" in the
+# counting LP; more distinct shapes than this and only the most demanding ones do.
+_SHAPE_ROWS = 32
+
+
+def _counting_bound(problem: _Problem, overhead: Mapping[tuple[int, int, bool], int]) -> float:
+    """The LP relaxation over numbers of hosts per type with every constraint at once: vCPUs and
+    memory (of all VMs, and of nested VMs on the types that take them), one host per member
+    of an anti-affinity group among the types that can hold it, a host for every VM shape,
+    and at most max_hosts hosts. Solved exactly on its dual (lp.py), so its value is a valid
+    bound; it is what makes e.g. three anti-affine VMs cost three hosts."""
+    kinds, request = problem.kinds, problem.request
+    demands = request.demands
+    rows: list[tuple[list[float], float]] = []
+
+    def resources(vms: list[Demand], only_nested: bool) -> None:
+        cpu = sum(d.cpus for d in vms)
+        mem = sum(d.memory_mib + overhead[(d.cpus, d.memory_mib, d.nested)] for d in vms)
+        take = [not only_nested or k.takes_nested for k in kinds]
+        rows.append(([k.cpu if t else 0.0 for k, t in zip(kinds, take)], cpu))
+        rows.append(([k.mem if t else 0.0 for k, t in zip(kinds, take)], mem))
+
+    resources(list(demands), False)
+    nested = [d for d in demands if d.nested]
+    if nested and problem.nested_only_on_nested:
+        resources(nested, True)
+
+    def fit_set(d: Demand) -> tuple[bool, ...]:
+        return tuple(k.fits(d.cpus, d.memory_mib, d.nested) for k in kinds)
+
+    def hosts_row(fits: tuple[bool, ...], count: int) -> None:
+        rows.append(([1.0 if f else 0.0 for f in fits], count))
+
+    shape_sets = sorted({fit_set(d) for d in demands}, key=lambda f: (sum(f), f))
+    for fits in shape_sets[:_SHAPE_ROWS]:
+        hosts_row(fits, 1)
+    for group in request.anti_affinity:
+        # Hall's condition: members whose possible types all lie within one member's need as
+        # many distinct hosts among that member's types
+        sets = [fit_set(demands[problem.order[name]]) for name in group]
+        for fits in sorted(set(sets)):
+            inside = sum(all(f or not o for f, o in zip(fits, other)) for other in sets)
+            hosts_row(fits, inside)
+        hosts_row(tuple(any(col) for col in zip(*sets)), len(group))
+    if request.max_hosts is not None:
+        rows.append(([-1.0] * len(kinds), -request.max_hosts))
+    return covering_bound([k.cost for k in kinds], rows)
 
 
 def _least_overhead(kinds: list[_Kind], cpu: int, mem: int, nested: bool) -> int:
@@ -1172,7 +1257,54 @@ def place(request: Request, catalogue: Catalogue) -> Placement:
             raise _too_many_hosts(problem, min(len(p) for p in plans + tries))
     # cheapest, then fewest hosts; the first of equals is the LP-guided plan
     best = min(fitting, key=lambda bins: (round(_cost(bins), 9), len(bins)))
-    return _placement(problem, best, _bound(problem))
+    bound, optimal = _bound(problem), False
+    if len(request.demands) <= exact.EXACT_UP_TO and request.exact_s > 0:
+        best, proven, optimal = _solve_exactly(problem, best)
+        bound = max(bound, proven)
+    cost = _cost(best)
+    # a bound that meets the cost proves it too (the LP's, on a lab that packs perfectly)
+    optimal = optimal or cost <= bound * (1 + 1e-6)
+    return _placement(problem, best, min(bound, cost), optimal)
+
+
+def _solve_exactly(problem: _Problem, best: list[_Bin]) -> tuple[list[_Bin], float, bool]:
+    """The integer program of exact.py, checked against the greedy's best plan: a cheaper plan
+    if it finds one, the bound it proved, and whether that bound is the plan's cost."""
+    kinds = [exact.Kind(k.cpu, k.mem, k.overhead, k.takes_nested, k.cost) for k in problem.kinds]
+    items = [exact.Item(s.cpu, s.mem, s.nested, len(s.names)) for s in problem.shapes]
+    # anti-affine VMs of one shape and the same groups are interchangeable: one item
+    member_of: dict[str, tuple[int, ...]] = {}
+    for g, group in enumerate(problem.request.anti_affinity):
+        for name in group:
+            member_of[name] = (*member_of.get(name, ()), g)
+    alike: dict[tuple[int, int, bool, tuple[int, ...]], list[Demand]] = {}
+    for d in problem.singles:
+        alike.setdefault((d.cpus, d.memory_mib, d.nested, member_of[d.name]), []).append(d)
+    single_items = list(alike.values())
+    items += [exact.Item(*key[:3], len(ds), key[3]) for key, ds in alike.items()]
+    result = exact.solve(kinds, items, problem.request.max_hosts, _cost(best), problem.request.exact_s)
+    if result is None:
+        return best, 0.0, False
+    if result.hosts is None:
+        return best, result.cost, True
+    n_shapes = len(problem.shapes)
+    next_single = [0] * len(single_items)
+    bins = []
+    for t, content in result.hosts:
+        b = _Bin(problem.kinds[t])
+        for i, count in sorted(content.items()):
+            if i < n_shapes:
+                b.add_shape(i, problem.shapes[i], count)
+                continue
+            members = single_items[i - n_shapes]
+            for d in members[next_single[i - n_shapes] : next_single[i - n_shapes] + count]:
+                b.add_single(d)
+            next_single[i - n_shapes] += count
+        bins.append(b)
+    # VMs an over-covering pattern left out may leave a host a cheaper type could hold
+    bins = _downsize(bins, problem.kinds)
+    bins.sort(key=lambda b: -b.kind.cost)  # dearest first, as the greedy opens them
+    return bins, _cost(bins), True
 
 
 def first_fit_decreasing(request: Request, catalogue: Catalogue) -> Placement:
@@ -1202,7 +1334,7 @@ def _cost(bins: list[_Bin]) -> float:
     return math.fsum(b.kind.cost for b in bins)
 
 
-def _placement(problem: _Problem, bins: list[_Bin], bound: float) -> Placement:
+def _placement(problem: _Problem, bins: list[_Bin], bound: float, optimal: bool = False) -> Placement:
     """Name hosts in order and hand out VM names: shape members go to hosts in host order."""
     shapes = problem.shapes
     next_name = [0] * len(shapes)
@@ -1214,7 +1346,9 @@ def _placement(problem: _Problem, bins: list[_Bin], bound: float) -> Placement:
             names.extend(shapes[i].names[start : start + b.counts[i]])
             next_name[i] = start + b.counts[i]
         names.sort(key=problem.order.__getitem__)
-        hosts.append(PlacedHost(f"host-{number}", b.kind.host, b.kind.host.accel, tuple(names)))
+        kind = b.kind
+        hosts.append(PlacedHost(f"host-{number}", kind.host, kind.host.accel, tuple(names),
+                                kind.reserve_cpu, kind.reserve_mem))
     where = {vm: host.name for host in hosts for vm in host.vms}
     vm_host = {d.name: where[d.name] for d in problem.request.demands}
-    return Placement(tuple(hosts), _cost(bins), bound, MappingProxyType(vm_host))
+    return Placement(tuple(hosts), _cost(bins), bound, MappingProxyType(vm_host), optimal)

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from ..model.blueprint import Blueprint
 from .catalogue import Catalogue
-from .placement import Demand, Placement, Request, place
+from .placement import QEMU_OVERHEAD_MIB, Demand, Placement, Request, place
+from .sharing import ksm_hosts
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,52 @@ class Plan:
     def host_of(self, vm: str) -> str:
         return self.placement.vm_host[vm]
 
+    @property
+    def memory_mib(self) -> int:
+        """What the plan takes of its hosts' memory: guests, their QEMUs and every host's reserve
+        (what admission on this machine counts, run/capacity.py)."""
+        size = {vm.name: vm.memory_mib for vm in self.blueprint.vms}
+        return sum(h.reserve_mib + sum(size[vm] + QEMU_OVERHEAD_MIB[h.accel] for vm in h.vms)
+                   for h in self.placement.hosts)
+
+    @property
+    def gap(self) -> float:
+        """How far the cost may be above the optimum: 0 when proven optimal."""
+        return 0.0 if self.placement.optimal else max(0.0, self.ratio - 1.0)
+
+    def ksm_hosts(self) -> dict[str, int]:
+        """Hosts that turn on same-page merging: several guests of one image (sharing.py)."""
+        return ksm_hosts(self.placement, {vm.name: vm for vm in self.blueprint.vms}, self.optimize)
+
+    def notes(self) -> list[str]:
+        """What the user trades, in words: VMs under TCG where the catalogue offers KVM."""
+        tcg = [h for h in self.placement.hosts if h.accel == "tcg"]
+        if not tcg or not any(t.nested_virt for t in self.catalogue.host_types):
+            return []
+        vms = sum(len(h.vms) for h in tcg)
+        where = ", ".join(f"{h.name} ({h.type.name})" for h in tcg)
+        if self.optimize == "cost":
+            return [f"cost mode trades speed for price: {vms} VM{'s' if vms != 1 else ''} on {where} "
+                    "run under TCG, about a tenth of KVM's speed; --optimize performance runs every "
+                    "VM under KVM"]
+        return [f"the allowed host types give no KVM: {vms} VMs on {where} run under TCG"]
+
     def to_dict(self) -> dict[str, Any]:
         vms = {vm.name: {"cpus": vm.cpus, "memory_mib": vm.memory_mib, "host": self.host_of(vm.name)}
                for vm in self.blueprint.vms}
+        machine = self.catalogue.machine
+        ksm = self.ksm_hosts()
         return {
             "blueprint": self.blueprint.name,
             "provider": self.provider,
             "optimize": self.optimize,
             "cost_per_hour": round(self.placement.cost_per_hour, 6),
             "lower_bound_per_hour": round(self.placement.lower_bound_per_hour, 6),
+            "optimal": self.placement.optimal,
+            "gap": round(self.gap, 6),
+            **({"machine": machine.to_dict()} if machine else {}),
+            "memory_mib": self.memory_mib,
+            "notes": self.notes(),
             "hosts": [
                 {
                     "name": h.name,
@@ -44,6 +82,8 @@ class Plan:
                     "memory_mib": h.type.memory_mib,
                     "hourly_cost": h.type.hourly_cost,
                     "accel": h.accel,
+                    "reserve": {"cpus": h.reserve_cpus, "memory_mib": h.reserve_mib},
+                    "ksm": h.name in ksm,
                     "vms": list(h.vms),
                 }
                 for h in self.placement.hosts

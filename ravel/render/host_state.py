@@ -83,6 +83,7 @@ def desired_docs(
     incoming = incoming or {}
     gateways = ap.gateways()
     docs: dict[str, dict[str, Any]] = {}
+    ksm = ap.plan.ksm_hosts()
     for host in ap.placement.hosts:
         site = sites[host.name]
         networks = []
@@ -143,6 +144,7 @@ def desired_docs(
             "networks": networks,
             "taps": taps,
             "vms": vms,
+            **({"ksm": True} if host.name in ksm else {}),
         }
         router = router_section(ap, host.name, [n["name"] for n in networks])
         if router is not None:

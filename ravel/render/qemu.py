@@ -63,6 +63,24 @@ def guest_cmdline(vm: VM, nics: Sequence[NicPlan], gateways: Mapping[str, str] |
     return " ".join(parts)
 
 
+# The CPU model a guest sees under TCG, chosen by measurement (bench/tcg_cpu_bench.py, the real
+# Debian 12 guest, figures in docs/capacity.md): sha256sum of 200 MiB took 2.93 s under EPYC-Rome,
+# 2.99 under qemu64, 3.01 under Nehalem, 4.20 under max (0.67 natively), a shell loop the same
+# under all (6.1-6.5 s); of the fastest, EPYC-Rome also runs x86-64-v3 guests (AVX2: RHEL 10),
+# which qemu64 (v1) and Nehalem (v2) cannot. `max` offers SVM, so nested VMs keep it.
+TCG_CPU_MODEL = "EPYC-Rome"
+
+
+def cpu_model_for(vm: VM, accel: str) -> str:
+    """The blueprint's `cpu_model:` if it names one; else the host's CPU under KVM, `max` for a
+    guest hypervisor under TCG (it needs SVM), and TCG_CPU_MODEL for the rest."""
+    if vm.cpu_model:
+        return vm.cpu_model
+    if accel == "kvm":
+        return "host"
+    return "max" if vm.nested else TCG_CPU_MODEL
+
+
 def qemu_argv(
     app: str,
     vm: VM,
@@ -77,9 +95,9 @@ def qemu_argv(
     argv = [QEMU, "-name", f"{vm.name},process=ravel-{app}-{vm.name}", "-nodefaults", "-no-user-config",
             "-display", "none", "-machine", machine]
     if accel == "kvm":
-        argv += ["-accel", "kvm", "-cpu", "host"]
+        argv += ["-accel", "kvm", "-cpu", cpu_model_for(vm, accel)]
     else:
-        argv += ["-accel", f"tcg,thread=multi,tb-size={TB_SIZE_MIB}", "-cpu", "max"]
+        argv += ["-accel", f"tcg,thread=multi,tb-size={TB_SIZE_MIB}", "-cpu", cpu_model_for(vm, accel)]
     argv += ["-smp", str(vm.cpus), "-m", f"{vm.memory_mib}M"]
     if vm.firmware == "uefi":
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -188,6 +189,7 @@ def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str
     start = time.monotonic()
     deadline = start + max(timeout, 1.0)
     pending = {v.name: v for v in ctx.state.vms(app) if v.state == "running"}
+    total = len(pending)
     last: dict[str, Readiness] = {}
     by_host: dict[str, list[dict[str, Any]]] = {}
     for v in pending.values():
@@ -206,8 +208,12 @@ def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str
                 a = applied[host]
                 try:
                     rt = ctx.hosts.runtime(provider, a.host, reach_s=max(1.0, deadline - time.monotonic()))
+                    # local hosts share this machine's cores: the more guests boot per core, the
+                    # longer each check may wait for an answer (host/ready.py)
+                    slow = len(pending) / len(os.sched_getaffinity(0)) if provider.name == "local" else 1.0
                     runs[host] = HostRun(host, rt, {"run_dir": a.desired.run_dir, "checks": by_host[host],
-                                                    "interval": WATCH_S, "max_s": deadline - time.monotonic()},
+                                                    "interval": WATCH_S, "max_s": deadline - time.monotonic(),
+                                                    "slow": max(1.0, slow)},
                                          command="wait-ready")
                     seen[host] = 0
                 except RavelError:
@@ -226,7 +232,8 @@ def await_ready(ctx: Context, app: str, timeout: float) -> tuple[float, dict[str
                                                str(r.get("last_line") or ""))
                         if last[name].ready and name in pending:
                             del pending[name]
-                            ctx.emit(Event("wait", f"{name} ready", vm=name, done=True))
+                            ctx.emit(Event("wait", f"{name} ready ({total - len(pending)} of {total} ready, "
+                                                   f"{len(pending)} booting)", vm=name, done=True))
             if pending:
                 time.sleep(min(WATCH_S / 2, max(0.0, deadline - time.monotonic())))
     finally:

@@ -23,7 +23,7 @@ from ..model.blueprint import Blueprint
 from ..model.resolve import load_blueprint
 from ..paths import private_dir
 from ..plan.app import AppPlan, resolve_app
-from ..plan.catalogue import Catalogue, load_catalogue
+from ..plan.catalogue import Catalogue
 from ..plan.fit import check_fit
 from ..plan.plan import Plan, make_plan
 from ..providers import get_provider
@@ -32,9 +32,8 @@ from ..render.host_state import HostSite, desired_states, ready_check
 from ..snapshot import memory
 from ..snapshot.memory import Resume
 from ..snapshot.restore import restore_snapshot, restored_blueprint
-from . import exposure, foreign, health, lifetime, moves, state_backup, teardown
+from . import capacity, exposure, foreign, health, lifetime, moves, state_backup, teardown, waves
 from .blueprints import read_blueprint
-from .fanout import parallel
 from .observe import VmStatus, await_ready, status
 from .preflight import check_files
 from .lifetime import LifetimeRequest
@@ -75,7 +74,9 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
     started = time.monotonic()
     bp = read_blueprint(blueprint_path)
     app = name or bp.name
-    plan = checked_plan(bp, load_catalogue(provider_name))
+    plan = checked_plan(bp, capacity.catalogue_for(provider_name))
+    if provider_name == "local":  # before anything is made: does it fit what this machine has left?
+        capacity.admit_local(ctx.paths, app, plan)
     provider = get_provider(provider_name, ctx.paths)
     provider.preflight()
     bp = check_files(bp)
@@ -150,7 +151,7 @@ def set_running(ctx: Context, app: str, vms: list[str] | None, running: bool) ->
         targets = set(vms or known)
         flags = {name: (running if name in targets else v.state == "running") for name, v in known.items()}
         bp = check_files(stored_blueprint(ctx, app))  # base image formats, as at publish
-        plan = make_plan(bp, load_catalogue(rec.provider))
+        plan = make_plan(bp, capacity.recorded_catalogue(rec.provider, rec.plan))
         result = converge(ctx, app, bp, plan, provider, flags)
         ctx.state.set_app_status(app, "running" if any(flags.values()) else "stopped")
         state_backup.save(ctx.state, app)
@@ -180,17 +181,20 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     sites = host_sites(ctx, app, hosts)
     pending = memory.pending(ctx.paths, app)  # VMs that resume from a memory state
     seeds = ensure_seeds(ctx.paths, ap)  # cloud-init: each VM's NoCloud seed, made once
-    desired = desired_states(ap, sites, running, {vm: r.state for vm, r in pending.items()},
-                             {vm: s.path for vm, s in seeds.items()})
+
+    def make_desired(flags: Mapping[str, bool] | None) -> dict[str, Any]:
+        return desired_states(ap, sites, flags, {vm: r.state for vm, r in pending.items()},
+                              {vm: s.path for vm, s in seeds.items()})
+
+    desired = make_desired(running)
     memory.check_machines(pending, desired)
     for name, h in hosts.items():
         if h.data_dir is None:  # a host's own data_dir lives on that host
             private_dir(Path(sites[name].data_dir))
     moves.move_vms(ctx, app, provider, hosts, desired, deadline)
 
-    def apply(host: str) -> dict[str, Any]:
+    def apply(host: str, wanted: Any, quiet: bool) -> dict[str, Any]:
         runtime = ctx.hosts.runtime(provider, hosts[host], deadline)
-        wanted = desired[host]
         if not runtime.t.is_local:
             # the host cannot read this machine's files: send kernels and images first
             images = posixpath.join(posixpath.dirname(hosts[host].run_root.rstrip("/")), "images")
@@ -206,17 +210,29 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
             if a.get("kind") == "vm.start" and HEALED in str(a.get("reason")):  # it had crashed
                 ctx.emit(Event("vms", f"{host}: {a.get('target')} started again: {a.get('reason')}",
                                host=host, vm=a.get("target")))
-        ctx.emit(Event("vms", f"{host}: {n} change{'s' if n != 1 else ''}" if n else f"{host}: up to date",
-                       host=host, done=True))
+        if not quiet:
+            ctx.emit(Event("vms", f"{host}: {n} change{'s' if n != 1 else ''}" if n else f"{host}: up to date",
+                           host=host, done=True))
         return report
 
-    reports = parallel(apply, ap.hosts)
+    # many guests start in waves as CPU frees up, so that booting ones are not starved (waves.py)
+    checks = {vm.name: {**ready_check(ap, vm.name, sites[ap.host_of(vm.name)]),
+                        **({"host_key": seeds[vm.name].host_key_public} if vm.name in seeds else {})}
+              for vm in ap.vms}
+    reports = waves.apply_in_waves(ctx, ap, sites, provider, hosts, running, make_desired, apply, checks,
+                                   deadline, running_now(ctx, app) | set(pending))
     changed = sum(len(r.get("actions", [])) for r in reports)
     changed += teardown.retire_hosts(ctx, app, provider, set(ap.hosts))
     exposed = exposure.expose(ctx.state, app, provider, hosts, ap, ctx.emit)
     faults.point("publish.exposed")
     record_vms(ctx, ap, sites, running, exposed, seeds)
     return PublishResult(app, plan, changed)  # its VMs as seen: the caller looks when it is time
+
+
+def running_now(ctx: Context, app: str) -> set[str]:
+    """VMs the app's hosts were last told to run: they keep running, never started again."""
+    return {vm["name"] for r in ctx.state.hosts(app) for vm in ((r.extra.get("desired") or {}).get("vms") or [])
+            if vm.get("running", True)}
 
 
 def record_vms(ctx: Context, ap: AppPlan, sites: Mapping[str, HostSite], running: Mapping[str, bool] | None,
@@ -268,7 +284,7 @@ def publish_snapshot(ctx: Context, snapshot: str, name: str | None = None, provi
         raise StateError(f"app {app!r} already exists (from {existing.blueprint_path or 'another blueprint'}); "
                          f"snapshot {snapshot} is not published over it",
                          hint=f"publish it under another --name, or `ravel destroy {app}` first")
-    catalogue = load_catalogue(provider_name)
+    catalogue = capacity.catalogue_for(provider_name)
 
     def fits(bp: Blueprint) -> Blueprint:  # before a layer is fetched: a snapshot can be large
         bp = portable(bp, catalogue, ctx.emit)

@@ -60,7 +60,7 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     manifest = read_manifest(store, name)
     cache = private_dir(images_dir(paths))
     clear_cache_tmp(cache)
-    bp = load_blueprint(manifest.blueprint, f"{store.url}/{manifest_key(name)}")
+    bp = _saved_cpu_models(load_blueprint(manifest.blueprint, f"{store.url}/{manifest_key(name)}"), manifest)
     _check_memory(name, manifest, bp)
     if check is not None:
         bp = check(bp)
@@ -108,6 +108,17 @@ def restore_snapshot(paths: Paths, name: str, store_url: str | None = None, emit
     write_private(out, to_yaml(blueprint_dict(bp, name=name, disks=disks),
                                header=f"published from snapshot {name} ({store.url}) of app {manifest.app}"))
     return Restoration(out, memory, {vm.name: vm.machine for vm in manifest.vms if vm.memory})
+
+
+def _saved_cpu_models(bp: Blueprint, manifest: Manifest) -> Blueprint:
+    """A VM whose memory was saved resumes only under the CPU model it ran with: the blueprint
+    names it, should ravel's default have changed since (render/qemu.py TCG_CPU_MODEL)."""
+    saved = {vm.name: vm.machine for vm in manifest.vms if vm.memory and vm.machine}
+
+    def model(vm_name: str) -> str | None:
+        return next((e.split(" ", 1)[1] for e in saved.get(vm_name, ()) if e.startswith("-cpu ")), None)
+
+    return replace(bp, vms=tuple(replace(vm, cpu_model=vm.cpu_model or model(vm.name)) for vm in bp.vms))
 
 
 def _check_memory(name: str, manifest: Manifest, bp: Any) -> None:

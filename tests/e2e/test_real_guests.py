@@ -12,7 +12,6 @@ publish --from booting the same guests with their files.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import textwrap
 import time

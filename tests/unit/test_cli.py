@@ -41,18 +41,28 @@ def test_plan_json_shape():
     p = ravel("plan", "blueprints/demo.yaml", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    assert set(data) == {"blueprint", "provider", "optimize", "cost_per_hour", "lower_bound_per_hour", "hosts", "vms"}
+    assert set(data) == {"blueprint", "provider", "optimize", "cost_per_hour", "lower_bound_per_hour", "optimal",
+                         "gap", "machine", "memory_mib", "notes", "hosts", "vms"}
     assert data["blueprint"] == "demo" and data["provider"] == "local" and data["optimize"] == "cost"
     assert len(data["hosts"]) >= 3 and len(data["vms"]) >= 4
+    # local host types come from this machine, read at plan time and recorded
+    assert data["machine"] == {"cores": len(os.sched_getaffinity(0)), "memory_mib": meminfo_mib("MemTotal")}
+    assert data["optimal"] is True and data["gap"] == 0
     for h in data["hosts"]:
-        assert set(h) == {"name", "type", "cpus", "memory_mib", "hourly_cost", "accel", "vms"}
+        assert set(h) == {"name", "type", "cpus", "memory_mib", "hourly_cost", "accel", "reserve", "ksm", "vms"}
         assert h["accel"] in ("kvm", "tcg")
+        assert h["reserve"] == {"cpus": 0, "memory_mib": 64}
     placed = [vm for h in data["hosts"] for vm in h["vms"]]
     assert sorted(placed) == sorted(data["vms"])
     for name, vm in data["vms"].items():
         assert set(vm) == {"cpus", "memory_mib", "host"}
         assert name in next(h for h in data["hosts"] if h["name"] == vm["host"])["vms"]
     assert data["cost_per_hour"] >= data["lower_bound_per_hour"] > 0
+
+
+def meminfo_mib(key: str) -> int:
+    line = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith(key + ":"))
+    return int(line.split()[1]) // 1024
 
 
 def test_plan_table_and_providers():
@@ -89,10 +99,13 @@ def test_missing_file_and_vm_too_big(tmp_path):
     p = ravel("validate", str(tmp_path / "nope.yaml"))
     assert p.returncode == 2 and "nope.yaml: no such file" in p.stderr
     big = tmp_path / "big.yaml"
-    big.write_text("name: big\nvms:\n  huge: {cpus: 2, memory: 64GiB}\n")
-    p = ravel("validate", str(big))
+    huge = meminfo_mib("MemTotal") // 1024 + 1  # GiB: more than this machine has
+    big.write_text(f"name: big\nvms:\n  huge: {{cpus: 2, memory: {huge}GiB}}\n")
+    # without a provider only the blueprint is checked; with one, that its VMs fit the host types
+    assert ravel("validate", str(big)).returncode == 0
+    p = ravel("validate", str(big), "--provider", "local")
     assert p.returncode == 2
-    assert f"{big}:3:3: vms.huge: vm \"huge\"" in p.stderr and "memory" in p.stderr
+    assert f"{big}:3:3: vms.huge: vm \"huge\"" in p.stderr and "local-machine" in p.stderr, p.stderr
     assert ravel("validate", str(big), "--provider", "aws").returncode == 0
     p = ravel("plan", str(big))
     assert p.returncode == 2 and "vms.huge" in p.stderr
