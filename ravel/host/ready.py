@@ -42,6 +42,12 @@ DEFAULT_MARKERS = ("RAVEL-READY", "login:")
 SHOWN_BY_BOOT = ("console", "lease", "link")
 
 
+def worst_case_s(slow: float = 1.0) -> float:
+    """The longest one check may take (they run at once): whoever asks waits at least this long
+    for a report, or a slow guest that does answer would show as unknown."""
+    return (CONNECT_S + BANNER_S + KEYSCAN_S) * min(MOST_SLOW, max(1.0, slow)) + 2
+
+
 def check_all(request: Dict[str, Any]) -> Dict[str, Any]:
     run_dir = str(request.get("run_dir") or "")
     leases = _read(dnsmasq_paths(run_dir)["leases"]).decode(errors="replace") if run_dir else ""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import RavelError, StateError
+from ..host import ready as host_ready
 from ..host.desired import Desired
 from ..providers import get_provider
 from ..providers.base import Host, Provider
@@ -144,7 +145,9 @@ def readiness(ctx: Context, app: str, vms: list[VmRecord], timeout: float = STAT
             return {}
         try:
             rt = ctx.hosts.runtime(provider, a.host, reach_s=timeout)
-            return rt.ready(a.desired.run_dir, by_host[host], timeout=timeout).get("vms") or {}
+            # the host's own checks have their bounds; the call waits for them on top of its own
+            return rt.ready(a.desired.run_dir, by_host[host],
+                            timeout=timeout + host_ready.worst_case_s()).get("vms") or {}
         except (RavelError, KeyError, TypeError):
             return {}
 
