@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ..model.durations import approx_duration
 from ..model.units import format_mib
+from ..plan.mtu import max_guest_mtu
 from ..plan.plan import Plan
 from ..run.health import ago
 
@@ -50,6 +51,10 @@ def plan_table(plan: Plan) -> Table:
         lines.append(f"local host types sized from this machine: {machine.cores} cores, "
                      f"{machine.memory_mib / 1024:.1f} GiB; each host keeps {kept} for itself; "
                      f"the lab takes {plan.memory_mib / 1024:.1f} GiB with its QEMUs")
+    nets = plan.blueprint.networks
+    biggest = max((n.mtu for n in nets), default=1500)
+    lines.append(f"guest MTU: up to {max_guest_mtu(plan.provider)} on {plan.provider}"
+                 + (f" (this lab uses {biggest})" if nets else ""))
     lines += [f"note: {n}" for n in plan.notes()]
     t.caption = "\n".join(lines)
     t.caption_justify = "left"

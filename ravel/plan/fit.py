@@ -5,20 +5,22 @@ from __future__ import annotations
 from ..errors import PlacementError, Problem
 from ..model.blueprint import Blueprint
 from .catalogue import Catalogue
+from .mtu import check_mtu
 from .placement import Demand, Request, place
 from .plan import request_for
 
 
 def check_fit(bp: Blueprint, catalogue: Catalogue, optimize: str | None = None) -> list[Problem]:
-    """Unknown host types, and VMs that fit no allowed host type even alone."""
-    problems: list[Problem] = []
+    """Unknown host types, VMs that fit no allowed host type even alone, and networks whose MTU
+    the provider's underlay cannot carry."""
+    problems: list[Problem] = check_mtu(bp, catalogue.provider)
     for i, name in enumerate(bp.placement.host_types):
         try:
             catalogue.get(name)
         except PlacementError as exc:
             path = f"placement.host_types[{i}]"
             problems.append(Problem(bp.source, *bp.where(path), path, exc.message))  # it names the provider
-    if problems:
+    if any(p.path.startswith("placement.") for p in problems):
         return problems
     base = request_for(bp, optimize)
     seen: set[tuple[int, int, bool]] = set()

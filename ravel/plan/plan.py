@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from ..model.blueprint import Blueprint
 from .catalogue import Catalogue
+from .mtu import max_guest_mtu
 from .placement import QEMU_OVERHEAD_MIB, Demand, Placement, Request, place
 from .sharing import ksm_hosts
 
@@ -73,6 +74,7 @@ class Plan:
             "gap": round(self.gap, 6),
             **({"machine": machine.to_dict()} if machine else {}),
             "memory_mib": self.memory_mib,
+            "max_mtu": max_guest_mtu(self.provider),
             "notes": self.notes(),
             "hosts": [
                 {

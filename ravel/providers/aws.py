@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import EnvironmentProblem, ProviderError
 from ..paths import Paths
 from ..plan.catalogue import load_catalogue
+from ..plan.mtu import underlay_mtu
 from ..plan.network import ServiceForward
 from ..render.cloud_init import user_data
 from .base import Exposure, Host, HostSpec
@@ -52,7 +53,7 @@ from .cloud import (
 TAG_APP, TAG_HOST, TAG_STATE, TAG_VPC = "ravel:app", "ravel:host", "ravel:state", "ravel:vpc"
 DEBIAN_12_SSM = "/aws/service/debian/release/12/latest/amd64"
 NESTED_FAMILIES = ("c8i", "m8i", "r8i")  # CpuOptions NestedVirtualization; *.metal needs nothing
-MTU = 9001  # EC2 jumbo frames inside a VPC
+MTU = underlay_mtu("aws")  # EC2 jumbo frames inside a VPC
 ROOT_GIB = int(os.environ.get("RAVEL_AWS_ROOT_GIB", "64"))  # VM disks live on the root volume
 ALIVE = ["pending", "running", "stopping", "stopped"]
 NOT_GONE = ALIVE + ["shutting-down"]

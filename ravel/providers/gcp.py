@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import EnvironmentProblem, ProviderError
 from ..paths import Paths
 from ..plan.catalogue import load_catalogue
+from ..plan.mtu import underlay_mtu
 from ..plan.network import ServiceForward
 from ..render.cloud_init import startup_script
 from .base import Exposure, Host, HostSpec
@@ -51,7 +52,7 @@ from .cloud import (
 )
 
 DEBIAN_12 = "projects/debian-cloud/global/images/family/debian-12"
-MTU = 8896  # the largest MTU a GCP VPC network allows
+MTU = underlay_mtu("gcp")  # the largest MTU a GCP VPC network allows
 ROOT_GB = int(os.environ.get("RAVEL_GCP_ROOT_GB", "64"))
 LABEL_APP, LABEL_HOST, LABEL_STATE = "ravel-app", "ravel-host", "ravel-state"
 SCOPES = ["https://www.googleapis.com/auth/compute"]

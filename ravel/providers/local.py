@@ -27,6 +27,7 @@ from typing import Callable, Mapping, Sequence
 from .. import keys
 from ..errors import CommandFailed, EnvironmentProblem, ProviderError
 from ..paths import Paths
+from ..plan.mtu import underlay_mtu
 from ..plan.network import ServiceForward, underlay_address
 from ..transport.base import Transport
 from ..transport.netns import NamespaceTransport
@@ -36,7 +37,8 @@ from .base import Exposure, FoundHost, Host, HostSpec
 UNDERLAY_PREFIX = 15
 UNDERLAY_BRIDGE = "ul0"
 HOST_DEVICE = "ul0"
-UNDERLAY_MTU = 9000  # like a cloud VPC with jumbo frames; the host runtime raises host ends to >= 1550
+UNDERLAY_MTU = underlay_mtu("local")  # like a cloud VPC with jumbo frames: 9000-byte guests plus VXLAN;
+# the host runtime raises each host's end to what its networks need (1550 for 1500-byte guests)
 HOST_DEVICE_MTU = 1500
 KILL_WAIT_S = 5.0
 # this machine's end of the underlay in SSH mode: the last address of 198.18.0.0/15, which no
@@ -126,7 +128,8 @@ class LocalProvider:
         links = _ip("-n", ul, "-o", "link", "show").stdout
         if f": {UNDERLAY_BRIDGE}:" not in links:
             _ip("-n", ul, "link", "add", UNDERLAY_BRIDGE, "mtu", str(UNDERLAY_MTU), "type", "bridge")
-        _ip("-n", ul, "link", "set", UNDERLAY_BRIDGE, "up")
+        # an underlay made by an older ravel (9000) is raised to what 9000-byte guests need
+        _ip("-n", ul, "link", "set", UNDERLAY_BRIDGE, "mtu", str(UNDERLAY_MTU), "up")
         _ip("-n", ul, "link", "set", "lo", "up")
 
     def _ensure_root_link(self) -> None:
@@ -175,7 +178,7 @@ class LocalProvider:
             _ip("-n", self.underlay, "link", "add", peer, "mtu", str(UNDERLAY_MTU), "type", "veth",
                 "peer", "name", HOST_DEVICE, "netns", ns, "mtu", str(HOST_DEVICE_MTU))
             self._forget_neighbour(spec.app, address)
-        _ip("-n", self.underlay, "link", "set", peer, "master", UNDERLAY_BRIDGE, "up")
+        _ip("-n", self.underlay, "link", "set", peer, "mtu", str(UNDERLAY_MTU), "master", UNDERLAY_BRIDGE, "up")
         addrs = _ip("-n", ns, "-o", "addr", "show", "dev", HOST_DEVICE).stdout
         if f" {address}/{UNDERLAY_PREFIX} " not in addrs:
             _ip("-n", ns, "addr", "replace", f"{address}/{UNDERLAY_PREFIX}", "dev", HOST_DEVICE)

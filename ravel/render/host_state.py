@@ -14,11 +14,11 @@ from typing import Any, Literal, Mapping
 
 from ..host.desired import Desired, parse_desired
 from ..plan.app import AppPlan
+from ..plan.mtu import host_underlay_mtu
 from ..plan.network import egress_mac
 from .qemu import OVMF_VARS, VmFiles, qemu_argv, tap_name
 
 SHUTDOWN_S = 60  # how long a stopping guest may take to shut down before its power is pulled
-UNDERLAY_MTU = 1550  # VXLAN adds 50 bytes: guests keep MTU 1500 only if the underlay carries 1550
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def desired_docs(
             "app": app,
             "host": host.name,
             "run_dir": site.run_dir,
-            "underlay": {"device": site.device, "address": site.address, "mtu": UNDERLAY_MTU,
+            "underlay": {"device": site.device, "address": site.address, "mtu": host_underlay_mtu([n["mtu"] for n in networks]),
                          **({"deny": list(site.deny)} if site.deny else {})},
             "networks": networks,
             "taps": taps,

@@ -42,7 +42,7 @@ def test_plan_json_shape():
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert set(data) == {"blueprint", "provider", "optimize", "cost_per_hour", "lower_bound_per_hour", "optimal",
-                         "gap", "machine", "memory_mib", "notes", "hosts", "vms"}
+                         "gap", "machine", "memory_mib", "max_mtu", "notes", "hosts", "vms"}
     assert data["blueprint"] == "demo" and data["provider"] == "local" and data["optimize"] == "cost"
     assert len(data["hosts"]) >= 3 and len(data["vms"]) >= 4
     # local host types come from this machine, read at plan time and recorded
