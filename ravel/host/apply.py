@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import ksm, proc, ready, resume, services, snapshot, supervise
+from . import ksm, netem, proc, ready, resume, services, snapshot, supervise
 from .desired import Desired
 from .facts import (
     OWNED_FILE, Facts, Owned, OwnedVM, argv_sha256, gather, owned_document,
@@ -27,7 +27,7 @@ DISK_TIMEOUT = 300.0
 SUPERVISOR_WAIT = 2.0
 TAIL_LINES = 5  # a crashed VM's last console lines, as status shows them
 # a failure in any of these aborts the rest of the plan; VM actions are independent
-VM_KINDS = ("vm.stop", "vm.remove", "disk.delete", "vm.start", "vm.cont")
+VM_KINDS = ("vm.stop", "vm.remove", "disk.delete", "vm.start", "vm.cont", "tap.impair", "vm.link")
 
 
 class ActionFailed(Exception):
@@ -151,6 +151,13 @@ def _execute(action: Action) -> str:
         for argv in action.argv:
             proc.run(argv, timeout=DISK_TIMEOUT)
         return ""
+    if kind == "tap.impair":
+        return netem.set_impair(p["run_dir"], p["tap"], p["want"], [tuple(c) for c in p["cmds"]])
+    if kind == "vm.link":
+        try:
+            return netem.set_links(p["run_dir"], p["name"], p["qmp"], p["pidfile"], p["down"], p["netdevs"])
+        except proc.QMPError as exc:
+            raise ActionFailed(str(exc)) from None
     if kind == "link.delete":
         try:
             proc.run(action.argv[0])

@@ -30,6 +30,7 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _VMNAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
+_NETDEV = re.compile(r"^net[0-9]{1,3}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})$")
 
 
@@ -169,6 +170,13 @@ def _fdb_once(c: _Checker, entries: Tuple[FdbEntry, ...], path: str) -> Tuple[Fd
 # -- item readers, for lists of something else than records: (checker, item, path) -> value,
 #    None drops the item
 
+def _netdev(c: _Checker, value: Any, path: str) -> Optional[str]:
+    if isinstance(value, str) and _NETDEV.match(value):
+        return value
+    c.bad(path, f"{value!r} is not a -netdev id (net0, net1...)")
+    return None
+
+
 def _peer(c: _Checker, value: Any, path: str) -> Optional[str]:
     if not isinstance(value, str):
         c.bad(path, "must be a string")
@@ -288,11 +296,38 @@ class Network:
     fdb: Tuple[FdbEntry, ...] = _f(tuple, (), item=FdbEntry, check=_fdb_once)
 
 
+_percent = _rule(lambda v: 0 <= v <= 100, "{v} is outside 0..100 (percent)")
+_micros = _rule(lambda v: 0 <= v <= 60_000_000, "{v} is outside 0..60000000 microseconds")
+_kbit = _rule(lambda v: v == 0 or 8 <= v <= 100_000_000, "{v} is outside 8..100000000 kbit/s")
+
+
+def _number(c: _Checker, value: Any, path: str) -> float:
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Impair:
+    """Link impairment on a tap (netem.py): frames to the guest are delayed, lost, corrupted,
+    duplicated (netem) and shaped (tbf); frames from it are policed to the same rate."""
+    delay_us: int = _f(int, 0, check=_micros, sparse=True)
+    jitter_us: int = _f(int, 0, check=_micros, sparse=True)
+    loss: float = _f((int, float), 0.0, check=(_number, _percent), sparse=True)
+    corrupt: float = _f((int, float), 0.0, check=(_number, _percent), sparse=True)
+    duplicate: float = _f((int, float), 0.0, check=(_number, _percent), sparse=True)
+    rate_kbit: int = _f(int, 0, check=_kbit, sparse=True)
+
+    def _checked(self, bad: Callable[[str, str], None]) -> Impair:
+        if self.jitter_us > self.delay_us:
+            bad("jitter_us", "is more than delay_us")
+        return self
+
+
 @dataclass(frozen=True)
 class Tap:
     name: str = _f(str, check=_ifname)
     bridge: str = _f(str)
     mtu: int = _f(int, 1500, check=_mtu)
+    impair: Optional[Impair] = _f(Impair, None)
 
 
 @dataclass(frozen=True)
@@ -330,6 +365,8 @@ class VM:
     # down (ACPI power button) and given this long to flush its disks before power is pulled
     shutdown_s: int = _f(int, 0, check=_rule(lambda v: 0 <= v <= 3600, "{v!r} is not 0..3600 seconds"),
                          sparse=True)
+    # NICs whose cable is pulled (QMP set_link off), by their -netdev id: the guest sees no carrier
+    links_down: Tuple[str, ...] = _f(tuple, (), item=_netdev, check=_once, sparse=True)
 
     def _checked(self, bad: Callable[[str, str], None]) -> VM:
         if self.argv and all(isinstance(a, str) for a in self.argv):
@@ -470,11 +507,12 @@ def _value(c: _Checker, spec: _Field, value: Any, path: str) -> Any:
     if is_dataclass(spec.kind):
         return _read(c, spec.kind, value, path)
     want = list if spec.kind is tuple else spec.kind
-    if spec.kind is int and isinstance(value, bool):
-        c.bad(path, "must be an integer")
+    if spec.kind in (int, (int, float)) and isinstance(value, bool):
+        c.bad(path, "must be an integer" if spec.kind is int else "must be a number")
         return spec.fallback
     if not isinstance(value, want):
-        c.bad(path, f"must be {want.__name__}, got {type(value).__name__}")
+        name = "number" if isinstance(want, tuple) else want.__name__
+        c.bad(path, f"must be {name}, got {type(value).__name__}")
         return spec.fallback
     if spec.kind is tuple and spec.item is None:
         value = tuple(value)

@@ -28,6 +28,8 @@ from . import kvm, proc, supervise
 from .desired import Desired, ZERO_MAC
 from .ksm import KsmFacts
 from .ksm import gather as gather_ksm
+from .netem import NetemFacts
+from .netem import gather as gather_netem
 from .services import RouterFacts, gather_router
 
 OWNED_FILE = "owned.json"
@@ -102,6 +104,7 @@ class Facts:
     underlay_addresses: Optional[Tuple[str, ...]] = None  # None: not observed
     router: Optional[RouterFacts] = None  # network services (services.py); None: not observed
     ksm: Optional[KsmFacts] = None  # None: not observed
+    netem: Optional[NetemFacts] = None  # taps' qdiscs and pulled cables (netem.py); None: not observed
 
     def exists(self, path: str) -> bool:
         return self.paths.get(path, False)
@@ -275,7 +278,8 @@ def gather(desired: Desired) -> Facts:
             paths.setdefault(path, os.path.exists(path))
     return Facts(run_dir=run_dir, run_dir_exists=run_dir_exists, run_dir_mode=run_dir_mode,
                  links=links, fdb=fdb, owned=owned, vms=vms, paths=paths,
-                 underlay_addresses=addresses, router=gather_router(desired), ksm=gather_ksm(run_dir))
+                 underlay_addresses=addresses, router=gather_router(desired), ksm=gather_ksm(run_dir),
+                 netem=gather_netem(run_dir, [t.name for t in desired.taps]))
 
 
 def gather_vms(desired: Desired, owned: Owned) -> Dict[str, VMFact]:

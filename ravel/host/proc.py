@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import supervise
 
@@ -135,7 +135,7 @@ class QMPError(Exception):
 
 
 def qmp_command(path: str, command: str, timeout: float = QMP_TIMEOUT,
-                expect_eof: bool = False) -> dict:
+                expect_eof: bool = False, arguments: Optional[dict] = None) -> dict:
     """Connect to a QMP unix socket, negotiate capabilities, run one command, return its reply."""
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -153,7 +153,10 @@ def qmp_command(path: str, command: str, timeout: float = QMP_TIMEOUT,
         reply = _qmp_reply(reader, deadline)
         if "error" in reply:
             raise QMPError(f"qmp_capabilities failed: {reply['error']}")
-        sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+        request: Dict[str, Any] = {"execute": command}
+        if arguments:
+            request["arguments"] = arguments
+        sock.sendall(json.dumps(request).encode() + b"\n")
         try:
             reply = _qmp_reply(reader, deadline)
         except QMPError:

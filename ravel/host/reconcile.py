@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import services, supervise
+from . import netem, services, supervise
 from .desired import VXLAN_PORT, ZERO_MAC, Desired, Network, Tap
 from .facts import ARGV_SUFFIX, Facts, Link, argv_sha256, fdb_wanted
 
@@ -31,6 +31,7 @@ KINDS = (
     "disk.create",
     "vm.stop", "vm.remove", "disk.delete",
     "vm.start", "vm.cont",
+    "tap.impair", "vm.link",  # netem.py: after the VMs start (a tap's qdisc, a QEMU's links)
     "link.delete", "run_dir.delete",  # destroy only
 )
 
@@ -44,7 +45,7 @@ def phase(kind: str) -> int:
         return PHASES.index("vm.stop")
     if kind in ("link.delete", "run_dir.delete"):
         return PHASES.index("destroy")
-    if kind == "vm.cont":
+    if kind in ("vm.cont", "tap.impair", "vm.link"):
         return PHASES.index("vm.start")
     if kind in PHASES:
         return PHASES.index(kind)
@@ -257,7 +258,60 @@ def reconcile(desired: Desired, facts: Facts) -> List[Action]:
             else:
                 reason += "; boots from its disks (it already ran on from its memory state)"
         actions.append(Action("vm.start", vm.name, reason, params=params))
+    if facts.netem is not None:
+        actions += _netem_actions(desired, facts, fresh_taps, restart)
     return actions
+
+
+def _netem_actions(desired: Desired, facts: Facts, fresh_taps: Set[str],
+                   restart: Dict[str, str]) -> List[Action]:
+    """Each tap's impairment and each running QEMU's pulled cables (netem.py), once the VMs run."""
+    assert facts.netem is not None
+    out: List[Action] = []
+    for tap in desired.taps:
+        want = _impair_doc(tap.impair)
+        fresh = tap.name in fresh_taps
+        have = {} if fresh else netem.observed_impair(tap.name, facts.netem)
+        if have == want:
+            continue
+        q = facts.netem.taps.get(tap.name)
+        root = "" if fresh or q is None else q.root
+        why = (f"impairment {netem.describe(want)}, is {netem.describe(have)}" if have is not None
+               else f"impairment {netem.describe(want)}, is not known (a qdisc {root} of no record)")
+        out.append(Action("tap.impair", tap.name, why, params={
+            "run_dir": desired.run_dir, "tap": tap.name, "want": want,
+            "cmds": [list(c) for c in netem.tc_commands(tap.name, want, root, tap.mtu)]}))
+    for vm in desired.vms:
+        if not vm.running:
+            continue
+        f = facts.vms.get(vm.name)
+        started = not (f and f.running) or vm.name in restart
+        have = [] if started else netem.observed_down(vm.name, f.pid, f.starttime, facts.netem)
+        want = sorted(vm.links_down)
+        if have == want:
+            continue
+        out.append(Action("vm.link", vm.name, f"cable pulled on {', '.join(want) or 'none'}, "
+                          f"is {', '.join(have) or 'none'}", params={
+                              "run_dir": desired.run_dir, "name": vm.name, "qmp": vm.qmp,
+                              "pidfile": vm.pidfile, "down": want, "netdevs": _netdevs(vm.argv)}))
+    return out
+
+
+def _impair_doc(impair: Any) -> Dict[str, Any]:
+    if impair is None:
+        return {}
+    return {k: v for k, v in vars(impair).items() if v}
+
+
+def _netdevs(argv: Sequence[str]) -> List[str]:
+    """The -netdev ids of a QEMU command line."""
+    out = []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-netdev":
+            for part in value.split(","):
+                if part.startswith("id="):
+                    out.append(part[3:])
+    return out
 
 
 def _record_doc(record: Any) -> Dict[str, Any]:

@@ -7,6 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 from typing import Literal, Mapping
 
+from .impair import Impair
+
 Pos = tuple[int, int]
 
 
@@ -35,6 +37,7 @@ class Nic:
     model: str = "virtio"
     ip: IPv4Address | None = None
     mac: str | None = None  # fixed by the blueprint; otherwise the network plan assigns one
+    impair: Impair | None = None  # link impairment (model/impair.py)
 
 
 @dataclass(frozen=True)

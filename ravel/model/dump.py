@@ -14,12 +14,28 @@ import yaml
 
 from .blueprint import VM, Blueprint, CloudInit, Disk, Ready
 from .durations import format_duration
+from .impair import Impair, format_rate, format_time
 
 
 def disk_dict(d: Disk) -> dict[str, Any]:
     if d.image:
         return {"image": d.image, "format": d.format, "bus": d.bus}
     return {"size": d.size_mib, "bus": d.bus}
+
+
+def impair_dict(impair: Impair) -> dict[str, Any]:
+    """The blueprint's spelling of an impairment (`delay: 50ms`, `loss: 1%`...)."""
+    out: dict[str, Any] = {}
+    if impair.delay_us:
+        out["delay"] = format_time(impair.delay_us)
+    if impair.jitter_us:
+        out["jitter"] = format_time(impair.jitter_us)
+    for key in ("loss", "corrupt", "duplicate"):
+        if getattr(impair, key):
+            out[key] = f"{getattr(impair, key):g}%"
+    if impair.rate_kbit:
+        out["rate"] = format_rate(impair.rate_kbit)
+    return out
 
 
 def vm_dict(vm: VM, macs: Mapping[int, str] | None = None) -> dict[str, Any]:
@@ -41,6 +57,8 @@ def vm_dict(vm: VM, macs: Mapping[int, str] | None = None) -> dict[str, Any]:
             mac = n.mac or (macs or {}).get(i)
             if mac:
                 nic["mac"] = mac
+            if n.impair:
+                nic["impair"] = impair_dict(n.impair)
             nics.append(nic)
         out["nics"] = nics
     if vm.boot is not None:

@@ -44,6 +44,7 @@ from .spec import (
     VmDefaults,
     VmSpec,
 )
+from .impair import Impair, impair_from
 from .yamlpos import PosDict, PosList
 
 import re
@@ -815,7 +816,19 @@ def _nic(ctx: _Ctx, loc: tuple[str | int, ...], nic: NicSpec, networks: dict[str
             return None
         h = f"{value:012x}"
         mac = ":".join(h[i:i + 2] for i in range(0, 12, 2))
-    return Nic(nic.network, nic.model, ip, mac)
+    # a counted VM's instances share the NIC's impairment: its problems are reported once
+    impair = _impair(ctx, loc + ("impair",), nic.impair, quiet=index > 0) if nic.impair is not None else None
+    return Nic(nic.network, nic.model, ip, mac, impair)
+
+
+def _impair(ctx: _Ctx, loc: tuple[str | int, ...], spec: Any, quiet: bool = False) -> Impair | None:
+    try:
+        return impair_from(spec.delay, spec.jitter, spec.loss, spec.corrupt, spec.duplicate, spec.rate) or None
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        if not quiet:
+            ctx.add(loc + (key,), message)
+        return None
 
 
 def _address_plan(ctx: _Ctx, vms: list[tuple[VM, tuple[str | int, ...]]], networks: dict[str, Network]) -> None:

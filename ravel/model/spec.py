@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from .durations import parse_duration
+from .impair import PERCENT_PATTERN, RATE_PATTERN, TIME_PATTERN
 from .units import MAX_MIB, SIZE_PATTERN, parse_mib
 
 NAME_MAX, VM_NAME_MAX = 40, 32  # the app name; VM and network names (after `count` too)
@@ -90,6 +91,30 @@ class DiskSpec(_Spec):
     )
 
 
+_time = WithJsonSchema({"type": "string", "pattern": TIME_PATTERN, "examples": ["50ms", "200us", "1s"]})
+_percent = WithJsonSchema({"anyOf": [{"type": "string", "pattern": PERCENT_PATTERN},
+                                     {"type": "number", "minimum": 0, "maximum": 100}],
+                           "examples": ["1%", "0.1%"]})
+_rate = WithJsonSchema({"type": "string", "pattern": RATE_PATTERN, "examples": ["10mbit", "512kbit"]})
+
+
+class ImpairSpec(_Spec):
+    """What the NIC's link does to frames (docs/netem.md); `ravel netem` changes it live."""
+
+    delay: Annotated[str, _time] | None = Field(None, description="added to every frame the guest "
+                                                "receives, so once per round trip, e.g. 50ms")
+    jitter: Annotated[str, _time] | None = Field(None, description="the delay varies by up to this "
+                                                 "either way (needs `delay`)")
+    loss: Annotated[str | float | int, _percent] | None = Field(
+        None, description="share of the frames the guest receives that are dropped, e.g. 1%")
+    corrupt: Annotated[str | float | int, _percent] | None = Field(
+        None, description="share of the frames the guest receives with a flipped bit")
+    duplicate: Annotated[str | float | int, _percent] | None = Field(
+        None, description="share of the frames the guest receives twice")
+    rate: Annotated[str, _rate] | None = Field(
+        None, description="bandwidth in bits per second, both ways (10mbit, 512kbit, 1gbit)")
+
+
 class NicSpec(_Spec):
     network: str = Field(description="a network of this blueprint")
     model: Literal["virtio", "e1000", "e1000e", "vmxnet3", "pcnet"] = Field(
@@ -99,6 +124,8 @@ class NicSpec(_Spec):
         "instances count up from it. Without one, a `dhcp: true` network gives the NIC a fixed lease")
     mac: Mac | None = Field(None, description="fixed unicast MAC; ravel assigns one when omitted; a "
                             "counted VM's instances count up from it")
+    impair: ImpairSpec | None = Field(None, description="link impairment on this NIC: delay, jitter, "
+                                      "loss, corrupt, duplicate, rate (docs/netem.md)")
 
 
 class BootSpec(_Spec):
@@ -199,7 +226,8 @@ class NetworkSpec(_Spec):
                        "by `ravel status`); without a gateway the host serves it from the highest free "
                        "address")
     dns: bool = Field(False, description="DNS for `<vm>` and `<vm>.<app>.lab`")
-    mtu: int = Field(1500, ge=576, le=9000, description="the guests' MTU")
+    mtu: int = Field(1500, ge=576, le=9000, description="the guests' MTU (DHCP hands it out), up to 9000 "
+                     "(jumbo frames) where the provider carries it: `ravel plan` says how much")
     nat: bool = Field(False, description="guests reach outside through the host's uplink (masquerade); "
                       "needs a `gateway`")
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from ..host.desired import Desired, parse_desired
+from ..model.impair import effective
 from ..plan.app import AppPlan
 from ..plan.mtu import host_underlay_mtu
 from ..plan.network import egress_mac
-from .qemu import OVMF_VARS, VmFiles, qemu_argv, tap_name
+from .qemu import OVMF_VARS, VmFiles, netdev_id, qemu_argv, tap_name
 
 SHUTDOWN_S = 60  # how long a stopping guest may take to shut down before its power is pulled
 
@@ -61,12 +62,14 @@ def desired_states(
     running: Mapping[str, bool] | None = None,
     incoming: Mapping[str, str] | None = None,
     seeds: Mapping[str, str] | None = None,
+    live: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Desired]:
     """Host name -> desired state. `running[vm]` False keeps a VM defined but stopped.
     `incoming[vm]` names a saved memory state the VM resumes from instead of booting, when the
     host starts it for the first time (the argv stays the same: the host adds -incoming).
-    `seeds[vm]` is the VM's cloud-init seed ISO on this machine (run/seeds.py)."""
-    docs = desired_docs(ap, sites, running, incoming, seeds)
+    `seeds[vm]` is the VM's cloud-init seed ISO on this machine (run/seeds.py). `live[vm][nic]`
+    is what `ravel netem` and `ravel link` set on a NIC (its impairment, its cable pulled)."""
+    docs = desired_docs(ap, sites, running, incoming, seeds, live)
     return {host: parse_desired(doc) for host, doc in docs.items()}
 
 
@@ -76,10 +79,12 @@ def desired_docs(
     running: Mapping[str, bool] | None = None,
     incoming: Mapping[str, str] | None = None,
     seeds: Mapping[str, str] | None = None,
+    live: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The same as JSON documents, as the host runtime receives them."""
     bp, app, net = ap.blueprint, ap.app, ap.network
     running = running or {}
+    live = live or {}
     incoming = incoming or {}
     gateways = ap.gateways()
     docs: dict[str, dict[str, Any]] = {}
@@ -105,8 +110,14 @@ def desired_docs(
             vm = bp.vm(name)
             nics = ap.nics(name)
             names = [tap_name(ap.ordinals[name], n.index) for n in nics]
+            down = []
             for n, tap in zip(nics, names):
-                taps.append({"name": tap, "bridge": bridge_name(net.vni[n.network]), "mtu": bp.network(n.network).mtu})
+                settings = dict(live.get(name, {}).get(n.index) or {})
+                impair = effective(vm.nics[n.index].impair, settings)
+                taps.append({"name": tap, "bridge": bridge_name(net.vni[n.network]), "mtu": bp.network(n.network).mtu,
+                             **({"impair": impair.to_doc()} if impair else {})})
+                if settings.get("link") == "down":
+                    down.append(netdev_id(n.index))
             files = VmFiles(site.run_dir, tuple(disk_path(site, name, i) for i in range(len(vm.disks))),
                             vars=vars_path(site, name) if vm.firmware == "uefi" else None,
                             seed=(seeds or {}).get(name))
@@ -133,6 +144,7 @@ def desired_docs(
                 # a guest booting its own OS gets to shut down cleanly (its page cache reaches
                 # the disk); a direct-kernel-boot appliance is powered off at once
                 **({} if vm.kernel_boot else {"shutdown_s": SHUTDOWN_S}),
+                **({"links_down": down} if down else {}),
             })
         docs[host.name] = {
             "version": 1,

@@ -45,6 +45,11 @@ def tap_name(vm_ordinal: int, nic_index: int) -> str:
     return f"rt{vm_ordinal}n{nic_index}"
 
 
+def netdev_id(nic_index: int) -> str:
+    """The NIC's -netdev id: what QMP's set_link names (`ravel link`)."""
+    return f"net{nic_index}"
+
+
 def guest_cmdline(vm: VM, nics: Sequence[NicPlan], gateways: Mapping[str, str] | None = None) -> str:
     """The blueprint's cmdline plus ravel's hints for the demo guest (guest/README.md): its
     name, and each fixed address by NIC position (ethN is the Nth NIC, in PCI order, which is
@@ -113,7 +118,7 @@ def qemu_argv(
     argv += _disks(vm, files, order)
     argv += _cdroms(vm, files, order)
     for nic, tap in zip(nics, taps):
-        nid = f"net{nic.index}"
+        nid = netdev_id(nic.index)
         device = f"{NIC_DEVICE[nic.model]},netdev={nid},mac={nic.mac}"
         if nic.index == 0 and "network" in order:
             device += f",bootindex={order['network']}"
