@@ -11,10 +11,11 @@ REALGUEST := $(CACHE)/realguest
 # compiler for the demo guest image, OVMF for UEFI guests, iproute2 for bridges/VXLAN/namespaces,
 # iperf3 for the overlay benchmark; dnsmasq and nftables for the lab's network services;
 # openssh-server for the local provider's SSH mode; cloud-init to validate generated user-data;
-# mmdebstrap, fdisk (sfdisk), e2fsprogs, dosfstools and mtools build the real Debian test images.
+# mmdebstrap, fdisk (sfdisk), e2fsprogs, dosfstools and mtools build the real Debian test images;
+# tcpdump for `ravel capture` (on every host: here the namespaces share this machine's).
 APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod \
             dnsmasq-base nftables openssh-server cloud-init grub-pc-bin grub-common xorriso mtools \
-            mmdebstrap fdisk e2fsprogs dosfstools
+            mmdebstrap fdisk e2fsprogs dosfstools tcpdump
 
 .PHONY: setup system venv guest realguest demo test test-scale test-unit bench cloud-smoke clean distclean
 

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS networks (
 CREATE TABLE IF NOT EXISTS vms (
   app TEXT NOT NULL, name TEXT NOT NULL, host TEXT, state TEXT NOT NULL,
   detail TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (app, name));
+CREATE TABLE IF NOT EXISTS nics (
+  app TEXT NOT NULL, vm TEXT NOT NULL, nic INTEGER NOT NULL, impair TEXT, link TEXT,
+  PRIMARY KEY (app, vm, nic));
 CREATE TABLE IF NOT EXISTS lifetimes (
   app TEXT PRIMARY KEY, expires REAL NOT NULL, action TEXT NOT NULL, source TEXT NOT NULL,
   reaper_pid INTEGER, reaper_start TEXT, note TEXT);
@@ -59,6 +62,7 @@ _TABLES = {  # the columns of each table, in order, as exported
     "networks": ("app", "name", "vni"),
     "vms": ("app", "name", "host", "state", "detail"),
     "lifetimes": ("app", "expires", "action", "source", "reaper_pid", "reaper_start", "note"),
+    "nics": ("app", "vm", "nic", "impair", "link"),
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -302,7 +306,7 @@ class State:
     @_guarded
     def delete_app(self, name: str) -> None:
         with self.tx() as db:
-            for table in ("vms", "networks", "hosts", "lifetimes"):
+            for table in ("vms", "networks", "hosts", "lifetimes", "nics"):
                 db.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             db.execute("DELETE FROM apps WHERE name=?", (name,))
 
@@ -411,6 +415,29 @@ class State:
     def delete_vm(self, app: str, name: str) -> None:
         self.db.execute("DELETE FROM vms WHERE app=? AND name=?", (app, name))
 
+    # -- NICs: what `ravel netem` and `ravel link` set, kept across publish and stop/start --------
+    @_guarded
+    def nic_settings(self, app: str) -> dict[str, dict[int, dict[str, Any]]]:
+        """vm -> NIC index -> {"impair": {...} (set live; {} cleared) or None (the blueprint's),
+        "link": "down" | "up"}."""
+        out: dict[str, dict[int, dict[str, Any]]] = {}
+        for vm, nic, impair, link in self.db.execute(
+                "SELECT vm, nic, impair, link FROM nics WHERE app=? ORDER BY vm, nic", (app,)):
+            out.setdefault(vm, {})[nic] = {"impair": json.loads(impair) if impair is not None else None,
+                                           "link": link or "up"}
+        return out
+
+    @_guarded
+    def set_nic(self, app: str, vm: str, nic: int, **fields: Any) -> None:
+        """Set `impair` (a dict, or None: back to the blueprint's) and/or `link` of one NIC."""
+        cols = {k: (json.dumps(v) if k == "impair" and v is not None else v) for k, v in fields.items()}
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO nics (app, vm, nic) VALUES (?,?,?)", (app, vm, nic))
+            for key, value in cols.items():
+                db.execute(f"UPDATE nics SET {key}=? WHERE app=? AND vm=? AND nic=?", (value, app, vm, nic))
+            db.execute("DELETE FROM nics WHERE app=? AND vm=? AND nic=? AND impair IS NULL "
+                       "AND (link IS NULL OR link='up')", (app, vm, nic))
+
     # -- networks ----------------------------------------------------------------------------
     @_guarded
     def networks(self, app: str) -> dict[str, int]:
@@ -443,7 +470,7 @@ class State:
         except (KeyError, TypeError, AttributeError):
             raise StateError("not an exported app (or one written by another version of ravel)") from None
         with self.tx() as db:
-            for table in ("vms", "networks", "hosts", "lifetimes"):
+            for table in ("vms", "networks", "hosts", "lifetimes", "nics"):
                 db.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             db.execute("DELETE FROM apps WHERE name=?", (name,))
             try:

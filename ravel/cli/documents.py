@@ -46,6 +46,11 @@ def running(app: str, action: str, targets: list[str], changed: int,
     return {"app": app, "action": action, "targets": targets, "changed": changed, "vms": vms(statuses)}
 
 
+def nics(app: str, states: Iterable[Any], changed: int | None) -> dict[str, Any]:
+    """`ravel netem`, `ravel link`: the NICs as they are now; `changed` None for a listing."""
+    return {"app": app, "changed": changed, "nics": [n.to_dict() for n in states]}
+
+
 def destroyed(app: str, hosts_removed: int) -> dict[str, Any]:
     return {"app": app, "destroyed": True, "hosts_removed": hosts_removed}
 

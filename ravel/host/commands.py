@@ -9,6 +9,8 @@
     python3 -m ravel.host wait-ready         the same, a report line every half second until all
                                              are ready or stdin ends (a line protocol)
     python3 -m ravel.host version
+    python3 -m ravel.host capture --iface IF tcpdump on one interface: pcap on stdout until stdin
+                                             ends (host/capture.py)
     python3 -m ravel.host snapshot           pause this host's VMs together and freeze their
                                              disks (a line protocol: see host/snapshot.py)
 
@@ -85,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("wait-ready", help="report readiness every half second until all are ready (line protocol)")
     sub.add_parser("version", help="runtime and desired-document versions")
     sub.add_parser("snapshot", help="freeze this host's VM disks in one pause (line protocol on stdin)")
+    c = sub.add_parser("capture", help="tcpdump on one interface, pcap on stdout, until stdin ends")
+    c.add_argument("--iface", required=True, help="the interface (a tap or a bridge)")
+    c.add_argument("--direction", choices=("in", "out", "inout"), default="inout",
+                   help="frames the interface receives, sends, or both")
+    c.add_argument("--count", type=int, default=None, help="stop after N packets")
+    c.add_argument("--filter", default="", help="a tcpdump (BPF) filter")
     c = sub.add_parser("console", help="relay stdin/stdout to a VM's serial console socket")
     c.add_argument("socket", help="the VM's serial socket path")
     return p
@@ -132,6 +140,10 @@ def _run(args: argparse.Namespace) -> int:
         from . import ready
 
         return ready.watch()
+    if args.cmd == "capture":
+        from . import capture
+
+        return capture.run(args.iface, args.direction, args.count, args.filter)
     if args.cmd == "console":
         from . import console
 

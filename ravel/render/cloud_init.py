@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import yaml
 
 # dnsmasq-base and nftables: the app's DHCP/DNS, routing, NAT and firewall (docs/networking.md)
-PACKAGES = ("qemu-system-x86", "qemu-utils", "ovmf", "iproute2", "python3", "dnsmasq-base", "nftables")
+PACKAGES = ("qemu-system-x86", "qemu-utils", "ovmf", "iproute2", "python3", "dnsmasq-base", "nftables",
+            "tcpdump")  # tcpdump: `ravel capture`
 READY_FILE = "/var/lib/ravel/host.json"
 READY_SCRIPT = "/usr/local/sbin/ravel-host-ready"
 READY_LINE = "RAVEL-HOST-READY"

@@ -130,7 +130,8 @@ def dry_run(ctx: Context, blueprint_path: str, name: str | None = None, provider
     sites.update({h: _new_site(ctx, app, h, placeholders[h], plan) for h in new})
     resume = memory.pending(ctx.paths, app)
     desired = desired_states(ap, sites, None, {vm: r.state for vm, r in resume.items()},
-                             {vm: s.path for vm, s in planned_seeds(ctx.paths, ap).items()})
+                             {vm: s.path for vm, s in planned_seeds(ctx.paths, ap).items()},
+                             ctx.state.nic_settings(app) if rec is not None else None)
     memory.check_machines(resume, desired)
 
     def look(host: str) -> HostPreview:

@@ -6,14 +6,17 @@ snapshots), and the stages take everything they use as arguments.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..events import Emit, quiet
 from ..paths import Paths
 from ..providers import get_provider
 from ..snapshot.take import SnapshotResult, open_target, take_snapshot
 from ..state import State
-from . import doctor, dryrun, health, lifetime, machine, observe, publish as pipeline, repair, teardown, vm_access
+from ..model.impair import Impair
+from . import capture as captures
+from . import doctor, dryrun, health, lifetime, machine, netem, observe, publish as pipeline, repair, teardown, vm_access
+from . import nics as nic_info
 from .checks import Check
 from .doctor import StateCheck
 from .health import AppHealth
@@ -69,6 +72,24 @@ class Lab:
 
     def status(self, app: str) -> list[VmStatus]:
         return observe.status(self.ctx, app)
+
+    def nics(self, app: str) -> list[nic_info.NicState]:
+        """Every NIC of the app: impairment, link, host and tap (`ravel netem APP`)."""
+        return nic_info.nic_states(self.ctx, app)
+
+    def find_nics(self, app: str, target: str) -> list[nic_info.NicState]:
+        return nic_info.resolve_nic(self.ctx, app, target, need_one=False)
+
+    def set_impair(self, app: str, target: str, impair: Impair | None) -> tuple[nic_info.NicState, int]:
+        """`ravel netem APP VM[:NIC] ...`: None goes back to the blueprint's."""
+        return netem.set_impair(self.ctx, app, target, impair)
+
+    def set_link(self, app: str, target: str, up: bool) -> tuple[nic_info.NicState, int]:
+        return netem.set_link(self.ctx, app, target, up)
+
+    def capture(self, app: str, target: str, out: BinaryIO, fmt: str = "pcapng", bpf: str | None = None,
+                count: int | None = None, duration: float | None = None) -> int:
+        return captures.capture(self.ctx, app, target, out, fmt, bpf, count, duration)
 
     def console(self, app: str, vm: str, on_attached: Callable[[], None] = lambda: None) -> None:
         vm_access.console(self.ctx, app, vm, on_attached)

@@ -17,6 +17,7 @@ from ..transport.hostrun import HostRun
 from . import exposure, health
 from ..events import Event
 from .fanout import parallel
+from .nics import nic_states
 
 from .sessions import Context, applied_hosts
 
@@ -48,6 +49,9 @@ class VmStatus:
     reason: str = ""
     tail: list[str] = field(default_factory=list)
     ended_at: float | None = None  # when (epoch seconds), where its supervisor recorded it
+    # each NIC: {"nic", "network", "link": "up"|"down", "impair": {...} (empty: none),
+    # "impair_source": "blueprint"|"live"|""} (docs/netem.md)
+    nics: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,13 @@ def status(ctx: Context, app: str, known: Mapping[str, Readiness] | None = None)
     health.remember(ctx.state, app, observed)
     records = ctx.state.vms(app)
     checked = dict(known) if known is not None else readiness(ctx, app, [v for v in records if v.state == "running"])
+    try:
+        per_vm: dict[str, list[dict[str, Any]]] = {}
+        for n in nic_states(ctx, app):
+            per_vm.setdefault(n.vm, []).append({"nic": n.index, "network": n.network, "link": n.link,
+                                                "impair": n.impair.to_doc(), "impair_source": n.source})
+    except RavelError:  # an app recovered without its blueprint: no NIC settings to show
+        per_vm = {}
     out = []
     for v in records:
         d = v.detail
@@ -97,7 +108,7 @@ def status(ctx: Context, app: str, known: Mapping[str, Readiness] | None = None)
             state = health.down_state(ended)
         status = VmStatus(v.name, v.host or "", state, d.get("accel", ""), [ip for ip in d["ips"] if ip],
                           d["macs"], d["console"], d["log"], pid, exposure.labels(d), check=describe(_check(v)),
-                          user=d.get("user", ""), host_key=d.get("host_key", ""))
+                          user=d.get("user", ""), host_key=d.get("host_key", ""), nics=per_vm.get(v.name, []))
         if state in ("crashed", "powered off"):
             status.reason, status.tail = str(ended.get("reason") or ""), list(ended.get("tail") or [])
             record = ended.get("ended")

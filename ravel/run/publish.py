@@ -139,6 +139,20 @@ def stored_blueprint(ctx: Context, app: str) -> Blueprint:
     return load_blueprint(rec.blueprint_text or "", rec.blueprint_path or app, base)
 
 
+def reconverge(ctx: Context, app: str, action: str) -> int:
+    """Apply the app's desired state again, every VM kept as it is (running or stopped): what
+    `ravel netem` and `ravel link` do after recording a NIC's new settings. Returns the host
+    actions."""
+    rec = ctx.state.require_app(app)
+    provider = get_provider(rec.provider, ctx.paths)
+    flags = {v.name: v.state == "running" for v in ctx.state.vms(app)}
+    bp = check_files(stored_blueprint(ctx, app))
+    plan = make_plan(bp, capacity.recorded_catalogue(rec.provider, rec.plan))
+    result = converge(ctx, app, bp, plan, provider, flags)
+    state_backup.save(ctx.state, app)
+    return result.changed
+
+
 def set_running(ctx: Context, app: str, vms: list[str] | None, running: bool) -> int:
     """Stop or start some VMs (all without `vms`); disks are kept. Returns the host actions."""
     rec = ctx.state.require_app(app)
@@ -182,9 +196,11 @@ def converge(ctx: Context, app: str, bp: Blueprint, plan: Plan, provider: Provid
     pending = memory.pending(ctx.paths, app)  # VMs that resume from a memory state
     seeds = ensure_seeds(ctx.paths, ap)  # cloud-init: each VM's NoCloud seed, made once
 
+    live = ctx.state.nic_settings(app)  # `ravel netem` and `ravel link`, kept across publishes
+
     def make_desired(flags: Mapping[str, bool] | None) -> dict[str, Any]:
         return desired_states(ap, sites, flags, {vm: r.state for vm, r in pending.items()},
-                              {vm: s.path for vm, s in seeds.items()})
+                              {vm: s.path for vm, s in seeds.items()}, live)
 
     desired = make_desired(running)
     memory.check_machines(pending, desired)
