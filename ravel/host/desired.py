@@ -30,7 +30,7 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _VMNAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
-_NETDEV = re.compile(r"^net[0-9]{1,3}$")
+_NETDEV = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})$")
 
 

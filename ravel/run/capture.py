@@ -84,7 +84,7 @@ class _Writer:
         else:
             idbs = [pcapng.InterfaceDescriptionBlockLE(
                 snaplen=SNAPLEN, linktype=dpkt.pcap.DLT_EN10MB,
-                opts=[pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_IF_NAME, text=h),
+                opts=[pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_IF_NAME, data=h.encode()),
                       pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_ENDOFOPT)]) for h in hosts]
             self.w = pcapng.Writer(out, idb=idbs)
             self.ng = True
