@@ -152,7 +152,8 @@ def _execute(action: Action) -> str:
             proc.run(argv, timeout=DISK_TIMEOUT)
         return ""
     if kind == "tap.impair":
-        return netem.set_impair(p["run_dir"], p["tap"], p["want"], [tuple(c) for c in p["cmds"]])
+        return netem.set_impair(p["run_dir"], p["tap"], p["want"], [tuple(c) for c in p["cmds"]],
+                                p.get("mode") or "netem", p.get("stop"))
     if kind == "vm.link":
         try:
             return netem.set_links(p["run_dir"], p["name"], p["qmp"], p["pidfile"], p["down"], p["netdevs"])

@@ -9,6 +9,7 @@
     python3 -m ravel.host wait-ready         the same, a report line every half second until all
                                              are ready or stdin ends (a line protocol)
     python3 -m ravel.host version
+    python3 -m ravel.host netem-relay ...     link impairment in user space (relay_netem.py)
     python3 -m ravel.host capture --iface IF tcpdump on one interface: pcap on stdout until stdin
                                              ends (host/capture.py)
     python3 -m ravel.host snapshot           pause this host's VMs together and freeze their
@@ -102,6 +103,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     # guest disks, frozen layers and memory states are the guests' data: everything the runtime
     # (and QEMU, started by it: `exec:cat > STATE`) creates is for root alone
     os.umask(0o077)
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["netem-relay"]:  # a long-running helper, not a JSON command (relay_netem.py)
+        from . import relay_netem
+
+        return relay_netem.main(args_in[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.cmd:

@@ -279,7 +279,9 @@ def gather(desired: Desired) -> Facts:
     return Facts(run_dir=run_dir, run_dir_exists=run_dir_exists, run_dir_mode=run_dir_mode,
                  links=links, fdb=fdb, owned=owned, vms=vms, paths=paths,
                  underlay_addresses=addresses, router=gather_router(desired), ksm=gather_ksm(run_dir),
-                 netem=gather_netem(run_dir, [t.name for t in desired.taps]))
+                 netem=gather_netem(run_dir, [t.name for t in desired.taps],
+                                    any(t.impair and (t.impair.delay_us or t.impair.loss or t.impair.corrupt
+                                                      or t.impair.duplicate) for t in desired.taps)))
 
 
 def gather_vms(desired: Desired, owned: Owned) -> Dict[str, VMFact]:

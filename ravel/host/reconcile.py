@@ -276,11 +276,14 @@ def _netem_actions(desired: Desired, facts: Facts, fresh_taps: Set[str],
             continue
         q = facts.netem.taps.get(tap.name)
         root = "" if fresh or q is None else q.root
+        clsact = bool(q and q.clsact and not fresh)
+        mode = netem.mode_for(want, facts.netem.kernel_netem)
         why = (f"impairment {netem.describe(want)}, is {netem.describe(have)}" if have is not None
-               else f"impairment {netem.describe(want)}, is not known (a qdisc {root} of no record)")
+               else f"impairment {netem.describe(want)}, is not known (no record of what is there)")
         out.append(Action("tap.impair", tap.name, why, params={
-            "run_dir": desired.run_dir, "tap": tap.name, "want": want,
-            "cmds": [list(c) for c in netem.tc_commands(tap.name, want, root, tap.mtu)]}))
+            "run_dir": desired.run_dir, "tap": tap.name, "want": want, "mode": mode,
+            "stop": q.relay if q else None,
+            "cmds": [list(c) for c in netem.tc_commands(tap.name, want, root, tap.mtu, clsact, mode)]}))
     for vm in desired.vms:
         if not vm.running:
             continue
@@ -482,6 +485,10 @@ def teardown(facts: Facts, desired: Optional[Desired] = None, prefixes: Sequence
     for name, f in sorted(facts.vms.items()):
         if f.running:
             actions.append(_stop(f, "app destroyed"))
+    for tap, q in sorted((facts.netem.taps if facts.netem else {}).items()):
+        if q.relay:  # a netem relay (host/relay_netem.py) outlives a deleted namespace: end it
+            actions.append(Action("tap.impair", tap, "app destroyed (its netem relay)", params={
+                "run_dir": facts.run_dir, "tap": tap, "want": {}, "mode": "", "stop": q.relay, "cmds": []}))
     for name, f in sorted(facts.vms.items()):
         files = [p for p in _vm_files(facts, name) if p in f.files or facts.exists(p)]
         if desired:
