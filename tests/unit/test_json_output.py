@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REPORTING = {
     "publish": ("publish", "dry-run"),
     "status": ("status",),
+    "netem": ("netem",),
+    "link": ("netem",),
     "list": ("list",),
     "plan": ("plan",),
     "validate": ("validate",),
@@ -54,6 +56,7 @@ NOT_REPORTING = {
     "vnc": "forwards until Ctrl-C; prints the URL to connect to",
     "ssh-config": "its output is an OpenSSH config file",
     "inventory": "its output is an Ansible inventory (--format json for JSON)",
+    "capture": "its output is a pcap or pcapng file",
 }
 
 
