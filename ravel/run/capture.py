@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import dpkt
 from dpkt import pcapng
 
-from ..errors import StateError
+from ..errors import CommandFailed, StateError
 from ..providers import get_provider
 from .nics import bridges_of, nic_states, resolve_nic
 from .sessions import Context, applied_hosts
@@ -127,11 +127,16 @@ def capture(ctx: Context, app: str, target: str, out: BinaryIO, fmt: str = "pcap
                 argv += ["--filter", bpf]
             streams.append((s, runtime.t.stream(argv)))
         writer = _Writer(out, fmt, hosts)
-        readers = [threading.Thread(target=_read, args=(st, index[s.host], packets), daemon=True,
+        failures: list[tuple[Source, str]] = []
+        readers = [threading.Thread(target=_read, args=(st, index[s.host], packets, s, failures), daemon=True,
                                     name=f"capture-{s.host}-{s.iface}") for s, st in streams]
         for t in readers:
             t.start()
-        return _merge(packets, writer, len(readers), count, duration)
+        written = _merge(packets, writer, len(readers), count, duration)
+        if failures and len(failures) == len(streams):  # tcpdump refused on every host: say why
+            s, why = failures[0]
+            raise CommandFailed(s.host, f"tcpdump -i {s.iface}", 1, why)
+        return written
     except BrokenPipeError:  # the reader of our stdout (wireshark) went away
         return 0
     finally:
@@ -139,12 +144,20 @@ def capture(ctx: Context, app: str, target: str, out: BinaryIO, fmt: str = "pcap
             st.close()
 
 
-def _read(stream: Any, iface: int, packets: queue.Queue) -> None:
+def _read(stream: Any, iface: int, packets: queue.Queue, source: Source,
+          failures: list[tuple[Source, str]]) -> None:
     try:
-        for ts, data in dpkt.pcap.Reader(_StreamFile(stream)):
+        reader = dpkt.pcap.Reader(_StreamFile(stream))
+    except (ValueError, OSError, EOFError, dpkt.NeedData, dpkt.UnpackError):
+        # no pcap header: tcpdump never started (a bad filter, a missing interface or tcpdump)
+        failures.append((source, stream.stderr(2.0).decode(errors="replace").strip() or "no pcap from tcpdump"))
+        packets.put(None)
+        return
+    try:
+        for ts, data in reader:
             packets.put((ts, iface, bytes(data)))
     except (ValueError, OSError, EOFError, dpkt.NeedData, dpkt.UnpackError):
-        pass  # the stream ended (or never started: tcpdump refused the filter or the interface)
+        pass  # the stream ended mid-packet: it was stopped
     finally:
         packets.put(None)
 
@@ -173,8 +186,7 @@ def _merge(packets: queue.Queue, writer: _Writer, streams: int, count: int | Non
                 seq += 1
                 heapq.heappush(held, (ts, seq, time.monotonic(), iface, data))
             done = ended >= streams
-            while held and (done or held[0][2] + HOLD_S <= time.monotonic()
-                            or (count and written + len(held) >= count and held[0][2] + HOLD_S <= time.monotonic())):
+            while held and (done or held[0][2] + HOLD_S <= time.monotonic()):
                 ts, _, _, iface, data = heapq.heappop(held)
                 writer.write(ts, iface, data)
                 written += 1
