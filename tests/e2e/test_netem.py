@@ -8,16 +8,18 @@ On a kernel without sch_netem (this machine's) the impairment runs in the host r
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
+import sys
 import time
 
 import dpkt
 import pytest
 from dpkt import pcapng
 
-from conftest import GUEST, Ravel, force_cleanup, leftovers, ready_count, wait_until
+from conftest import GUEST, ROOT, Ravel, force_cleanup, leftovers, ready_count, wait_until
 
 APP = f"nt{os.getpid()}"
 A, B = "10.77.0.11", "10.77.0.12"
@@ -229,3 +231,17 @@ def _epb_offsets(raw: bytes):
         if kind == 6:
             yield i
         i += size
+
+
+def test_capture_to_stdout_as_pcap(lab):
+    # what `ravel capture lab lan | wireshark -k -i -` reads: a pcap stream on stdout
+    p = subprocess.Popen([sys.executable, "-m", "ravel", "capture", APP, "a", "-c", "4", "-f", "icmp",
+                          "--format", "pcap", "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=lab.env(), cwd=ROOT, stdin=subprocess.DEVNULL)
+    time.sleep(2)
+    sh(lab, "b", f"ping -c 3 -W 3 {A}")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    packets = list(dpkt.pcap.Reader(io.BytesIO(out)))
+    kinds = sorted(dpkt.ethernet.Ethernet(buf).data.data.type for _, buf in packets)
+    assert kinds == [0, 0, 8, 8]  # a's NIC both ways: two requests in, two replies out

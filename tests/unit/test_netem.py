@@ -238,3 +238,26 @@ def test_merge_stops_at_count_in_pcap():
     assert _merge(q, _Writer(out, "pcap", ["h"]), 1, 3, 5.0) == 3
     out.seek(0)
     assert [ts for ts, _ in dpkt.pcap.Reader(out)] == [0.0, 1.0, 2.0]
+
+
+# -- the relay's model (host/relay_netem.py) ---------------------------------------------------
+
+def test_relay_model_matches_netem_and_tbf():
+    import random
+
+    from ravel.host.relay_netem import TBF_LATENCY_S, Impairment
+
+    frame = bytes(1000)
+    assert Impairment({"loss": 100.0}, random.Random(1)).schedule(frame, 10.0) == []
+    twice = Impairment({"duplicate": 100.0, "delay_us": 50000}, random.Random(1)).schedule(frame, 10.0)
+    assert [at for at, _ in twice] == [10.05, 10.05]
+    bent = Impairment({"corrupt": 100.0}, random.Random(1)).schedule(frame, 0.0)[0][1]
+    assert bent[:14] == frame[:14] and sum(bin(b).count("1") for b in bent) == 1  # one bit, past the header
+    jitter = Impairment({"delay_us": 100000, "jitter_us": 10000}, random.Random(1))
+    assert all(0.09 <= jitter.schedule(frame, 0.0)[0][0] <= 0.11 for _ in range(100))
+    # 10 mbit: a 1000-byte frame takes 0.8 ms of the wire; a queue longer than tbf's latency drops
+    paced = Impairment({"rate_kbit": 10000}, random.Random(1))
+    times = [paced.schedule(frame, 0.0) for _ in range(200)]
+    sent = [t[0][0] for t in times if t]
+    assert sent[:3] == pytest.approx([0.0008, 0.0016, 0.0024])
+    assert len(sent) == int(TBF_LATENCY_S / 0.0008) + 1
