@@ -15,7 +15,7 @@ from . import documents, exits
 from ..run.lifetime import LifetimeRequest
 from .common import BUDGET_HELP, TTL_HELP, app, budget_option, err, out, provider_option, ttl_option
 from .common import lab as open_lab
-from .render import apps_table, changes_report, down_lines, vm_table
+from .render import apps_table, changes_report, down_lines, nic_lines, vm_table
 
 _provider = provider_option
 
@@ -152,7 +152,7 @@ def status(
     for n, vms in data.items():
         out.print(vm_table(n, vms))
         _print_expiry(expiries[n])
-        for line in down_lines(n, vms):
+        for line in down_lines(n, vms) + nic_lines(n, vms):
             out.print(line, markup=False)
 
 

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ..model.durations import approx_duration
 from ..model.units import format_mib
+from ..model.impair import from_doc
 from ..plan.mtu import max_guest_mtu
 from ..plan.plan import Plan
 from ..run.health import ago
@@ -110,6 +111,25 @@ def down_lines(app: str, vms) -> list[str]:  # vms: list[VmStatus]
             out.append("  last console lines:")
             out += [f"    {line}" for line in v.tail]
         out.append(f"  `ravel start {app} {v.name}` (or publishing again) starts it again")
+    return out
+
+
+def impair_words(doc) -> str:
+    return from_doc(doc).words()
+
+
+def nic_lines(app: str, vms) -> list[str]:  # vms: list[VmStatus]
+    """Under the table: NICs whose cable is pulled or whose link is impaired (docs/netem.md)."""
+    out = []
+    for v in vms:
+        for n in v.nics:
+            what = []
+            if n.get("link") == "down":
+                what.append("cable pulled (`ravel link ... up`)")
+            if n.get("impair"):
+                what.append(f"{impair_words(n['impair'])} ({n.get('impair_source') or 'blueprint'})")
+            if what:
+                out.append(f"{v.name}:{n['nic']} ({n['network']}): " + "; ".join(what))
     return out
 
 

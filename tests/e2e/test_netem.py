@@ -181,6 +181,7 @@ def test_rate_limits_a_transfer(lab, tmp_path):
 def test_cable_pull_kept_across_stop_start(lab):
     lab("link", APP, "a", "down")
     assert lab.status(APP)["a"]["nics"][0]["link"] == "down"
+    assert "a:0 (lan): cable pulled" in lab("status", APP).stdout
     assert sh(lab, "a", "cat /sys/class/net/eth0/carrier").strip().endswith("0")
     assert "100% packet loss" in sh(lab, "b", f"ping -c 2 -W 1 {A}")
     log = lab.status(APP)["a"]["log"]
