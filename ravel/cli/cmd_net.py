@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -139,7 +140,12 @@ def capture(
             if sys.stdout.isatty():
                 raise typer.BadParameter("stdout is a terminal: pipe it (| wireshark -k -i -, | tcpdump -r -) "
                                          "or give -w FILE", param_hint="-w")
-            n = lab.capture(app_name, target, sys.stdout.buffer, chosen, bpf, count, duration)
+            try:
+                n = lab.capture(app_name, target, sys.stdout.buffer, chosen, bpf, count, duration)
+            except BrokenPipeError:  # wireshark (or head) closed the pipe: a normal end
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                err.print("stopped: the reader of stdout went away", markup=False)
+                return
     finally:
         lab.close()
     err.print(f"{n} packet{'s' if n != 1 else ''} captured", markup=False)

@@ -103,7 +103,8 @@ class _Writer:
 def capture(ctx: Context, app: str, target: str, out: BinaryIO, fmt: str = "pcapng", bpf: str | None = None,
             count: int | None = None, duration: float | None = None) -> int:
     """Write `target`'s packets to `out` until `count` packets, `duration` seconds, every
-    stream's end, or Ctrl-C; returns how many were written."""
+    stream's end, or Ctrl-C; returns how many were written. BrokenPipeError when the reader of
+    `out` goes away (the hosts' captures are ended first)."""
     rec = ctx.state.require_app(app)
     where = sources(ctx, app, target)
     if not where:
@@ -137,8 +138,6 @@ def capture(ctx: Context, app: str, target: str, out: BinaryIO, fmt: str = "pcap
             s, why = failures[0]
             raise CommandFailed(s.host, f"tcpdump -i {s.iface}", 1, why)
         return written
-    except BrokenPipeError:  # the reader of our stdout (wireshark) went away
-        return 0
     finally:
         for _, st in streams:
             st.close()
