@@ -413,7 +413,9 @@ class State:
 
     @_guarded
     def delete_vm(self, app: str, name: str) -> None:
-        self.db.execute("DELETE FROM vms WHERE app=? AND name=?", (app, name))
+        with self.tx() as db:
+            db.execute("DELETE FROM vms WHERE app=? AND name=?", (app, name))
+            db.execute("DELETE FROM nics WHERE app=? AND vm=?", (app, name))  # a VM of that name later is new
 
     # -- NICs: what `ravel netem` and `ravel link` set, kept across publish and stop/start --------
     @_guarded

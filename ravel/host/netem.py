@@ -139,7 +139,10 @@ def gather(run_dir: str, taps: Sequence[str], need_netem: bool = False) -> Netem
     present = [t for t in sorted(names) if os.path.exists(f"/sys/class/net/{t}")]
     out: Dict[str, TapQdisc] = {}
     if present:
-        roots = parse_qdiscs(proc.run(["tc", "-j", "qdisc", "show"]).stdout)
+        try:
+            roots = parse_qdiscs(proc.run(["tc", "-j", "qdisc", "show"]).stdout)
+        except (proc.CommandFailed, ValueError):  # no tc here: nothing of ours can be there either
+            roots = {}
         for t in present:
             out[t] = TapQdisc(_ifindex(t), roots.get(t, ""), f"{t} clsact" in roots, _relay_pid(run_dir, t))
     return NetemFacts(out, record, kernel_has_netem() if need_netem else True)
