@@ -125,6 +125,7 @@ def test_delay_loss_and_clear(lab):
     assert 100 <= lo and hi < 130, (lo, hi)
     # kept by a re-publish of the same blueprint (nothing else changes)
     lab("publish", str(lab.bp), "--name", APP)
+    assert lab("publish", str(lab.bp), "--name", APP, "--dry-run", check=False).returncode == 0  # no drift
     st = lab.status(APP)
     assert st["b"]["nics"][0]["impair"] == {"delay_us": 100000} and st["b"]["nics"][0]["impair_source"] == "live"
     lo, hi = rtts(sh(lab, "a", f"ping -c 3 -W 3 {B}"))
@@ -160,8 +161,10 @@ def _rate_of(path: str, dst: str) -> float:
     return total * 8 / (last - first)
 
 
-def test_rate_limits_a_transfer(lab, tmp_path):
-    lab("netem", APP, "b", "--rate", "10mbit")
+@pytest.mark.parametrize("extra", [(), ("--delay", "5ms")], ids=["tbf", "with-delay"])
+def test_rate_limits_a_transfer(lab, tmp_path, extra):
+    # a rate alone is the kernel's tbf; with a delay it is netem + tbf (the relay, without netem)
+    lab("netem", APP, "b", "--rate", "10mbit", *extra)
     pcap = tmp_path / "rate.pcapng"
     with lab.console(APP, "b") as con:
         con.send("nc -l -p 5001 > /dev/null\n")
@@ -173,7 +176,7 @@ def test_rate_limits_a_transfer(lab, tmp_path):
         assert cap.returncode == 0, err
         con.send("\x03\n")
     rate = _rate_of(str(pcap), B)
-    print(f"TCP a->b with rate 10mbit on b: {rate / 1e6:.2f} Mbit/s")
+    print(f"TCP a->b with rate 10mbit {' '.join(extra)} on b: {rate / 1e6:.2f} Mbit/s")
     assert 8e6 <= rate <= 12e6, f"{rate / 1e6:.2f} Mbit/s"
     lab("netem", APP, "b", "--clear")
 

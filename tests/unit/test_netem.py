@@ -261,3 +261,57 @@ def test_relay_model_matches_netem_and_tbf():
     sent = [t[0][0] for t in times if t]
     assert sent[:3] == pytest.approx([0.0008, 0.0016, 0.0024])
     assert len(sent) == int(TBF_LATENCY_S / 0.0008) + 1
+
+
+# -- capture: where each packet is taken (once) -------------------------------------------------
+
+CAPTURE_BP = textwrap.dedent("""\
+    name: t
+    networks:
+      lan: {subnet: 10.1.0.0/24}
+      mgmt: {subnet: 10.2.0.0/24}
+    vms:
+      a: {nics: [{network: lan}, {network: mgmt}]}
+      b: {nics: [{network: lan}]}
+    """)
+
+
+def _ctx_with_hosts(tmp_path):
+    from ravel.paths import paths
+    from ravel.run.sessions import Context
+
+    ctx = Context(paths({"RAVEL_HOME": str(tmp_path)}))
+    s = ctx.state
+    s.put_app("t", "local", "running", str(tmp_path / "t.yaml"), CAPTURE_BP)
+    s.host_ids("t", ["host-1", "host-2"])
+    nd = "tap,id=net{},ifname={},script=no,downscript=no"
+    s.update_host("t", "host-1", ref="ns", extra={"desired": {
+        "networks": [{"name": "lan", "bridge": "rb1000"}, {"name": "mgmt", "bridge": "rb1001"}],
+        "vms": [{"name": "a", "argv": ["q", "-netdev", nd.format(0, "rt0n0"), "-netdev", nd.format(1, "rt0n1")]}]}})
+    s.update_host("t", "host-2", ref="ns", extra={"desired": {
+        "networks": [{"name": "lan", "bridge": "rb1000"}],
+        "vms": [{"name": "b", "argv": ["q", "-netdev", nd.format(0, "rt1n0")]}]}})
+    for vm, host in (("a", "host-1"), ("b", "host-2")):
+        s.put_vm("t", vm, host, "running", {})
+    return ctx
+
+
+def test_capture_sources_take_each_packet_where_it_enters(tmp_path):
+    from ravel.errors import StateError
+    from ravel.run.capture import Source, sources
+
+    ctx = _ctx_with_hosts(tmp_path)
+    try:
+        # a network: every guest's tap, what the guest sends; every bridge, what its host sends
+        assert sources(ctx, "t", "lan") == [Source("host-1", "rt0n0", "in"), Source("host-2", "rt1n0", "in"),
+                                            Source("host-1", "rb1000", "out"), Source("host-2", "rb1000", "out")]
+        assert sources(ctx, "t", "mgmt") == [Source("host-1", "rt0n1", "in"), Source("host-1", "rb1001", "out")]
+        # a NIC: its tap both ways; a VM: all its NICs
+        assert sources(ctx, "t", "a:mgmt") == [Source("host-1", "rt0n1", "inout")]
+        assert sources(ctx, "t", "a") == [Source("host-1", "rt0n0", "inout"), Source("host-1", "rt0n1", "inout")]
+        with pytest.raises(StateError, match="no network or VM 'c'"):
+            sources(ctx, "t", "c")
+        with pytest.raises(StateError, match="has no NIC 'eth5'"):
+            sources(ctx, "t", "a:eth5")
+    finally:
+        ctx.close()
