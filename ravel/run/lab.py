@@ -141,7 +141,8 @@ class Lab:
         name, store = open_target(ctx.paths, app, name, store_url)
         provider = get_provider(rec.provider, ctx.paths)
         with ctx.state.lock(app, "snapshot"):
-            return take_snapshot(ctx.paths, store, name, rec, pipeline.stored_blueprint(ctx, app),
+            bp = nic_info.with_live_impairments(pipeline.stored_blueprint(ctx, app), ctx.state.nic_settings(app))
+            return take_snapshot(ctx.paths, store, name, rec, bp,
                                  ctx.state.vms(app), list(applied_hosts(ctx.state, app)), lambda h: ctx.hosts.runtime(provider, h),
                                  memory, ctx.emit)
 

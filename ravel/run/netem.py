@@ -16,7 +16,7 @@ def set_impair(ctx: Context, app: str, target: str, impair: Impair | None) -> tu
     with ctx.state.lock(app, "netem"):
         nic, = resolve_nic(ctx, app, target)
         ctx.state.set_nic(app, nic.vm, nic.index, impair=None if impair is None else impair.to_doc())
-        changed = reconverge(ctx, app, "netem")
+        changed = reconverge(ctx, app)
     now, = resolve_nic(ctx, app, f"{nic.vm}:{nic.index}")
     return now, changed
 
@@ -25,6 +25,6 @@ def set_link(ctx: Context, app: str, target: str, up: bool) -> tuple[NicState, i
     with ctx.state.lock(app, "link"):
         nic, = resolve_nic(ctx, app, target)
         ctx.state.set_nic(app, nic.vm, nic.index, link="up" if up else "down")
-        changed = reconverge(ctx, app, "link")
+        changed = reconverge(ctx, app)
     now, = resolve_nic(ctx, app, f"{nic.vm}:{nic.index}")
     return now, changed

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import StateError
@@ -77,6 +77,18 @@ def nic_states(ctx: Context, app: str) -> list[NicState]:
             host, tap = taps.get((rec.name, i), (rec.host or "", ""))
             out.append(NicState(rec.name, i, nic.network, host, tap, impair, source, settings.get("link") or "up"))
     return out
+
+
+def with_live_impairments(bp: Blueprint, live: dict[str, dict[int, dict[str, Any]]]) -> Blueprint:
+    """The blueprint with each NIC's impairment as it is now (what `ravel netem` set wins): what
+    a snapshot keeps, so the lab published from it behaves the same. Pulled cables are not part
+    of a blueprint."""
+    vms = []
+    for vm in bp.vms:
+        nics = tuple(replace(n, impair=effective(n.impair, live.get(vm.name, {}).get(i)) or None)
+                     for i, n in enumerate(vm.nics))
+        vms.append(replace(vm, nics=nics))
+    return replace(bp, vms=tuple(vms))
 
 
 def resolve_nic(ctx: Context, app: str, target: str, need_one: bool = True) -> list[NicState]:

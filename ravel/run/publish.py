@@ -139,7 +139,7 @@ def stored_blueprint(ctx: Context, app: str) -> Blueprint:
     return load_blueprint(rec.blueprint_text or "", rec.blueprint_path or app, base)
 
 
-def reconverge(ctx: Context, app: str, action: str) -> int:
+def reconverge(ctx: Context, app: str) -> int:
     """Apply the app's desired state again, every VM kept as it is (running or stopped): what
     `ravel netem` and `ravel link` do after recording a NIC's new settings. Returns the host
     actions."""

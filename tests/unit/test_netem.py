@@ -315,3 +315,16 @@ def test_capture_sources_take_each_packet_where_it_enters(tmp_path):
             sources(ctx, "t", "a:eth5")
     finally:
         ctx.close()
+
+
+def test_a_snapshot_keeps_the_impairments_in_force():
+    from ravel.model.dump import blueprint_dict, to_yaml
+    from ravel.run.nics import with_live_impairments
+
+    bp = load_blueprint(BP.replace("MTU", "1500"), "t.yaml")
+    now = with_live_impairments(bp, {"a-1": {0: {"impair": {}, "link": "down"}},
+                                     "b": {0: {"impair": {"delay_us": 20000, "loss": 0.5}, "link": "up"}}})
+    again = load_blueprint(to_yaml(blueprint_dict(now)), "snap.yaml")
+    assert again.vm("a-1").nics[0].impair is None  # cleared live
+    assert again.vm("a-2").nics[0].impair == bp.vm("a-2").nics[0].impair  # the blueprint's
+    assert again.vm("b").nics[0].impair == Impair(delay_us=20000, loss=0.5)  # set live
