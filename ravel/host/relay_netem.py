@@ -84,7 +84,10 @@ def run(tap: str, via: str, impair: Dict[str, Any], pidfile: str) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         fd = _open_tap(via)
-        subprocess.run(["ip", "link", "set", "dev", via, "up"], check=True, capture_output=True, timeout=10)
+        with open(f"/sys/class/net/{tap}/mtu") as f:  # jumbo frames pass through it too
+            mtu = f.read().strip()
+        subprocess.run(["ip", "link", "set", "dev", via, "mtu", mtu, "up"], check=True, capture_output=True,
+                       timeout=10)
         out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         out.bind((tap, 0))
         out.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
