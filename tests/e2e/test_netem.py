@@ -20,6 +20,7 @@ import pytest
 from dpkt import pcapng
 
 from conftest import GUEST, ROOT, Ravel, force_cleanup, leftovers, ready_count, wait_until
+from tests.jsonschemas import parsed
 
 APP = f"nt{os.getpid()}"
 A, B = "10.77.0.11", "10.77.0.12"
@@ -71,9 +72,7 @@ def rtts(out: str) -> tuple[float, float]:
 
 
 def nics(r: Ravel) -> dict[str, dict]:
-    import json
-
-    doc = json.loads(r("netem", APP, "--json").stdout)
+    doc = parsed(r("netem", APP, "--json").stdout, "netem")
     return {f"{n['vm']}:{n['nic']}": n for n in doc["nics"]}
 
 
@@ -182,8 +181,10 @@ def test_rate_limits_a_transfer(lab, tmp_path, extra):
 
 
 def test_cable_pull_kept_across_stop_start(lab):
-    lab("link", APP, "a", "down")
-    assert lab.status(APP)["a"]["nics"][0]["link"] == "down"
+    doc = parsed(lab("link", APP, "a", "down", "--json").stdout, "netem")
+    assert doc["nics"][0]["link"] == "down" and doc["changed"] >= 1
+    st = {v["name"]: v for v in parsed(lab("status", APP, "--json").stdout, "status")[APP]}
+    assert st["a"]["nics"][0]["link"] == "down"
     assert "a:0 (lan): cable pulled" in lab("status", APP).stdout
     assert sh(lab, "a", "cat /sys/class/net/eth0/carrier").strip().endswith("0")
     assert "100% packet loss" in sh(lab, "b", f"ping -c 2 -W 1 {A}")
