@@ -103,9 +103,14 @@ def run(tap: str, via: str, impair: Dict[str, Any], pidfile: str) -> int:
     model = Impairment(impair, random.Random())
     held: List[Tuple[float, int, bytes]] = []
     seq = 0
+    checked = time.monotonic()
     try:
         while not stopping:
             now = time.monotonic()
+            if now - checked >= 1.0:  # its app destroyed (run_dir gone) or its tap gone: end
+                checked = now
+                if not os.path.exists(pidfile) or not os.path.exists(f"/sys/class/net/{tap}"):
+                    return 0
             while held and held[0][0] <= now:
                 _, _, frame = heapq.heappop(held)
                 try:
