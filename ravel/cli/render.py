@@ -11,7 +11,7 @@ from rich.text import Text
 from ..model.durations import approx_duration
 from ..model.units import format_mib
 from ..model.impair import from_doc
-from ..plan.mtu import max_guest_mtu
+from ..plan.mtu import UNDERLAY_MTU, max_guest_mtu
 from ..plan.plan import Plan
 from ..run.health import ago
 
@@ -54,8 +54,9 @@ def plan_table(plan: Plan) -> Table:
                      f"the lab takes {plan.memory_mib / 1024:.1f} GiB with its QEMUs")
     nets = plan.blueprint.networks
     biggest = max((n.mtu for n in nets), default=1500)
+    others = ", ".join(f"{p} {max_guest_mtu(p)}" for p in UNDERLAY_MTU if p != plan.provider)
     lines.append(f"guest MTU: up to {max_guest_mtu(plan.provider)} on {plan.provider}"
-                 + (f" (this lab uses {biggest})" if nets else ""))
+                 + (f", this lab uses {biggest}" if nets else "") + f" (elsewhere: {others})")
     lines += [f"note: {n}" for n in plan.notes()]
     t.caption = "\n".join(lines)
     t.caption_justify = "left"
