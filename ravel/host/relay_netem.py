@@ -1,10 +1,12 @@
 """``ravel-host netem-relay``: link impairment in user space, for kernels without ``sch_netem``.
 
 The frames a tap transmits (the ones its guest receives) are taken away from it by a ``clsact``
-egress filter (``u32`` match-all, ``mirred`` redirect) to a tap of this process's own (``rq…``,
-gone when it ends); this process delays, drops, corrupts, duplicates and paces them as netem and
-tbf would, and hands each back to the guest's tap through a packet socket that bypasses the tap's
-qdiscs and filters (PACKET_QDISC_BYPASS), so nothing loops. Standard library only; one process
+egress filter (``bpf``, ``mirred`` redirect) to a tap of this process's own (``rq…``, gone when it
+ends); this process delays, drops, corrupts, duplicates and paces them as netem and tbf would,
+and hands each back to the guest's tap through a packet socket whose frames carry a mark
+(SO_MARK) that the filter lets pass, so nothing loops and a capture on the tap sees each frame
+when the guest gets it. The filter is classic BPF (``bytecode``: load the mark, pass it when it
+is ours, redirect anything else), so it needs no compiler. Standard library only; one process
 per impaired tap, started and stopped by the host runtime (netem.py).
 
     python3 -m ravel.host netem-relay --tap rt1n0 --via rq1n0 --impair '{"delay_us": 100000}' --pidfile P
@@ -28,13 +30,16 @@ from typing import Any, Dict, List, Tuple
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
-SOL_PACKET, PACKET_QDISC_BYPASS = 263, 20
+MARK = 0x72760001  # "rv": frames this relay hands back to the tap
+SKF_AD_MARK = 0xFFFFF000 + 20  # classic BPF: load skb->mark (SKF_AD_OFF + SKF_AD_MARK)
 QUEUE_LIMIT = 10000  # frames held at once (netem's limit)
 TBF_LATENCY_S = 0.1  # a frame that would wait longer than this for the rate is dropped (tbf)
 
 
 def filter_argv(tap: str, via: str) -> List[str]:
-    return ["tc", "filter", "add", "dev", tap, "egress", "pref", "1", "u32", "match", "u32", "0", "0",
+    # A = mark; A == MARK ? 0 (no match: the frame goes on to the guest) : -1 (match: redirect)
+    bytecode = f"4,32 0 0 {SKF_AD_MARK},21 0 1 {MARK},6 0 0 0,6 0 0 4294967295"
+    return ["tc", "filter", "add", "dev", tap, "egress", "pref", "1", "bpf", "bytecode", bytecode,
             "action", "mirred", "egress", "redirect", "dev", via]
 
 
@@ -90,7 +95,7 @@ def run(tap: str, via: str, impair: Dict[str, Any], pidfile: str) -> int:
                        timeout=10)
         out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         out.bind((tap, 0))
-        out.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
         subprocess.run(["tc", "filter", "del", "dev", tap, "egress", "pref", "1"], capture_output=True, timeout=10)
         subprocess.run(filter_argv(tap, via), check=True, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as exc:
