@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -168,11 +169,13 @@ def test_rate_limits_a_transfer(lab, tmp_path, extra):
     with lab.console(APP, "b") as con:
         con.send("nc -l -p 5001 > /dev/null\n")
         time.sleep(0.5)
-        cap = lab.popen("capture", APP, "b", "-f", "tcp port 5001", "--duration", "15", "-w", str(pcap))
+        cap = lab.popen("capture", APP, "b", "-f", "tcp port 5001", "--duration", "60", "-w", str(pcap))
         time.sleep(2)
         sh(lab, "a", f"dd if=/dev/zero bs=1k count=4000 | nc {B} 5001", timeout=60)
+        time.sleep(1)
+        cap.send_signal(signal.SIGINT)  # Ctrl-C: what is held is written, the hosts' tcpdumps end
         _, err = cap.communicate(timeout=60)
-        assert cap.returncode == 0, err
+        assert cap.returncode == 0 and "packets captured" in err, err
         con.send("\x03\n")
     rate = _rate_of(str(pcap), B)
     print(f"TCP a->b with rate 10mbit {' '.join(extra)} on b: {rate / 1e6:.2f} Mbit/s")
