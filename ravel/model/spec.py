@@ -112,7 +112,7 @@ class ImpairSpec(_Spec):
     duplicate: Annotated[str | float | int, _percent] | None = Field(
         None, description="share of the frames the guest receives twice")
     rate: Annotated[str, _rate] | None = Field(
-        None, description="bandwidth in bits per second, both ways (10mbit, 512kbit, 1gbit)")
+        None, description="bandwidth to the guest in bits per second (10mbit, 512kbit, 1gbit)")
 
 
 class NicSpec(_Spec):
