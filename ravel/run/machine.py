@@ -47,6 +47,7 @@ def check_machine(paths: Paths) -> list[Check]:
                       required=False)],
         lambda: [tool("cloud-init", "cloud-init", "checks user-data before publishing", "--version",
                       required=False)],
+        lambda: [tool("tcpdump", "tcpdump", "`ravel capture`", "--version", required=False)],
         lambda: [memory()], lambda: [disk(paths)],
     ]
     with ThreadPoolExecutor(max_workers=len(parts)) as pool:
