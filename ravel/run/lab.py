@@ -13,7 +13,8 @@ from ..paths import Paths
 from ..providers import get_provider
 from ..snapshot.take import SnapshotResult, open_target, take_snapshot
 from ..state import State
-from . import doctor, dryrun, health, lifetime, machine, observe, publish as pipeline, repair, teardown, vm_access
+from . import (doctor, dryrun, health, lifetime, machine, observe, publish as pipeline, repair, state_backup,
+               teardown, vm_access)
 from .checks import Check
 from .doctor import StateCheck
 from .health import AppHealth
@@ -85,6 +86,7 @@ class Lab:
                  for h in applied_hosts(self.state, app)]
         with self.state.lock(app, "extend"):
             lifetime.extend(self.ctx, app, provider, ttl_s, hosts)
+            state_backup.save(self.state, app)
         found = self.expiry(app)
         assert found is not None
         return found
