@@ -12,9 +12,12 @@ REALGUEST := $(CACHE)/realguest
 # iperf3 for the overlay benchmark; dnsmasq and nftables for the lab's network services;
 # openssh-server for the local provider's SSH mode; cloud-init to validate generated user-data;
 # mmdebstrap, fdisk (sfdisk), e2fsprogs, dosfstools and mtools build the real Debian test images.
+# graphviz draws `ravel graph`'s SVG; libjs-xterm (xterm.js) and novnc (noVNC) are the browser
+# side of `ravel ui`'s consoles, served from these packages (no CDN); chromium and
+# chromium-driver are the real browser of its end-to-end test.
 APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod \
             dnsmasq-base nftables openssh-server cloud-init grub-pc-bin grub-common xorriso mtools \
-            mmdebstrap fdisk e2fsprogs dosfstools
+            mmdebstrap fdisk e2fsprogs dosfstools graphviz libjs-xterm novnc chromium chromium-driver
 
 .PHONY: setup system venv guest realguest demo test test-scale test-unit bench cloud-smoke clean distclean
 

@@ -54,6 +54,7 @@ NOT_REPORTING = {
     "vnc": "forwards until Ctrl-C; prints the URL to connect to",
     "ssh-config": "its output is an OpenSSH config file",
     "inventory": "its output is an Ansible inventory (--format json for JSON)",
+    "graph": "its output is a picture (--format json for the graph as JSON)",
 }
 
 
