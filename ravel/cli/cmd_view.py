@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from . import exits
-from .common import app, err, provider_option
+from .common import app, err, out, provider_option
 from .common import lab as open_lab
 
 
@@ -61,3 +61,25 @@ def graph(
         return
     output.write_text(text)
     err.print(f"wrote {output} ({fmt.value}, {len(g.vms)} VMs, {len(g.networks)} networks)", markup=False)
+
+
+@app.command()
+@exits.handled
+def ui(
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535,
+                                       help="Port on 127.0.0.1 (default: a free one)."),
+) -> None:
+    """A local web page per app: the live topology, start/stop, serial console and VNC in the
+    browser. Listens on 127.0.0.1 only; open the URL it prints (it carries a random token)."""
+    from ..paths import paths
+    from ..ui.serve import serve
+
+    def listening(url: str) -> None:
+        out.print(url, markup=False)
+        err.print("serving ravel ui on this machine only; Ctrl-C to stop", markup=False)
+
+    try:
+        serve(paths(), port, listening)
+    except KeyboardInterrupt:
+        pass
+    err.print("stopped", markup=False)

@@ -55,6 +55,7 @@ NOT_REPORTING = {
     "ssh-config": "its output is an OpenSSH config file",
     "inventory": "its output is an Ansible inventory (--format json for JSON)",
     "graph": "its output is a picture (--format json for the graph as JSON)",
+    "ui": "a web server until Ctrl-C; prints the URL to open",
 }
 
 
