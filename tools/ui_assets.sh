@@ -9,7 +9,7 @@ XTERM=5.5.0
 FIT=0.10.0
 here=$(cd "$(dirname "$0")/.." && pwd)
 dest=${1:-$here/ravel/ui/static/vendor}
-stamp="$dest/.versions"
+stamp="$dest/VERSIONS"
 want="xterm=$XTERM fit=$FIT novnc=$(dpkg-query -W -f='${Version}' novnc 2>/dev/null || echo none)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 test -f /usr/share/novnc/core/rfb.js || { echo "ui_assets: Debian's novnc package is missing (apt-get install novnc)" >&2; exit 1; }
@@ -29,7 +29,7 @@ cp -r /usr/share/novnc/core /usr/share/novnc/vendor "$new/novnc/"
 cp /usr/share/doc/novnc/copyright "$new/novnc/COPYRIGHT"
 # Debian's noVNC links some of its vendored files to other packages: copy what they point to
 find "$new/novnc" -type l -exec sh -c 'for l; do t=$(readlink -f "$l"); rm "$l"; cp "$t" "$l"; done' sh {} +
-echo "$want" > "$new/.versions"
+echo "$want" > "$new/VERSIONS"
 rm -rf "$dest"
 mv "$new" "$dest"
 echo "ui assets: $want -> $dest"
