@@ -177,8 +177,12 @@ def make_app(live: Live, token: str, port: int, vendor: Path = VENDOR) -> Any:
         message = exc.message if isinstance(exc, RavelError) else str(exc)
         return PlainTextResponse(message + "\n", status_code=404 if "no app" in message or "not an app" in message else 500)
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/app/{app}", app_page),
         Route("/api/app/{app}/graph.svg", graph_svg),
         Route("/api/app/{app}/state", state),
