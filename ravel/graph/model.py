@@ -7,6 +7,7 @@ blueprint order, so its renderings can be compared as text.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -70,8 +71,8 @@ class Graph:
         return tuple(v for v in self.vms if v.host == host)
 
     def to_dict(self) -> dict[str, Any]:
-        """The `--format json` document (docs/schemas/graph.json)."""
-        return asdict(self)
+        """The `--format json` document (docs/schemas/graph.json): lists, not tuples."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 def _services(vm: VM) -> tuple[str, ...]:

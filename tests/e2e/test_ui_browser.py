@@ -10,6 +10,7 @@ Screenshots go to .cache/artefacts/test_ui_browser/ (or $RAVEL_TEST_ARTEFACTS).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,11 +18,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, Ravel, force_cleanup, leftovers, wait_until
+from tests.jsonschemas import check
 
 APP = f"ui{os.getpid()}"
 CHROMIUM = "/usr/bin/chromium"
@@ -141,6 +144,16 @@ def test_websocket_from_another_origin_is_refused(server):
     assert e.value.response.status_code == 403
     with pytest.raises(InvalidStatus):  # the right origin, no token
         connect(url, origin=server["base"], open_timeout=10)
+
+
+def test_graph_of_the_app_shows_live_states(ravel):
+    g = check(json.loads(ravel("graph", APP, "--format", "json").stdout), "graph")
+    assert g["kind"] == "app" and {v["name"]: (v["state"], v["host"]) for v in g["vms"]} == \
+        {"alpha": ("running", "host-1"), "beta": ("running", "host-1")}
+    assert [n["ip"] for v in g["vms"] for n in v["nics"]] == ["10.40.0.11/24", "10.40.0.12/24"]
+    svg = ET.fromstring(ravel("graph", APP).stdout)
+    assert {"vm-alpha", "vm-beta", "net-lan", "host-host-1"} <= {e.get("id") for e in svg.iter()}
+    assert "running, ready" in ravel("graph", APP, "--format", "mermaid").stdout
 
 
 def test_page_shows_every_vm_in_table_and_topology(browser):

@@ -23,6 +23,7 @@ from ravel.plan.catalogue import Machine
 from ravel.plan.plan import make_plan
 from ravel.run.blueprints import read_blueprint
 from ravel.run.capacity import catalogue_for
+from tests.jsonschemas import check, parsed
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -138,7 +139,8 @@ def test_cli_formats(tmp_path):
     p = run("blueprints/demo.yaml", "--format", "mermaid")
     assert p.returncode == 0 and p.stdout.startswith("flowchart"), p.stderr
     p = run("blueprints/demo.yaml", "--format", "json")
-    assert {v["name"] for v in json.loads(p.stdout)["vms"]} == {"web-1", "web-2", "db", "hv"}
+    assert {v["name"] for v in parsed(p.stdout, "graph")["vms"]} == {"web-1", "web-2", "db", "hv"}
+    check(demo_app_graph().to_dict(), "graph")
     out = tmp_path / "demo.svg"
     p = run("blueprints/demo.yaml", "-o", str(out))
     assert p.returncode == 0, p.stderr

@@ -52,7 +52,28 @@ function recolour(vm) {
   if (texts.length > 2 && vm.caption.length > 1) texts[2].textContent = vm.caption[1];
 }
 
+let reloading = false;
+
+async function reloadGraph() {
+  // a VM the picture does not have (the app was published again with more): draw it anew
+  if (reloading) return;
+  reloading = true;
+  try {
+    const r = await fetch(`/api/app/${app}/graph.svg`, { credentials: "same-origin" });
+    if (r.ok) {
+      const text = await r.text();
+      document.getElementById("graph").innerHTML = text.slice(text.indexOf("<svg"));
+      if (window.RAVEL_LAST) for (const vm of window.RAVEL_LAST.vms) recolour(vm);
+    }
+  } finally {
+    reloading = false;
+  }
+}
+
 function render(doc) {
+  window.RAVEL_LAST = doc;
+  const nodes = document.querySelectorAll("#graph g.node[id^='vm-']");
+  if (nodes.length !== doc.vms.length || doc.vms.some((vm) => !document.getElementById(`vm-${vm.name}`))) reloadGraph();
   rows.replaceChildren();
   for (const vm of doc.vms) {
     const tr = el("tr", { id: `row-${vm.name}`, "data-state": vm.state || "", "data-look": vm.look });
