@@ -112,6 +112,8 @@ class Live:
                     vms, error = vm_views(g), None
                 except RavelError as exc:
                     g, vms, error = view.graph, view.vms, exc.message
+                except Exception as exc:  # noqa: BLE001 - the page says it; the watcher goes on
+                    g, vms, error = view.graph, view.vms, f"{type(exc).__name__}: {exc}"
                 with self._lock:
                     if vms != view.vms or error != view.error or view.graph is None:
                         view.vms, view.error, view.graph = vms, error, g
