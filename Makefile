@@ -13,13 +13,16 @@ REALGUEST := $(CACHE)/realguest
 # openssh-server for the local provider's SSH mode; cloud-init to validate generated user-data;
 # mmdebstrap, fdisk (sfdisk), e2fsprogs, dosfstools and mtools build the real Debian test images;
 # tcpdump for `ravel capture` (on every host: here the namespaces share this machine's).
+# graphviz draws `ravel graph`'s SVG; novnc (noVNC) is the browser side of `ravel ui`'s VNC
+# panel (copied with xterm.js by the ui-assets target, no CDN); chromium and chromium-driver
+# are the real browser of its end-to-end test.
 APT_PKGS := qemu-system-x86 qemu-utils ovmf busybox-static iproute2 iperf3 gcc libc6-dev kmod \
             dnsmasq-base nftables openssh-server cloud-init grub-pc-bin grub-common xorriso mtools \
-            mmdebstrap fdisk e2fsprogs dosfstools tcpdump
+            mmdebstrap fdisk e2fsprogs dosfstools tcpdump graphviz novnc chromium chromium-driver
 
-.PHONY: setup system venv guest realguest demo test test-scale test-unit bench cloud-smoke clean distclean
+.PHONY: setup system venv guest realguest ui-assets demo test test-scale test-unit bench cloud-smoke clean distclean
 
-setup: system venv guest realguest
+setup: system venv guest realguest ui-assets
 
 system: $(CACHE)/system.stamp
 $(CACHE)/system.stamp: Makefile
@@ -32,6 +35,12 @@ $(CACHE)/system.stamp: Makefile
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@touch $@
+
+# `ravel ui`'s browser libraries (xterm.js from npm, noVNC from Debian's novnc) into
+# ravel/ui/static/vendor, with their licences; tools/ui_assets.sh skips them when current.
+ui-assets: system
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	bash tools/ui_assets.sh
 
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml

@@ -16,6 +16,7 @@ from . import cmd_access  # noqa: F401  (ssh, exec, cp, vnc, ssh-config, invento
 from . import cmd_ci  # noqa: F401  (run)
 from . import cmd_doctor  # noqa: F401  (doctor)
 from . import cmd_net  # noqa: F401  (netem, link, capture)
+from . import cmd_view  # noqa: F401  (graph, ui)
 from .common import app
 from .exits import run_json, wants_json
 

@@ -134,7 +134,8 @@ class HostFinder(Protocol):
     """A provider that can list every host it has for this set-up, for any app: what `ravel
     doctor --repair-state` rebuilds a lost state from."""
 
-    def found_hosts(self) -> list[FoundHost]: ...
+    def found_hosts(self, app: str | None = None) -> list[FoundHost]:
+        """Every host of this set-up the provider has (only app `app`'s, when given)."""
 
 
 @runtime_checkable

@@ -273,10 +273,11 @@ class LocalProvider:
     def unexpose(self, app: str, current: Sequence[Exposure]) -> None:
         local_expose.unexpose(self.paths.tag, app, current)
 
-    def found_hosts(self) -> list[FoundHost]:
+    def found_hosts(self, app: str | None = None) -> list[FoundHost]:
         """Every host namespace on this machine that hangs off this set-up's underlay (the
-        namespace names carry app and host; the underlay, which RAVEL_HOME they belong to)."""
-        pattern = re.compile(r"^rv-(.+)-(host-\d+)$")
+        namespace names carry app and host; the underlay, which RAVEL_HOME they belong to);
+        only app `app`'s when given. A namespace that merely has such a name is none of them."""
+        pattern = re.compile(rf"^rv-({re.escape(app) if app else '.+'})-(host-\d+)$")
         out = []
         for ns in sorted(namespaces()):
             m = pattern.match(ns)

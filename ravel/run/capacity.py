@@ -16,6 +16,7 @@ from ..plan.placement import QEMU_OVERHEAD_MIB
 from ..plan.plan import Plan
 from ..plan.reserve import MACHINE
 from ..state import State
+from .sessions import open_state
 
 BIGGEST_SHOWN = 3  # VMs named when a lab is refused
 
@@ -127,9 +128,12 @@ def admit_local(paths: Paths, app: str, plan: Plan) -> int:
 
 def running_apps(paths: Paths) -> list[AppUse]:
     """The local apps this state knows, with what their running VMs committed and hold now."""
-    if not (paths.state / "state.db").exists():  # nothing was ever published: nothing runs
-        return []
-    state = State(paths.state)
+    try:
+        if not (paths.state / "state.db").exists():  # nothing was ever published: nothing runs
+            return []
+    except OSError:
+        pass  # not ours to read: open_state says so, in the state's own words
+    state = open_state(paths)
     try:
         return [use for rec in state.apps() if rec.provider == "local"
                 for use in [_use(state, rec.name, rec.plan or {})] if use.committed_mib]

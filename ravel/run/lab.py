@@ -15,7 +15,8 @@ from ..snapshot.take import SnapshotResult, open_target, take_snapshot
 from ..state import State
 from ..model.impair import Impair
 from . import capture as captures
-from . import doctor, dryrun, health, lifetime, machine, netem, observe, publish as pipeline, repair, teardown, vm_access
+from . import (doctor, dryrun, health, lifetime, machine, netem, observe, publish as pipeline, repair, state_backup,
+               teardown, vm_access)
 from . import nics as nic_info
 from .checks import Check
 from .doctor import StateCheck
@@ -106,6 +107,7 @@ class Lab:
                  for h in applied_hosts(self.state, app)]
         with self.state.lock(app, "extend"):
             lifetime.extend(self.ctx, app, provider, ttl_s, hosts)
+            state_backup.save(self.state, app)
         found = self.expiry(app)
         assert found is not None
         return found

@@ -48,6 +48,8 @@ def check_machine(paths: Paths) -> list[Check]:
         lambda: [tool("cloud-init", "cloud-init", "checks user-data before publishing", "--version",
                       required=False)],
         lambda: [tool("tcpdump", "tcpdump", "`ravel capture`", "--version", required=False)],
+        lambda: [tool("dot", "graphviz", "`ravel graph` as SVG, the topology in `ravel ui`", "-V",
+                      required=False)],
         lambda: [memory()], lambda: [disk(paths)],
     ]
     with ThreadPoolExecutor(max_workers=len(parts)) as pool:

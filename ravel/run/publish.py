@@ -75,10 +75,10 @@ def publish(ctx: Context, blueprint_path: str, name: str | None = None, provider
     bp = read_blueprint(blueprint_path)
     app = name or bp.name
     plan = checked_plan(bp, capacity.catalogue_for(provider_name))
+    provider = get_provider(provider_name, ctx.paths)
+    provider.preflight()  # root, QEMU: what the machine lacks is said first
     if provider_name == "local":  # before anything is made: does it fit what this machine has left?
         capacity.admit_local(ctx.paths, app, plan)
-    provider = get_provider(provider_name, ctx.paths)
-    provider.preflight()
     bp = check_files(bp)
     ctx.emit(Event("plan", f"{len(bp.vms)} VMs on {len(plan.placement.hosts)} hosts", done=True))
     text = Path(blueprint_path).read_text(encoding="utf-8")

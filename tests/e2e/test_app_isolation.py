@@ -310,6 +310,9 @@ def test_a_nat_guest_reaches_neither_this_machine_nor_any_host(lab):
     evil_host = lab.host(EVIL)["address"]
     # a service of this machine on its underlay address (as one listening on 0.0.0.0 would be)
     server = socket.socket()
+    # every RAVEL_HOME in SSH mode has its own link with this address (another test's lab may be
+    # up beside this one): answer through this lab's, as ravel's own connections do
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, f"rvul{paths({'RAVEL_HOME': str(lab.home)}).tag}".encode())
     server.bind((ROOT_ADDRESS, 0))
     server.listen(4)
     server.settimeout(0.5)
@@ -317,26 +320,14 @@ def test_a_nat_guest_reaches_neither_this_machine_nor_any_host(lab):
     try:
         # control: the outside world reaches this machine's service and both hosts' sshd
         out = lab.outside.python(f"""
-import socket, time
+import socket
 for addr, port in (({ROOT_ADDRESS!r}, {port}), ({victim_host!r}, 22), ({evil_host!r}, 22)):
-    for attempt in range(3):  # a control: a loaded machine may drop a SYN or answer late
-        try:
-            s = socket.create_connection((addr, port), timeout=10)
-            s.settimeout(15)
-            print(addr, port, "OPEN", s.recv(64)[:7] if port == 22 else b"")
-            break
-        except OSError as exc:
-            print(addr, port, "retry", exc)
-            time.sleep(1)
-""", timeout=120)
+    s = socket.create_connection((addr, port), timeout=5)
+    s.settimeout(5)
+    print(addr, port, "OPEN", s.recv(64)[:7] if port == 22 else b"")
+""")
         assert out.count("OPEN") == 3 and out.count("SSH-2.0") == 2, out
-        server.settimeout(2)
-        while True:  # every connection the control made (a retried one may have arrived twice)
-            try:
-                server.accept()[0].close()
-            except socket.timeout:
-                break
-        server.settimeout(0.5)
+        server.accept()[0].close()
         # the guest reaches the outside world...
         rc, out = lab.sh(EVIL, "evil", f"nc -w 5 {OUTSIDE} 8000 </dev/null")
         assert rc == 0 and out.strip() == f"you are {evil_host}", out

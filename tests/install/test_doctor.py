@@ -18,7 +18,7 @@ from ravel.host import kvm
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {"name", "ok", "required", "detail", "fix"}
 EXPECTED = ["root", "qemu", "qemu-img", "kvm", "host-runtime", "ovmf", "network", "nftables",
-            "dnsmasq", "sshd", "ssh", "cloud-init", "tcpdump", "memory", "disk", "state"]
+            "dnsmasq", "sshd", "ssh", "cloud-init", "tcpdump", "dot", "memory", "disk", "state"]
 
 
 def doctor(home: Path, *args: str, path: str | None = None) -> tuple[subprocess.CompletedProcess[str], int]:

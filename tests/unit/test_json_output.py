@@ -57,6 +57,8 @@ NOT_REPORTING = {
     "ssh-config": "its output is an OpenSSH config file",
     "inventory": "its output is an Ansible inventory (--format json for JSON)",
     "capture": "its output is a pcap or pcapng file",
+    "graph": "its output is a picture (--format json for the graph as JSON)",
+    "ui": "a web server until Ctrl-C; prints the URL to open",
 }
 
 
@@ -116,7 +118,8 @@ def test_every_reporting_command_accepts_json():
 
 def test_every_schema_is_valid_documented_and_used():
     docs = (ROOT / "docs" / "json.md").read_text()
-    used = {s for names in REPORTING.values() for s in names} | {"error", "vm-status", "expiry"}
+    # graph: `ravel graph --format json`, a format rather than --json (tests/unit/test_graph.py)
+    used = {s for names in REPORTING.values() for s in names} | {"error", "vm-status", "expiry", "graph"}
     assert set(schemas()) == used, "a schema in docs/schemas/ that no command prints, or one missing"
     for name, schema in schemas().items():
         Draft202012Validator.check_schema(schema)
