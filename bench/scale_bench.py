@@ -3,9 +3,11 @@
 
 For each size it prints the seconds until every guest is ready and the resident memory per
 guest's QEMU (VmRSS), for ravel and for plain QEMU, measured in this run on this machine. Plain
-QEMU boots the same kernel and initrd with the same machine, CPU model, accelerator, memory and
-vCPUs, but no namespaces, network, dnsmasq, readiness checks or host runtime: its guests are
-ready when their console prints RAVEL-READY, and it starts them through the same queue
+QEMU boots the same kernel and initrd with the same machine, CPU model (ravel's TCG model),
+accelerator, memory, vCPUs and virtio NIC, whose DHCP QEMU's own user network answers
+(restricted: nothing leaves), but no namespaces, bridges, dnsmasq, readiness checks or host
+runtime: its guests are ready when their console prints RAVEL-READY (after their lease, as in
+ravel), and it starts them through the same queue
 (ravel/run/waves.py: as many booting at once as there are cores the started guests leave).
 Target: ravel / plain <= 1.2 at 50 guests.
 
@@ -28,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ravel.render.qemu import TCG_CPU_MODEL  # noqa: E402
 from ravel.run.waves import TICK_S, BootQueue, GuestCpu, local_room  # noqa: E402
 
 GUEST = ROOT / ".cache" / "guest"
@@ -102,8 +105,11 @@ def plain_qemu(work: Path, n: int) -> tuple[float, float]:
             for vm in queue.take(now, room):
                 subprocess.run([
                     "qemu-system-x86_64", "-name", vm, "-nodefaults", "-no-user-config", "-display", "none",
-                    "-machine", "q35", "-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max", "-smp", "1",
+                    "-machine", "q35", "-accel", "tcg,thread=multi,tb-size=64", "-cpu", TCG_CPU_MODEL, "-smp", "1",
                     "-m", "128M", "-kernel", str(GUEST / "vmlinuz"), "-initrd", str(GUEST / "initrd.img"),
+                    # the same virtio NIC asking DHCP as ravel's guests do; QEMU's user network
+                    # answers it, restricted: nothing leaves this process
+                    "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
                     "-append", f"console=ttyS0 quiet ravel.name={vm}", "-serial", f"file:{log[vm]}",
                     "-pidfile", pidfile[vm], "-daemonize"], check=True, timeout=60)
             time.sleep(TICK_S / 5)
