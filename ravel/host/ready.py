@@ -45,13 +45,18 @@ SHOWN_BY_BOOT = ("console", "lease", "link")
 def worst_case_s(slow: float = 1.0) -> float:
     """The longest one check may take (they run at once): whoever asks waits at least this long
     for a report, or a slow guest that does answer would show as unknown."""
-    return (CONNECT_S + BANNER_S + KEYSCAN_S) * min(MOST_SLOW, max(1.0, slow)) + 2
+    return (CONNECT_S + BANNER_S + KEYSCAN_S) * stretch(slow) + 2
+
+
+def stretch(slow: float) -> float:
+    """How far a request's "slow" stretches the bounds: between 1 and MOST_SLOW."""
+    return min(MOST_SLOW, max(1.0, slow))
 
 
 def check_all(request: Dict[str, Any]) -> Dict[str, Any]:
     run_dir = str(request.get("run_dir") or "")
     leases = _read(dnsmasq_paths(run_dir)["leases"]).decode(errors="replace") if run_dir else ""
-    slow = min(MOST_SLOW, max(1.0, float(request.get("slow") or 1.0)))
+    slow = stretch(float(request.get("slow") or 1.0))
 
     def one(c: Dict[str, Any]) -> Dict[str, Any]:
         log = this_boot(str(c.get("log") or ""))

@@ -97,13 +97,8 @@ class GCSStore:
             raise self._fail("download", key, exc) from None
 
     def size(self, key: str) -> int | None:
-        try:
-            blob = self.bucket.get_blob(self._blob(key).name)
-        except Exception as exc:
-            if _not_found(exc):
-                return None
-            raise self._fail("look up", key, exc) from None
-        return None if blob is None else int(blob.size or 0)
+        info = self.stat(key)  # the same one lookup
+        return None if info is None else info.size
 
     def stat(self, key: str) -> BlobInfo | None:
         try:

@@ -71,12 +71,8 @@ class S3Store:
             raise self._fail("download", key, exc) from None
 
     def size(self, key: str) -> int | None:
-        try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
-        except Exception as exc:
-            if _not_found(exc):
-                return None
-            raise self._fail("look up", key, exc) from None
+        info = self.stat(key)  # the same one lookup
+        return None if info is None else info.size
 
     def stat(self, key: str) -> BlobInfo | None:
         try:
