@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ravel.render.qemu import TCG_CPU_MODEL  # noqa: E402
-from ravel.run.waves import TICK_S, BootQueue, GuestCpu, local_room  # noqa: E402
+from ravel.run.waves import BootQueue, GuestCpu, local_room  # noqa: E402
 
 GUEST = ROOT / ".cache" / "guest"
 TARGET = 1.2
@@ -84,7 +84,16 @@ def through_ravel(work: Path, n: int) -> tuple[float, float]:
     return took, rss
 
 
-def plain_qemu(work: Path, n: int) -> tuple[float, float]:
+def devices(work: Path, vm: str) -> list[str]:
+    """What ravel gives every VM besides its NIC: the guest agent's virtio-serial channel, QMP
+    and a VNC console, each on a unix socket (render/qemu.py)."""
+    return ["-device", "virtio-serial-pci,id=vser0",
+            "-chardev", f"socket,id=qga0,path={work}/{vm}.qga,server=on,wait=off",
+            "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+            "-qmp", f"unix:{work}/{vm}.qmp,server=on,wait=off", "-vnc", f"unix:{work}/{vm}.vnc"]
+
+
+def plain_qemu(work: Path, n: int, extra: bool = True) -> tuple[float, float]:
     """The same guests, started by hand in the same queue; ready when RAVEL-READY shows."""
     names = [f"vm-{i}" for i in range(1, n + 1)]
     pidfile = {vm: str(work / f"{vm}.pid") for vm in names}
@@ -111,8 +120,10 @@ def plain_qemu(work: Path, n: int) -> tuple[float, float]:
                     # answers it, restricted: nothing leaves this process
                     "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
                     "-append", f"console=ttyS0 quiet ravel.name={vm}", "-serial", f"file:{log[vm]}",
-                    "-pidfile", pidfile[vm], "-daemonize"], check=True, timeout=60)
-            time.sleep(TICK_S / 5)
+                    *(devices(work, vm) if extra else []),
+                    "-pidfile", pidfile[vm], "-daemonize"], check=True, timeout=60,
+                    stderr=subprocess.DEVNULL)  # TCG lists the CPU model's features it lacks, per guest
+            time.sleep(0.1)
         took = time.monotonic() - t
         rss = sum(rss_mib(int(Path(pidfile[vm]).read_text())) for vm in names) / n
     finally:
@@ -127,6 +138,8 @@ def plain_qemu(work: Path, n: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10,25,50")
+    parser.add_argument("--plain-only", action="store_true",
+                        help="time plain QEMU alone, with and without ravel's other devices")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the scale benchmark needs root (network namespaces)")
@@ -135,6 +148,12 @@ def main() -> None:
         for n in (int(x) for x in args.sizes.split(",")):
             work = Path(tmp) / f"n{n}"
             (work / "plain").mkdir(parents=True)
+            if args.plain_only:
+                bare, _ = plain_qemu(work / "plain", n, extra=False)
+                full, _ = plain_qemu(work / "plain", n)
+                print(json.dumps({"guests": n, "plain_nic_only_s": round(bare, 1), "plain_all_devices_s": round(full, 1)}),
+                      flush=True)
+                continue
             r_s, r_rss = through_ravel(work, n)
             p_s, p_rss = plain_qemu(work / "plain", n)
             rows.append((n, r_s, p_s, r_rss, p_rss))

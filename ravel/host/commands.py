@@ -8,6 +8,8 @@
     python3 -m ravel.host ready   < checks   which guests are ready (host/ready.py); changes nothing
     python3 -m ravel.host wait-ready         the same, a report line every half second until all
                                              are ready or stdin ends (a line protocol)
+    python3 -m ravel.host boot               start guests when told and report readiness until stdin
+                                             ends (a line protocol: host/boot.py)
     python3 -m ravel.host version
     python3 -m ravel.host netem-relay ...     link impairment in user space (relay_netem.py)
     python3 -m ravel.host capture --iface IF tcpdump on one interface: pcap on stdout until stdin
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("ready", help="which guests are ready (checks on stdin; see host/ready.py)")
     c.add_argument("--input", "-i", default="-", help="read JSON from FILE instead of stdin")
     sub.add_parser("wait-ready", help="report readiness every half second until all are ready (line protocol)")
+    sub.add_parser("boot", help="apply when told and report readiness until stdin ends (line protocol)")
     sub.add_parser("version", help="runtime and desired-document versions")
     sub.add_parser("snapshot", help="freeze this host's VM disks in one pause (line protocol on stdin)")
     c = sub.add_parser("capture", help="tcpdump on one interface, pcap on stdout, until stdin ends")
@@ -146,6 +149,10 @@ def _run(args: argparse.Namespace) -> int:
         from . import ready
 
         return ready.watch()
+    if args.cmd == "boot":
+        from . import boot
+
+        return boot.main()
     if args.cmd == "capture":
         from . import capture
 

@@ -16,6 +16,7 @@ booting guests in one long-running `ravel-host wait-ready`, as `--wait` does.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -26,10 +27,11 @@ from typing import Any
 
 from ..errors import RavelError, StateError
 from ..events import Emit, Event
+from ..host.desired import to_doc
 from ..transport.hostrun import HostRun
 from .fanout import parallel
 
-TICK_S = 0.5  # how often the queue looks at readiness and free CPU
+TICK_S = 0.1  # how often the queue looks at readiness and free CPU
 FIRST_PATIENCE_S = 180.0  # before any guest of this start was ready: a real OS under TCG takes ~40 s alone
 PATIENCE_FACTOR = 3.0  # x the slowest boot seen so far
 MIN_PATIENCE_S = 20.0
@@ -136,57 +138,96 @@ def host_room(cpus: Mapping[str, int]) -> Callable[[str, int], int]:
 
 
 @dataclass
-class _Watch:
+class _Boot:
     run: HostRun
-    vms: frozenset[str]
+    vms: frozenset[str] = frozenset()
     seen: int = 0
+    ready: set[str] = field(default_factory=set)
 
 
-class Watches:
-    """One `ravel-host wait-ready` per host over its booting guests, restarted when the set
-    changes; what they report ends up in `on_ready`."""
+class Boots:
+    """One `ravel-host boot` per host for the whole start (host/boot.py): it starts the host's
+    guests of each wave (an apply with no runtime start) and reports which of its booting guests
+    are ready. A host whose process cannot be had is applied the ordinary way (`apply` returns
+    None) and its guests count as booting until it answers again."""
 
     def __init__(self, open_run: Callable[[str, list[dict[str, Any]]], HostRun],
-                 checks: Mapping[str, dict[str, Any]], host_of: Mapping[str, str]) -> None:
+                 checks: Mapping[str, dict[str, Any]], slow: Callable[[str], float]) -> None:
         self.open_run = open_run
         self.checks = checks
-        self.host_of = host_of
-        self.runs: dict[str, _Watch] = {}
+        self.slow = slow
+        self.runs: dict[str, _Boot] = {}
+
+    def _boot(self, host: str, vms: set[str]) -> _Boot | None:
+        if host not in self.runs:
+            try:
+                self.runs[host] = _Boot(self.open_run(host, [self.checks[vm] for vm in sorted(vms)]), frozenset(vms))
+            except RavelError:
+                return None  # asked again at the next wave
+        return self.runs[host]
+
+    def _drop(self, host: str) -> None:
+        b = self.runs.pop(host, None)
+        if b is not None:
+            b.run.finish()
+
+    def _take(self, host: str, b: _Boot, timeout: float) -> dict[str, Any] | None:
+        """The host's next line (None: none within `timeout`); readiness is kept, the end of
+        the process drops it."""
+        if timeout <= 0 and b.seen >= b.run.received():
+            return None
+        doc = b.run.next(b.seen, timeout)
+        if "vms" not in doc and "applied" not in doc:
+            if b.seen < b.run.received():  # it ended (or said something it should not): gone
+                self._drop(host)
+            return None
+        b.seen += 1
+        if isinstance(doc.get("vms"), dict):
+            b.ready |= {vm for vm, r in doc["vms"].items() if r.get("ready")}
+        return doc
+
+    def apply(self, host: str, desired: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Apply `desired` (a document) through the host's process: its report, or None when
+        that process is not there (the caller applies the ordinary way)."""
+        b = self._boot(host, set())
+        if b is None:
+            return None
+        b.run.send(json.dumps({"apply": desired}))
+        deadline = time.monotonic() + timeout
+        while host in self.runs:
+            doc = self._take(host, b, deadline - time.monotonic())
+            if doc is None:
+                if time.monotonic() >= deadline:
+                    self._drop(host)  # it may still be applying: the caller's apply waits for its lock
+                continue
+            if isinstance(doc.get("applied"), dict):
+                return doc["applied"]
+        return None
 
     def watch(self, host: str, vms: set[str]) -> None:
-        current = self.runs.get(host)
-        if current is not None and vms <= current.vms:
-            return  # fewer to watch (some got ready): the running watch still covers them
-        if current is not None:
-            self.runs.pop(host).run.finish()
-        if vms:
-            try:
-                self.runs[host] = _Watch(self.open_run(host, [self.checks[vm] for vm in sorted(vms)]),
-                                         frozenset(vms))
-            except RavelError:
-                pass  # asked again at the next change; the VMs count as booting meanwhile
+        """Watch these of the host's guests from now on (only a change is sent)."""
+        b = self.runs.get(host) if not vms else self._boot(host, vms)
+        if b is not None and frozenset(vms) != b.vms:
+            b.run.send(json.dumps({"checks": [self.checks[vm] for vm in sorted(vms)], "slow": self.slow(host)}))
+            b.vms = frozenset(vms)
 
     def poll(self) -> set[str]:
         """VMs reported ready since the last poll."""
         ready: set[str] = set()
-        for host, w in list(self.runs.items()):
-            while w.seen < w.run.received():
-                doc = w.run.next(w.seen, 0)
-                w.seen += 1
-                if not isinstance(doc.get("vms"), dict):  # it ended: all ready, or it failed
-                    self.runs.pop(host).run.finish()
-                    break
-                ready |= {vm for vm, r in doc["vms"].items() if r.get("ready")}
+        for host, b in list(self.runs.items()):
+            while self._take(host, b, 0) is not None:
+                pass
+            ready |= b.ready
+            b.ready = set()
         return ready
 
     def close(self) -> None:
-        for w in self.runs.values():
-            w.run.finish()
-        self.runs.clear()
+        for host in list(self.runs):
+            self._drop(host)
 
 
 def start_in_waves(queue: BootQueue, room: Callable[[str, int], int], host_of: Mapping[str, str],
-                   start: Callable[[Sequence[str]], None], watches: Watches, emit: Emit,
+                   start: Callable[[Sequence[str]], None], watches: Boots, emit: Emit,
                    deadline: float, sleep: Callable[[float], None] = time.sleep,
                    guests: GuestCpu | None = None) -> None:
     """Start every VM of the queue as its pool frees up; return once the last is started (the
@@ -223,16 +264,17 @@ def start_in_waves(queue: BootQueue, room: Callable[[str, int], int], host_of: M
 # The publish stage
 
 
-WATCH_S = 0.5
+WATCH_S = 0.2  # how often a host reports its booting guests
 
 
 def apply_in_waves(ctx: Any, ap: Any, sites: Mapping[str, Any], provider: Any, hosts: Mapping[str, Any],
                    running: Mapping[str, bool] | None, make_desired: Callable[[Mapping[str, bool]], Mapping[str, Any]],
-                   apply: Callable[[str, Any, bool], dict[str, Any]], ready_checks: Mapping[str, dict[str, Any]],
+                   apply: Callable[..., dict[str, Any]], ready_checks: Mapping[str, dict[str, Any]],
                    deadline: float | None, already: set[str]) -> list[dict[str, Any]]:
     """Apply every host's desired state, starting its guests in waves when more are to start
-    than the CPU takes at once. `apply(host, desired, quiet)` applies one host; `already`: VMs
-    that run now (they keep running); returns every host report."""
+    than the CPU takes at once. `apply(host, desired, quiet, send=None)` applies one host
+    (through `send(desired)` when given, unless that returns None); `already`: VMs that run now
+    (they keep running); returns every host report."""
     final = {vm.name: (running or {}).get(vm.name, True) for vm in ap.vms}
     host_of = {vm.name: ap.host_of(vm.name) for vm in ap.vms}
     to_start = [vm.name for vm in ap.vms if final[vm.name] and vm.name not in already]
@@ -253,25 +295,33 @@ def apply_in_waves(ctx: Any, ap: Any, sites: Mapping[str, Any], provider: Any, h
     step = make_desired(flags)
     reports = parallel(lambda h: apply(h, step[h], False), list(everything))
     started_at = time.monotonic()
+    end = deadline or started_at + 3600.0
     ctx.emit(Event("vms", f"{len(to_start)} VMs to start, as CPU frees up: started {', '.join(first)}"))
+
+    def slow(host: str) -> float:
+        # the checks' own bounds stretch with how many guests boot per core of their pool
+        booting = len(queue.booting(time.monotonic()))
+        cores = len(os.sched_getaffinity(0)) if ap.plan.provider == "local" else max(1, cores_of.get(host, 1))
+        return max(1.0, booting / cores)
+
+    def open_run(host: str, checks: list[dict[str, Any]]) -> HostRun:
+        rt = ctx.hosts.runtime(provider, hosts[host], deadline)
+        return HostRun(host, rt, {"run_dir": everything[host].run_dir, "checks": checks, "interval": WATCH_S,
+                                  "max_s": max(1.0, end - time.monotonic()), "slow": slow(host)},
+                       command="boot")
+
+    boots = Boots(open_run, ready_checks, slow)
 
     def start(batch: Sequence[str]) -> None:
         for vm in batch:
             flags[vm] = True
         desired = make_desired(flags)
-        reports.extend(parallel(lambda h: apply(h, desired[h], True), sorted({host_of[vm] for vm in batch})))
 
-    def open_run(host: str, checks: list[dict[str, Any]]) -> HostRun:
-        rt = ctx.hosts.runtime(provider, hosts[host], deadline)
-        left = (deadline or started_at + 3600.0) - time.monotonic()
-        # the checks' own bounds stretch with how many guests boot per core of their pool
-        booting = len(queue.booting(time.monotonic()))
-        cores = len(os.sched_getaffinity(0)) if pool_of[checks[0]["vm"]] == "machine" else \
-            max(1, cores_of.get(host, 1))
-        return HostRun(host, rt, {"run_dir": everything[host].run_dir, "checks": checks, "interval": WATCH_S,
-                                  "max_s": max(1.0, left), "slow": max(1.0, booting / cores)},
-                       command="wait-ready")
+        def one(host: str) -> dict[str, Any]:
+            send = lambda wanted: boots.apply(host, to_doc(wanted), max(30.0, end - time.monotonic()))  # noqa: E731
+            return apply(host, desired[host], True, send)
 
-    start_in_waves(queue, room, host_of, start, Watches(open_run, ready_checks, host_of), ctx.emit,
-                   deadline or started_at + 3600.0, guests=guests)
+        reports.extend(parallel(one, sorted({host_of[vm] for vm in batch})))
+
+    start_in_waves(queue, room, host_of, start, boots, ctx.emit, end, guests=guests)
     return reports
