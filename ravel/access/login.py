@@ -105,13 +105,21 @@ def run_client(argv: Sequence[str], g: Guest) -> int:
     finally:
         signal.signal(signal.SIGINT, saved)
     t.join(5)
-    if rc == 255 and REFUSED in tail:
-        shown = re.search(rb"key sent by the remote host is\s*\n?\s*(SHA256:[A-Za-z0-9+/]+)", bytes(tail))
-        presented = f"it presented {shown.group(1).decode()}" if shown else "it presented another key"
-        assert g.host_key is not None
-        raise HostKeyMismatch(
-            f"VM {g.vm} of app {g.app!r}: HOST KEY MISMATCH: ravel made {g.host_key.split()[0]} "
-            f"{fingerprint(g.host_key)} for this guest, {presented}; refused (nothing was sent)",
-            hint="something else answers at the guest's address, or the guest's keys were changed "
-                 f"inside it; `ravel console {g.app} {g.vm}` reaches it without SSH")
+    if rc == 255:
+        refused(bytes(tail), g)
     return rc
+
+
+def refused(tail: bytes, g: Guest) -> None:
+    """ssh's stderr `tail` says the guest showed another host key than the pinned one: say so
+    the way ravel says it for hosts (nothing was sent: ssh stops before logging in)."""
+    if REFUSED not in tail:
+        return
+    shown = re.search(rb"key sent by the remote host is\s*\n?\s*(SHA256:[A-Za-z0-9+/]+)", tail)
+    presented = f"it presented {shown.group(1).decode()}" if shown else "it presented another key"
+    assert g.host_key is not None
+    raise HostKeyMismatch(
+        f"VM {g.vm} of app {g.app!r}: HOST KEY MISMATCH: ravel made {g.host_key.split()[0]} "
+        f"{fingerprint(g.host_key)} for this guest, {presented}; refused (nothing was sent)",
+        hint="something else answers at the guest's address, or the guest's keys were changed "
+             f"inside it; `ravel console {g.app} {g.vm}` reaches it without SSH")

@@ -10,7 +10,7 @@ import typer
 
 from . import documents, exits
 from .common import app, err, out
-from .common import lab as open_lab
+from .common import context
 
 
 
@@ -31,11 +31,11 @@ def ssh_config(app_name: str = typer.Argument(..., metavar="APP")) -> None:
     """OpenSSH `Host <vm>.<app>` blocks for every VM: `ssh -F <(ravel ssh-config APP) VM.APP`."""
     from ..access.sshconfig import ssh_config as render
 
-    lab = open_lab(False)
+    ctx = context()
     try:
-        text = render(lab.ctx, app_name)
+        text = render(ctx, app_name)
     finally:
-        lab.close()
+        ctx.close()
     sys.stdout.write(text)
 
 
@@ -66,11 +66,11 @@ def exec_(
     from ..access.execute import execute
 
     data = None if sys.stdin.isatty() else sys.stdin.buffer.read()
-    lab = open_lab(False)
+    ctx = context()
     try:
-        done = execute(lab.ctx, app_name, vm, command, data, timeout)
+        done = execute(ctx, app_name, vm, command, data, timeout)
     finally:
-        lab.close()
+        ctx.close()
     sys.stdout.buffer.write(done.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(done.stderr)
@@ -95,11 +95,11 @@ def cp(
     from ..access.agentcopy import copy_by_agent
     from ..access.copy import copy
 
-    lab = open_lab(False)
+    ctx = context()
     try:
-        done = (copy_by_agent if agent else copy)(lab.ctx, src, dst)
+        done = (copy_by_agent if agent else copy)(ctx, src, dst)
     finally:
-        lab.close()
+        ctx.close()
     if as_json:
         documents.write({"src": src, "dst": dst, "via": "agent" if agent else "ssh",
                          "files": done.files, "bytes": done.bytes})
@@ -121,13 +121,13 @@ def vnc(
         out.print(url, markup=False)
         err.print("forwarding the VM's VNC console; Ctrl-C to stop", markup=False)
 
-    lab = open_lab(False)
+    ctx = context()
     try:
-        forward(lab.ctx, app_name, vm, port, listening)
+        forward(ctx, app_name, vm, port, listening)
     except KeyboardInterrupt:
         err.print("stopped", markup=False)
     finally:
-        lab.close()
+        ctx.close()
 
 
 class InventoryFormat(str, enum.Enum):
@@ -148,9 +148,9 @@ def inventory(
     with the app's ssh-config: `ansible -i <(ravel inventory APP) all -m ping`."""
     from ..access.inventory import inventory as render
 
-    lab = open_lab(False)
+    ctx = context()
     try:
-        text = render(lab.ctx, app_name, fmt.value)
+        text = render(ctx, app_name, fmt.value)
     finally:
-        lab.close()
+        ctx.close()
     sys.stdout.write(text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -13,8 +13,11 @@ from ..model.durations import parse_duration
 from ..paths import paths
 from ..plan.catalogue import providers
 from ..events import quiet
-from ..run.lab import Lab
 from . import progress
+
+if TYPE_CHECKING:  # loaded when a command opens a lab: `ravel cp` needs a context only
+    from ..run.lab import Lab
+    from ..run.sessions import Context
 
 app = typer.Typer(
     name="ravel",
@@ -62,7 +65,17 @@ BUDGET_HELP = "Spend at most this much: the plan's cost per hour turned into a l
 def lab(emit: bool = True, check_lost: bool = True) -> Lab:
     """The library entry point for lab commands, with progress on stderr unless `emit` is off;
     `check_lost=False` only for the commands that work on a damaged state."""
+    from ..run.lab import Lab
+
     return Lab(paths(), emit=progress.printer(err) if emit else quiet, check_lost=check_lost)
+
+
+def context() -> Context:
+    """What the ways into the guests need (where ravel keeps its files, the state, the hosts'
+    sessions), without the lab's pipeline; close it when done."""
+    from ..run.sessions import Context
+
+    return Context(paths())
 
 
 def _version(value: bool) -> None:

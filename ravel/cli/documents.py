@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from ..ci.pipeline import RunResult
-from ..plan.plan import Plan
-from ..run.lab import PublishResult, VmStatus
+if TYPE_CHECKING:  # annotations only: `ravel cp --json` need not load the publish pipeline
+    from ..ci.pipeline import RunResult
+    from ..plan.plan import Plan
+    from ..run.lab import PublishResult, VmStatus
 
 
 def write(doc: Any) -> None:

@@ -190,3 +190,35 @@ def test_the_known_hosts_file_is_private(tmp_path):
     assert p.read_text() == f"web-1.lab {KEY}\n"
     assert p.stat().st_mode & 0o777 == 0o600 and p.parent.stat().st_mode & 0o777 == 0o700
     assert Path(p).exists()
+
+
+# -- `ravel cp`'s script in the guest (copy.PLACE), run by this machine's sh the way the guest's runs it
+
+
+def _place(tmp: Path, dst: Path, md5: str, size: int, mode: str = "640") -> subprocess.CompletedProcess[bytes]:
+    from ravel.access.copy import PLACE
+
+    return subprocess.run(["sh", "-c", PLACE, "sh", str(tmp), str(dst), md5, str(size), mode],
+                          capture_output=True, timeout=30)
+
+
+def test_place_puts_the_file_in_place_with_its_mode_only_when_it_matches(tmp_path):
+    import hashlib
+
+    data = b"payload\n" * 1000
+    md5 = hashlib.md5(data).hexdigest()
+    tmp, dst = tmp_path / ".f.bin.t1.part", tmp_path / "f.bin"
+    tmp.write_bytes(data)
+    r = _place(tmp, dst, md5, len(data))
+    assert r.returncode == 0, r.stderr
+    assert dst.read_bytes() == data and dst.stat().st_mode & 0o777 == 0o640 and not tmp.exists()
+    # cut short, or changed on the way: not put in place, the temporary file gone, the old file kept
+    tmp.write_bytes(data[:100])
+    r = _place(tmp, dst, md5, len(data))
+    assert r.returncode == 3 and b"got 100 bytes" in r.stderr and not tmp.exists()
+    tmp.write_bytes(data.replace(b"p", b"q", 1))
+    assert _place(tmp, dst, md5, len(data)).returncode == 3 and not tmp.exists()
+    assert dst.read_bytes() == data
+    # nothing arrived at all: an error, nothing made
+    assert _place(tmp, dst, md5, len(data)).returncode == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
