@@ -10,7 +10,9 @@ the guest's pinned host key with strict checking, `ravel proxy` through the VM's
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +27,7 @@ from .login import refused
 from .openssh import options, remote_command, write_known_hosts
 
 CONNECT_S = 60.0
+PR_SET_PDEATHSIG = 1
 TAIL = 16 << 10
 
 
@@ -52,7 +55,7 @@ class GuestShell:
         try:
             self.master = subprocess.Popen([*self.base, "-o", "ControlMaster=yes", "-N", "-T", "--", self.g.alias],
                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                           stderr=open(self.dir / "master.err", "wb"))
+                                           stderr=open(self.dir / "master.err", "wb"), preexec_fn=_end_with_us)
         except FileNotFoundError:
             raise EnvironmentProblem("the OpenSSH client `ssh` is not installed",
                                      hint="apt-get install openssh-client") from None
@@ -92,6 +95,15 @@ class GuestShell:
                 self.master.kill()
                 self.master.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _end_with_us() -> None:
+    """In the master, before it runs: it ends when this process does, however that happens
+    (a `ravel cp` killed with SIGKILL must not leave a login to the guest open)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def sh(script: str, *args: str) -> list[str]:

@@ -158,6 +158,32 @@ def an_interrupted_copy_leaves_no_partial_file(r: Ravel, app: str, vm: str, tmp:
     assert p.returncode == 130 and b"interrupted" in err, err
     left = run(r, "exec", app, vm, "--", "ls", "-a", "/tmp").stdout.decode().split()
     assert not [f for f in left if "big.bin" in f], left
+    # killed outright (no clean-up can run): its connection to the guest ends with it
+    p = popen(r, "cp", str(big), f"{app}:{vm}:/tmp/big.bin")
+    deadline = time.monotonic() + 60
+    while b".big.bin." not in run(r, "exec", app, vm, "--", "ls", "-a", "/tmp").stdout:
+        assert time.monotonic() < deadline and p.poll() is None, "the copy never started"
+        time.sleep(0.3)
+    p.kill()
+    p.wait(30)
+    known = str(r.home / "state" / "known_guests" / app)
+
+    def masters() -> list[str]:
+        return [d for d in os.listdir("/proc") if d.isdigit() and _cmdline(d).startswith("ssh ")
+                and "ControlMaster=yes" in _cmdline(d) and known in _cmdline(d)]
+
+    deadline = time.monotonic() + 10
+    while masters():
+        assert time.monotonic() < deadline, f"ssh masters left after ravel cp was killed: {masters()}"
+        time.sleep(0.2)
+    run(r, "exec", app, vm, "--", "sh", "-c", "rm -f /tmp/.big.bin.*")  # the one name a kill leaves
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def ssh_config_and_inventory_serve_openssh_and_ansible(r: Ravel, app: str, vm: str, tmp: Path) -> None:
