@@ -53,9 +53,10 @@ class GuestShell:
 
     def _connect(self) -> None:
         try:
-            self.master = subprocess.Popen([*self.base, "-o", "ControlMaster=yes", "-N", "-T", "--", self.g.alias],
-                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                           stderr=open(self.dir / "master.err", "wb"), preexec_fn=_end_with_us)
+            with open(self.dir / "master.err", "wb") as err:  # the master has its own copy of the fd
+                self.master = subprocess.Popen([*self.base, "-o", "ControlMaster=yes", "-N", "-T", "--", self.g.alias],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                               preexec_fn=_end_with_us)
         except FileNotFoundError:
             raise EnvironmentProblem("the OpenSSH client `ssh` is not installed",
                                      hint="apt-get install openssh-client") from None

@@ -9,7 +9,7 @@ that the lab's running guests do not take, and a VM holds its place in the pool 
 readiness check passes (or it has booted
 longer than the pool's patience, which scales with the slowest boot seen so far: a slow guest
 does not stall the rest, and a lab of slow guests is not hurried). Each host watches its
-booting guests in one long-running `ravel-host wait-ready`, as `--wait` does.
+booting guests, and starts each wave's, in one long-running `ravel-host boot` (host/boot.py).
 
 `BootQueue` is the bookkeeping, pure and unit-tested; `start_in_waves` drives it.
 """
