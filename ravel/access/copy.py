@@ -1,12 +1,13 @@
 """`ravel cp SRC DST`, one side `APP:VM:/path`: files and directory trees between this machine
 and a guest, like `docker cp` (a directory copied onto an existing directory lands inside it).
 
-Over one OpenSSH connection through the VM's host (mux.py), logged in as ravel's guest user with
-the guest's pinned host key. A file is written under a temporary name in the guest that takes
-the real name only once its size and checksum match what was sent; a tree goes as one tar
-stream into a temporary directory that is moved into place once every file's checksum matches.
-On any failure or interruption the temporary names are removed: a partial file is never left
-behind.
+Over OpenSSH through the VM's host (mux.py), logged in as ravel's guest user with the guest's
+pinned host key. A file goes in one SSH session each way (a guest under TCG pays ~0.3 s of CPU
+for every session): into the guest under a temporary name that takes the real name only once
+its size and checksum match what was sent, out of it followed by its checksum. A tree goes as
+one tar stream into a temporary directory that is moved into place once every file's checksum
+matches (several commands over one connection). On any failure or interruption the temporary
+names are removed: a partial file is never left behind.
 
 The checksum is MD5, on purpose: it guards against a file changed or cut short while it was
 copied (SSH's own MAC already guards the bytes in flight), and a guest under TCG hashes 100 MiB
@@ -34,7 +35,7 @@ from typing import IO, Iterator
 from ..errors import RavelError, StateError, TransportError
 from ..run.sessions import Context
 from .guest import Guest, guest, require_ssh
-from .mux import GuestShell, sh
+from .mux import GuestShell, Session, sh
 
 REMOTE = re.compile(r"^(?P<app>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<vm>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<path>.+)$")
 COPY_TIMEOUT_S = 3600.0
@@ -112,30 +113,24 @@ def _copy(ctx: Context, src: str, dst: str) -> Copied:
     assert remote.app and remote.vm
     g = guest(ctx, remote.app, remote.vm)
     require_ssh(g)
-    if not a.app and not Path(a.path).exists():
+    if a.app:
+        return download(ctx, g, a.path, Path(b.path))
+    here = Path(a.path)
+    if not here.exists():
         raise CopyError(f"{a.path}: no such file or directory")
-    with ThreadPoolExecutor(1) as pool:
-        # a file's checksum here is read while the guest's SSH handshake goes on
-        given_up = threading.Event()
-        digest = pool.submit(_digest, Path(a.path), given_up) if not a.app and Path(a.path).is_file() else None
-        try:
-            shell = GuestShell(ctx, g)
-        except BaseException:
-            given_up.set()  # no waiting for the rest of a big file's checksum
-            raise
-        try:
-            if a.app:
-                return download(shell, g, a.path, Path(b.path))
-            return upload(shell, g, Path(a.path), b.path, digest.result() if digest is not None else None)
-        finally:
-            shell.close()
+    if here.is_dir():
+        with GuestShell(ctx, g) as shell:
+            into = _kind(shell, g, b.path) == "d" or b.path.endswith("/")
+            return _upload_tree(shell, g, here, posixpath.join(b.path, here.name) if into else b.path)
+    return upload(ctx, g, here, b.path)
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float = COPY_TIMEOUT_S) -> int:
-    """Its exit status, noticing an interruption meanwhile (it is then ended)."""
+def _wait(proc: subprocess.Popen[bytes], timeout: float = COPY_TIMEOUT_S, stoppable: bool = True) -> int:
+    """Its exit status, noticing an interruption meanwhile (it is then ended) when `stoppable`."""
     try:
         for _ in range(int(timeout / 0.1) + 1):
-            check()
+            if stoppable:
+                check()
             try:
                 return proc.wait(0.1)
             except subprocess.TimeoutExpired:
@@ -196,49 +191,86 @@ def _digest(path: Path, given_up: threading.Event | None = None) -> Digest:
 
 # -- this machine -> guest -------------------------------------------------------------------------
 
-# In the guest, once the file arrived under its temporary name: in place only if its size and
-# MD5 are what was sent, else removed.
-PLACE = r"""
-trap 'rm -f -- "$1"' EXIT
-got=$(md5sum < "$1") && size=$(stat -c %s -- "$1") || exit 1
-if [ "${got%% *}" != "$3" ] || [ "$size" != "$4" ]; then
-  echo "$2: got $size bytes, md5 ${got%% *}" >&2; exit 3
+# In the guest, one session does a file's whole upload: DST ($1) an existing directory takes the
+# file as NAME ($2) inside it; the first line on stdin is what is sent (MD5, size, mode), the rest
+# the file. It goes to a temporary name (TAG, $3) that takes the real name only if its MD5 (which
+# covers its length) is what was sent, else it is removed: also when the bytes stop short because
+# ravel was interrupted (it closes stdin early) or its connection went. Every program started
+# costs a guest under TCG ~0.1 s, so the script starts few: cat, md5sum and mv (chmod only for a
+# mode that the file cannot be created with: one with x or special bits; others come from umask).
+RECEIVE = r"""
+dst=$1
+if [ -d "$dst" ]; then dst=${dst%/}/$2
+elif [ "${dst%/}" != "$dst" ]; then echo "$dst: no such directory" >&2; exit 4
 fi
-chmod "$5" -- "$1" && mv -f -- "$1" "$2"
+if [ -d "$dst" ]; then echo "$dst: is a directory" >&2; exit 4; fi
+case $dst in */*) dir=${dst%/*}/ ;; *) dir= ;; esac
+tmp=$dir.${dst##*/}.$3.part
+trap '[ ! -e "$tmp" ] || rm -f -- "$tmp"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+read -r md5 size mode || exit 5
+if [ $((0$mode & 07111)) -eq 0 ]; then umask "$(printf %o $((0777 & ~0$mode)))"; mode=; else umask 077; fi
+cat > "$tmp" || exit 4
+got=$(md5sum < "$tmp") || exit 4
+if [ "${got%% *}" != "$md5" ]; then
+  echo "got $(wc -c < "$tmp") bytes, md5 ${got%% *}" >&2; exit 3
+fi
+if [ -n "$mode" ]; then chmod "$mode" -- "$tmp" || exit 4; fi
+mv -f -- "$tmp" "$dst" || exit 4
 """
+CLEAN_UP_S = 30.0
 
 
-def upload(shell: GuestShell, g: Guest, src: Path, dst: str, sent: Digest | None = None) -> Copied:
-    into = _kind(shell, g, dst) == "d" or dst.endswith("/")
-    target = posixpath.join(dst, src.name) if into else dst
-    if src.is_dir():
-        return _upload_tree(shell, g, src, target)
-    sent = sent or _digest(src)
-    tmp = posixpath.join(posixpath.dirname(target) or ".", f".{posixpath.basename(target)}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        # scp (SFTP) through the same connection: OpenSSH's own client reads and sends the file
-        # (ssh fed on stdin moved the same bytes ~10 % slower here). Where that fails (a guest
-        # with no SFTP server, a directory it may not write), cat tries, and says why it cannot.
-        proc = subprocess.Popen(shell.scp_argv(os.path.abspath(src), tmp), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if _wait(proc) != 0:
-            with src.open("rb") as fh:
-                proc = shell.popen(sh('cat > "$1"', tmp), stdin=fh, stdout=subprocess.DEVNULL)
-                rc = _wait(proc)
-            if rc != 0:
-                raise CopyError(f"VM {g.vm}: cannot write {target}: {_said(proc, rc)}")
-        r = shell.run(sh(PLACE, tmp, target, sent.md5, str(sent.size), f"{src.stat().st_mode & 0o7777:o}"),
-                      timeout=COPY_TIMEOUT_S)
-    except BaseException:
-        shell.run(["rm", "-f", "--", tmp], timeout=60)
-        raise
-    if r.returncode == 3:
-        raise CopyError(f"VM {g.vm}: {target} does not match what was sent ({r.stderr.decode(errors='replace').strip()} "
-                        f"vs {sent.size} bytes, md5 {sent.md5}: {src} changed meanwhile?); removed")
-    if r.returncode != 0:
-        err = r.stderr.decode(errors="replace").strip()
-        raise CopyError(f"VM {g.vm}: cannot write {target}: {err.splitlines()[-1] if err else f'exit status {r.returncode}'}")
+def upload(ctx: Context, g: Guest, src: Path, dst: str) -> Copied:
+    """A file here to `dst` in the guest, over one SSH session (no second round trip: under
+    TCG every session costs the guest ~0.3 s of CPU)."""
+    with ThreadPoolExecutor(1) as pool:
+        given_up = threading.Event()
+        digest = pool.submit(_digest, src, given_up)  # read here while the SSH handshake goes on
+        s: Session | None = None
+        try:
+            s = Session(ctx, g, sh(RECEIVE, dst, src.name, uuid.uuid4().hex[:8]), stdout=subprocess.DEVNULL)
+            sent = digest.result()
+            _feed(s, src, f"{sent.md5} {sent.size} {src.stat().st_mode & 0o7777:o}\n".encode(), sent.size)
+            # interrupted: a bounded wait while the guest removes what had arrived
+            _wait(s.proc, CLEAN_UP_S if _stop.is_set() else COPY_TIMEOUT_S, stoppable=not _stop.is_set())
+            rc = s.ended()
+        except BaseException:
+            given_up.set()
+            if s is not None:
+                s.kill()
+            raise
+    check()  # interrupted: the guest has removed what had arrived
+    target = dst if not dst.endswith("/") else posixpath.join(dst, src.name)
+    if rc == 3:
+        raise CopyError(f"VM {g.vm}: {target} does not match what was sent ({s.said()} vs {sent.size} bytes, "
+                        f"md5 {sent.md5}: {src} changed meanwhile?); removed")
+    if rc != 0:
+        raise CopyError(f"VM {g.vm}: cannot write {target}: {s.said()}")
     return Copied(1, sent.size)
+
+
+def _feed(s: Session, src: Path, head: bytes, size: int) -> None:
+    """The header line, then `size` bytes of `src`, into the session; stops early (closing its
+    stdin) once interrupted, or once the guest stops reading (its exit status says why)."""
+    out = s.proc.stdin
+    assert out is not None
+    try:
+        out.write(head)
+        with src.open("rb") as fh:
+            while size > 0 and not _stop.is_set():
+                block = fh.read(min(BLOCK, size))
+                if not block:
+                    break
+                out.write(block)
+                size -= len(block)
+    except BrokenPipeError:
+        pass
+    finally:
+        try:
+            out.close()
+        except BrokenPipeError:
+            pass
 
 
 def _upload_tree(shell: GuestShell, g: Guest, src: Path, target: str) -> Copied:
@@ -299,33 +331,56 @@ class _Checked(IO[bytes]):
 
 # -- guest -> this machine -------------------------------------------------------------------------
 
-def download(shell: GuestShell, g: Guest, src: str, dst: Path) -> Copied:
-    kind = _kind(shell, g, src)
-    if kind == "n":
-        raise CopyError(f"VM {g.vm}: {src}: no such file or directory")
+# In the guest, one session sends a file ($1) on stdout, then its MD5, size and mode on stderr's
+# last line; a directory is said by exit status 20 (it goes as a tree, over a GuestShell).
+SEND = r"""
+[ -d "$1" ] && exit 20
+[ -e "$1" ] || { echo "$1: no such file or directory" >&2; exit 21; }
+cat -- "$1" || exit 4
+sum=$(md5sum < "$1") && st=$(stat -c '%s %a' -- "$1") || exit 4
+echo "ravel-sum ${sum%% *} $st" >&2
+"""
+DIRECTORY = 20
+
+
+def download(ctx: Context, g: Guest, src: str, dst: Path) -> Copied:
     name = posixpath.basename(src.rstrip("/")) or "root"
     target = dst / name if dst.is_dir() else dst
     if not target.parent.is_dir():
         raise CopyError(f"{target.parent}: no such directory")
-    if kind == "d":
-        return _download_tree(shell, g, src, target)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
     try:
-        with open(tmp, "wb") as fh:
-            proc = shell.popen(["cat", "--", src], stdout=fh)
-            rc = _wait(proc)
+        s = Session(ctx, g, sh(SEND, src), stdin=subprocess.DEVNULL)
+        try:
+            h, size = hashlib.md5(usedforsecurity=False), 0
+            assert s.proc.stdout is not None
+            with open(tmp, "wb") as fh:
+                while block := s.proc.stdout.read1(BLOCK):
+                    check()
+                    fh.write(block)
+                    h.update(block)
+                    size += len(block)
+            _wait(s.proc)
+            rc = s.ended()
+        except BaseException:
+            s.kill()
+            raise
+        if rc == DIRECTORY:
+            tmp.unlink()
+            with GuestShell(ctx, g) as shell:
+                return _download_tree(shell, g, src, target)
         if rc != 0:
-            raise CopyError(f"VM {g.vm}: cannot read {src}: {_said(proc, rc)}")
-        md5, size, mode = _ran(shell, g, sh('md5sum < "$1" | cut -d" " -f1 && stat -c "%s %a" -- "$1"', src),
-                               f"cannot read {src}").split()
-        got = _digest(tmp)
-        if (got.md5, got.size) != (md5, int(size)):
+            raise CopyError(f"VM {g.vm}: cannot read {src}: {s.said()}")
+        said = s.said().split()
+        if len(said) != 4 or said[0] != "ravel-sum":
+            raise CopyError(f"VM {g.vm}: cannot read {src}: {s.said()}")
+        if (h.hexdigest(), size) != (said[1], int(said[2])):
             raise CopyError(f"VM {g.vm}: {src} changed while it was copied, or arrived damaged; nothing was kept")
-        os.chmod(tmp, int(mode, 8))
+        os.chmod(tmp, int(said[3], 8))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    return Copied(1, got.size)
+    return Copied(1, size)
 
 
 def _download_tree(shell: GuestShell, g: Guest, src: str, target: Path) -> Copied:

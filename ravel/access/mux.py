@@ -1,5 +1,7 @@
-"""One OpenSSH connection to a guest for a run of commands: a ControlMaster in a private
-directory, and each command a client multiplexed over it (no handshake of its own).
+"""OpenSSH to a guest for ravel's own commands: `Session`, one command over a connection of
+its own (one handshake, one session: the least work for the guest when one command does it
+all, as a file copy does), and `GuestShell`, a run of commands over one connection (a
+ControlMaster in a private directory, each command a client multiplexed over it).
 
 `ravel cp` moves its bytes this way. A guest under TCG spends its CPU on the SSH cipher, and
 OpenSSH's chacha20-poly1305 costs it far less than the AES-CTR + HMAC-SHA2 (or AES-GCM) that
@@ -17,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+import threading
 from typing import IO, Any, Sequence
 
 from .. import keys
@@ -31,19 +34,84 @@ PR_SET_PDEATHSIG = 1
 TAIL = 16 << 10
 
 
+def login_argv(ctx: Context, g: Guest) -> list[str]:
+    """`ssh` with ravel's options for the guest, never asking anything (BatchMode)."""
+    key_file, _ = keys.user_key(keys.directory(ctx.paths.state))
+    known = write_known_hosts(ctx.paths, g.app, guests(ctx, g.app))
+    argv = ["ssh", "-F", "/dev/null"]
+    for k, v in [*options(g, known, key_file), ("BatchMode", "yes"), ("LogLevel", "ERROR")]:
+        argv += ["-o", f"{k}={v}"]
+    return argv
+
+
+def no_connection(g: Guest, tail: bytes, rc: int | None) -> TransportError:
+    """What ssh's stderr `tail` says went wrong; a host key other than the pinned one raises
+    HOST KEY MISMATCH here."""
+    refused(tail, g)
+    said = tail.decode(errors="replace").strip().splitlines()
+    return TransportError(f"VM {g.vm} of app {g.app!r}: no SSH connection: "
+                          f"{said[-1] if said else f'ssh ended with status {rc}' if rc is not None else 'timed out'}",
+                          hint=f"is it up? `ravel status {g.app}`; `ravel console {g.app} {g.vm}`")
+
+
+def _popen(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(argv, **kw)
+    except FileNotFoundError:
+        raise EnvironmentProblem("the OpenSSH client `ssh` is not installed",
+                                 hint="apt-get install openssh-client") from None
+
+
+class Session:
+    """One command in the guest over a connection of its own: its stdin and stdout are pipes
+    (or what is given), its stderr is kept (the last TAIL bytes) for `said` and for telling a
+    refused connection apart. The guest ends the command when the connection goes, so nothing
+    outlives ravel."""
+
+    def __init__(self, ctx: Context, g: Guest, command: Sequence[str], stdin: int | IO[Any] | None = subprocess.PIPE,
+                 stdout: int | IO[Any] | None = subprocess.PIPE) -> None:
+        self.g = g
+        self.proc = _popen([*login_argv(ctx, g), "-T", "--", g.alias, *remote_command(command)],
+                           stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+        self.tail = bytearray()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := self.proc.stderr.read1(65536):
+            self.tail.extend(chunk)
+            del self.tail[:-TAIL]
+
+    def ended(self) -> int:
+        """Its exit status once it has ended (after `proc.wait`); 255, ssh's own failure,
+        raises: HOST KEY MISMATCH or no connection."""
+        rc = self.proc.wait()
+        self._reader.join(5)
+        if rc == 255:
+            raise no_connection(self.g, bytes(self.tail), rc)
+        return rc
+
+    def said(self) -> str:
+        """The last line the command wrote to stderr."""
+        lines = bytes(self.tail).decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+
+
 class GuestShell:
     """Commands in a guest over one OpenSSH connection (closed with `close`)."""
 
     def __init__(self, ctx: Context, g: Guest) -> None:
         self.g = g
-        key_file, _ = keys.user_key(keys.directory(ctx.paths.state))
-        known = write_known_hosts(ctx.paths, g.app, guests(ctx, g.app))
         self.dir = Path(tempfile.mkdtemp(prefix="ravel-ssh-"))  # 0700: the control socket is a login
         self.control = self.dir / "control"
-        self.base = ["ssh", "-F", "/dev/null"]
-        for k, v in [*options(g, known, key_file), ("BatchMode", "yes"), ("LogLevel", "ERROR"),
-                     ("ControlPath", str(self.control))]:
-            self.base += ["-o", f"{k}={v}"]
+        self.base = [*login_argv(ctx, g), "-o", f"ControlPath={self.control}"]
         self.master: subprocess.Popen[bytes] | None = None
         try:
             self._connect()
@@ -52,32 +120,19 @@ class GuestShell:
             raise
 
     def _connect(self) -> None:
-        try:
-            with open(self.dir / "master.err", "wb") as err:  # the master has its own copy of the fd
-                self.master = subprocess.Popen([*self.base, "-o", "ControlMaster=yes", "-N", "-T", "--", self.g.alias],
-                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                               preexec_fn=_end_with_us)
-        except FileNotFoundError:
-            raise EnvironmentProblem("the OpenSSH client `ssh` is not installed",
-                                     hint="apt-get install openssh-client") from None
+        with open(self.dir / "master.err", "wb") as err:  # the master has its own copy of the fd
+            self.master = _popen([*self.base, "-o", "ControlMaster=yes", "-N", "-T", "--", self.g.alias],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                 preexec_fn=_end_with_us)
         deadline = time.monotonic() + CONNECT_S
         while not self.control.exists():  # ssh makes it once the guest has let it in
             rc = self.master.poll()
             if rc is not None or time.monotonic() > deadline:
-                tail = (self.dir / "master.err").read_bytes()[-TAIL:]
-                refused(tail, self.g)  # a host key other than the pinned one: HOST KEY MISMATCH
-                said = tail.decode(errors="replace").strip().splitlines()
-                raise TransportError(f"VM {self.g.vm} of app {self.g.app!r}: no SSH connection: "
-                                     f"{said[-1] if said else f'ssh ended with status {rc}' if rc is not None else 'timed out'}",
-                                     hint=f"is it up? `ravel status {self.g.app}`; `ravel console {self.g.app} {self.g.vm}`")
+                raise no_connection(self.g, (self.dir / "master.err").read_bytes()[-TAIL:], rc)
             time.sleep(0.02)
 
     def argv(self, command: Sequence[str]) -> list[str]:
         return [*self.base, "-o", "ControlMaster=no", "-T", "--", self.g.alias, *remote_command(command)]
-
-    def scp_argv(self, local: str, remote: str) -> list[str]:
-        """scp of a file here to `remote` in the guest, over the connection."""
-        return ["scp", "-q", *self.base[1:], "-o", "ControlMaster=no", "--", local, f"{self.g.alias}:{remote}"]
 
     def popen(self, command: Sequence[str], stdin: int | IO[Any] | None = subprocess.DEVNULL,
               stdout: int | IO[Any] | None = subprocess.PIPE) -> subprocess.Popen[bytes]:
@@ -96,6 +151,12 @@ class GuestShell:
                 self.master.kill()
                 self.master.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> GuestShell:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _end_with_us() -> None:

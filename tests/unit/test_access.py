@@ -192,33 +192,74 @@ def test_the_known_hosts_file_is_private(tmp_path):
     assert Path(p).exists()
 
 
-# -- `ravel cp`'s script in the guest (copy.PLACE), run by this machine's sh the way the guest's runs it
+# -- `ravel cp`'s scripts in the guest (copy.RECEIVE, copy.SEND), run by this machine's sh the way
+# the guest's runs them
 
 
-def _place(tmp: Path, dst: Path, md5: str, size: int, mode: str = "640") -> subprocess.CompletedProcess[bytes]:
-    from ravel.access.copy import PLACE
+def _receive(dst: Path | str, data: bytes, md5: str, mode: str = "640", name: str = "src.bin",
+             tag: str = "t1", cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    from ravel.access.copy import RECEIVE
 
-    return subprocess.run(["sh", "-c", PLACE, "sh", str(tmp), str(dst), md5, str(size), mode],
-                          capture_output=True, timeout=30)
+    head = f"{md5} {len(data)} {mode}\n".encode()
+    return subprocess.run(["sh", "-c", RECEIVE, "sh", str(dst), name, tag], input=head + data,
+                          capture_output=True, timeout=30, cwd=cwd)
 
 
-def test_place_puts_the_file_in_place_with_its_mode_only_when_it_matches(tmp_path):
+def test_receive_puts_the_file_in_place_with_its_mode_only_when_it_matches(tmp_path):
     import hashlib
 
     data = b"payload\n" * 1000
     md5 = hashlib.md5(data).hexdigest()
-    tmp, dst = tmp_path / ".f.bin.t1.part", tmp_path / "f.bin"
-    tmp.write_bytes(data)
-    r = _place(tmp, dst, md5, len(data))
-    assert r.returncode == 0, r.stderr
-    assert dst.read_bytes() == data and dst.stat().st_mode & 0o777 == 0o640 and not tmp.exists()
-    # cut short, or changed on the way: not put in place, the temporary file gone, the old file kept
-    tmp.write_bytes(data[:100])
-    r = _place(tmp, dst, md5, len(data))
-    assert r.returncode == 3 and b"got 100 bytes" in r.stderr and not tmp.exists()
-    tmp.write_bytes(data.replace(b"p", b"q", 1))
-    assert _place(tmp, dst, md5, len(data)).returncode == 3 and not tmp.exists()
-    assert dst.read_bytes() == data
-    # nothing arrived at all: an error, nothing made
-    assert _place(tmp, dst, md5, len(data)).returncode == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+    dst = tmp_path / "f.bin"
+    for mode in ("640", "600", "755", "4750", "644"):  # from umask, or by chmod (x and special bits)
+        r = _receive(dst, data, md5, mode)
+        assert r.returncode == 0, r.stderr
+        assert dst.read_bytes() == data and f"{dst.stat().st_mode & 0o7777:o}" == mode
+    # cut short (an interrupted copy closes stdin early), or changed on the way: not put in place,
+    # the temporary file gone, the old file kept
+    r = _receive(dst, data[:100], md5)
+    assert r.returncode == 3 and b"got 100 bytes" in r.stderr
+    assert _receive(dst, data.replace(b"p", b"q", 1), md5).returncode == 3
+    assert dst.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+    # nothing arrived at all (the connection went before the header): an error, nothing made
+    from ravel.access.copy import RECEIVE
+
+    r = subprocess.run(["sh", "-c", RECEIVE, "sh", str(tmp_path / "g.bin"), "x", "t2"], input=b"",
+                       capture_output=True, timeout=30)
+    assert r.returncode == 5 and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_receive_into_a_directory_like_cp(tmp_path):
+    import hashlib
+
+    data = b"x" * 10
+    md5 = hashlib.md5(data).hexdigest()
+    (tmp_path / "d").mkdir()
+    assert _receive(tmp_path / "d", data, md5, name="one.bin").returncode == 0
+    assert _receive(f"{tmp_path / 'd'}/", data, md5, name="two.bin").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["one.bin", "two.bin"]
+    r = _receive(f"{tmp_path / 'nodir'}/", data, md5)
+    assert r.returncode == 4 and b"no such directory" in r.stderr
+    (tmp_path / "d" / "sub").mkdir()
+    r = _receive(tmp_path / "d", data, md5, name="sub")  # d/sub is a directory: not replaced by a file
+    assert r.returncode == 4 and b"is a directory" in r.stderr
+    assert _receive("rel.bin", data, md5, cwd=tmp_path / "d").returncode == 0  # relative: from the login's cwd
+    assert (tmp_path / "d" / "rel.bin").read_bytes() == data
+    assert not [p for p in tmp_path.rglob(".*.part")]
+
+
+def test_send_gives_the_file_then_its_sum_or_says_what_it_is(tmp_path):
+    import hashlib
+
+    from ravel.access.copy import DIRECTORY, SEND
+
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"abc" * 1000)
+    f.chmod(0o751)
+    r = subprocess.run(["sh", "-c", SEND, "sh", str(f)], capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == f.read_bytes()
+    assert r.stderr.decode().split() == ["ravel-sum", hashlib.md5(f.read_bytes()).hexdigest(), "3000", "751"]
+    r = subprocess.run(["sh", "-c", SEND, "sh", str(tmp_path)], capture_output=True, timeout=30)
+    assert r.returncode == DIRECTORY and r.stdout == b""
+    r = subprocess.run(["sh", "-c", SEND, "sh", str(tmp_path / "none")], capture_output=True, timeout=30)
+    assert r.returncode == 21 and b"no such file" in r.stderr
