@@ -5,7 +5,9 @@ namespace host, reached
   over a socket made in the host's namespace), against `ssh` run inside the host's namespace
   straight to the guest (same key, same pinned host key): median round trip of N, ratio;
 - by `ravel cp` of a 100 MiB file into the guest, against `scp` run inside the host's namespace
-  straight to the guest: throughput ratio.
+  straight to the guest: throughput ratio, best of COPY_ROUNDS each, taken in turn, each copy
+  starting once the guest has written the last one to its disk (`sync`: under TCG the guest's
+  one CPU writing back 100 MiB slows whatever copy runs meanwhile, by up to a second).
 
 Targets: ssh round trip <= 1.5 x direct; cp throughput >= 0.8 x direct scp.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / ".cache" / "realguest" / "debian12-bios.qcow2"
 ROUNDS = 7
+COPY_ROUNDS = 3
 COPY_MIB = 100
 
 
@@ -86,11 +89,16 @@ def main() -> None:
             scp = ["ip", "netns", "exec", ns, "scp", "-q", "-F", "/dev/null", "-o", "BatchMode=yes",
                    "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
                    "-i", str(home / "state" / "keys" / "id_ed25519"), str(blob), f"{v['user']}@{ip}:/tmp/direct.bin"]
-            d_cp = timed(scp)
-            r_cp = timed([sys.executable, "-m", "ravel", "cp", str(blob), f"{app}:g:/tmp/ravel.bin"])
-            d_cp2 = timed(scp)
-            r_cp2 = timed([sys.executable, "-m", "ravel", "cp", str(blob), f"{app}:g:/tmp/ravel.bin"])
-            d_cp, r_cp = min(d_cp, d_cp2), min(r_cp, r_cp2)
+            d_cps, r_cps = [], []
+            for _ in range(COPY_ROUNDS):  # in turn; each starts with the guest's disk written back
+                settle = direct + ["sync"]  # (the last copy's 100 MiB must not slow the next one)
+                timed(settle)
+                time.sleep(1)
+                d_cps.append(timed(scp))
+                timed(settle)
+                time.sleep(1)
+                r_cps.append(timed([sys.executable, "-m", "ravel", "cp", str(blob), f"{app}:g:/tmp/ravel.bin"]))
+            d_cp, r_cp = min(d_cps), min(r_cps)
         finally:
             ravel("destroy", app, "--yes")
     mib = COPY_MIB
@@ -99,8 +107,9 @@ def main() -> None:
     print(f"{'guest access (Debian 12, TCG)':34} {'ravel':>10} {'direct':>10} {'ratio':>7} {'target':>8}")
     print(f"{'ssh -- true, median of ' + str(ROUNDS):34} {r_ssh:9.2f}s {d_ssh:9.2f}s {ssh_ratio:7.2f} {'<= 1.5':>8}  "
           f"{'ok' if ssh_ratio <= 1.5 else 'MISSED'}")
-    print(f"{f'cp {mib} MiB into the guest':34} {mib / r_cp:6.1f}MiB/s {mib / d_cp:6.1f}MiB/s {cp_ratio:7.2f} {'>= 0.8':>8}  "
+    print(f"{f'cp {mib} MiB in, best of {COPY_ROUNDS}':34} {mib / r_cp:6.1f}MiB/s {mib / d_cp:6.1f}MiB/s {cp_ratio:7.2f} {'>= 0.8':>8}  "
           f"{'ok' if cp_ratio >= 0.8 else 'MISSED'}")
+    print(f"  (cp times: ravel {', '.join(f'{t:.2f}' for t in r_cps)} s; scp {', '.join(f'{t:.2f}' for t in d_cps)} s)")
     print("targets:", "all met" if ssh_ratio <= 1.5 and cp_ratio >= 0.8 else "NOT all met")
 
 

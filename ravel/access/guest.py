@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..errors import StateError
 from ..providers import get_provider
 from ..providers.base import Host, Provider
-from ..run.provision import recorded_transport
+from ..run.hostrequest import recorded_transport
 from ..run.sessions import Context, applied_hosts
 from ..state import VmRecord
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
-from ..host.desired import Desired
-from ..plan.network import ServiceForward
 from ..transport.base import Transport
+
+if TYPE_CHECKING:  # annotations only: `ravel proxy` and `ravel ssh` load this module and start light
+    from ..host.desired import Desired
+    from ..plan.network import ServiceForward
 
 
 @dataclass(frozen=True)

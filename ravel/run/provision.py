@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import faults
@@ -26,6 +26,7 @@ from .lifetime import push_expiry
 from ..events import Event
 
 from .sessions import Context
+from .hostrequest import HostRequest, recorded_transport  # noqa: F401  (publish reads it here)
 
 # Cloud APIs are mostly waiting: every host of a lab is asked for at once (AWS and GCP throttle
 # politely, and boto3/google-api-core retry a throttled call with backoff).
@@ -149,34 +150,6 @@ def _all(fn: Callable[[Any], Any], items: Sequence[Any], key: Callable[[Any], st
         if exc is not None:
             raise exc
     return {key(item): results[key(item)] for item in items}
-
-
-@dataclass(frozen=True)
-class HostRequest:
-    """How a host was asked for, kept in its state record ("provision") before the provider is
-    asked: a resumed publish sends the same token (ClientToken / request_id), so the cloud
-    recognises a create it already did, and a re-publish keeps the image, --ssh-from and
-    transport the host was made with."""
-
-    token: str
-    image: str | None = None
-    ssh_from: str | None = None
-    transport: str | None = None
-
-    @classmethod
-    def recorded(cls, extra: Mapping[str, Any]) -> HostRequest | None:
-        doc = extra.get("provision")
-        if not isinstance(doc, dict) or not doc.get("token"):
-            return None
-        return cls(str(doc["token"]), doc.get("image"), doc.get("ssh_from"), doc.get("transport"))
-
-    def to_dict(self) -> dict[str, str | None]:
-        return asdict(self)
-
-
-def recorded_transport(extra: Mapping[str, Any]) -> str | None:
-    req = HostRequest.recorded(extra)
-    return req.transport if req else None
 
 
 def provision(ctx: Context, app: str, plan: Plan, provider: Provider, deadline: float,
