@@ -195,9 +195,12 @@ def _digest(path: Path, given_up: threading.Event | None = None) -> Digest:
 # file as NAME ($2) inside it; the first line on stdin is what is sent (MD5, size, mode), the rest
 # the file. It goes to a temporary name (TAG, $3) that takes the real name only if its MD5 (which
 # covers its length) is what was sent, else it is removed: also when the bytes stop short because
-# ravel was interrupted (it closes stdin early) or its connection went. Every program started
-# costs a guest under TCG ~0.1 s, so the script starts few: cat, md5sum and mv (chmod only for a
-# mode that the file cannot be created with: one with x or special bits; others come from umask).
+# ravel was interrupted (it closes stdin early) or its connection went. The file's room is taken
+# first (fallocate, where the guest has it and its file system can): a full disk is said before
+# the bytes are sent, and writing into blocks already allocated cost the Debian test guest 0.5 s
+# less per 100 MiB than growing a new file. Every program started costs a guest under TCG
+# ~0.1 s, so the script starts few: fallocate, cat, md5sum and mv (chmod only for a mode that the
+# file cannot be created with: one with x or special bits; the others come from the umask).
 RECEIVE = r"""
 dst=$1
 if [ -d "$dst" ]; then dst=${dst%/}/$2
@@ -210,10 +213,13 @@ trap '[ ! -e "$tmp" ] || rm -f -- "$tmp"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 read -r md5 size mode || exit 5
 if [ $((0$mode & 07111)) -eq 0 ]; then umask "$(printf %o $((0777 & ~0$mode)))"; mode=; else umask 077; fi
-cat > "$tmp" || exit 4
+if [ "$size" -gt 0 ] && ! err=$(fallocate -l "$size" -- "$tmp" 2>&1); then
+  case $err in *"No space"*|*"too large"*) echo "$err" >&2; exit 4 ;; esac
+fi
+cat 1<> "$tmp" || exit 4
 got=$(md5sum < "$tmp") || exit 4
 if [ "${got%% *}" != "$md5" ]; then
-  echo "got $(wc -c < "$tmp") bytes, md5 ${got%% *}" >&2; exit 3
+  echo "md5 ${got%% *}" >&2; exit 3
 fi
 if [ -n "$mode" ]; then chmod "$mode" -- "$tmp" || exit 4; fi
 mv -f -- "$tmp" "$dst" || exit 4
@@ -243,7 +249,7 @@ def upload(ctx: Context, g: Guest, src: Path, dst: str) -> Copied:
     check()  # interrupted: the guest has removed what had arrived
     target = dst if not dst.endswith("/") else posixpath.join(dst, src.name)
     if rc == 3:
-        raise CopyError(f"VM {g.vm}: {target} does not match what was sent ({s.said()} vs {sent.size} bytes, "
+        raise CopyError(f"VM {g.vm}: what arrived for {target} ({s.said()}) is not what was sent ({sent.size} bytes, "
                         f"md5 {sent.md5}: {src} changed meanwhile?); removed")
     if rc != 0:
         raise CopyError(f"VM {g.vm}: cannot write {target}: {s.said()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -197,10 +198,10 @@ def test_the_known_hosts_file_is_private(tmp_path):
 
 
 def _receive(dst: Path | str, data: bytes, md5: str, mode: str = "640", name: str = "src.bin",
-             tag: str = "t1", cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+             tag: str = "t1", cwd: Path | None = None, size: int | None = None) -> subprocess.CompletedProcess[bytes]:
     from ravel.access.copy import RECEIVE
 
-    head = f"{md5} {len(data)} {mode}\n".encode()
+    head = f"{md5} {len(data) if size is None else size} {mode}\n".encode()
     return subprocess.run(["sh", "-c", RECEIVE, "sh", str(dst), name, tag], input=head + data,
                           capture_output=True, timeout=30, cwd=cwd)
 
@@ -217,9 +218,10 @@ def test_receive_puts_the_file_in_place_with_its_mode_only_when_it_matches(tmp_p
         assert dst.read_bytes() == data and f"{dst.stat().st_mode & 0o7777:o}" == mode
     # cut short (an interrupted copy closes stdin early), or changed on the way: not put in place,
     # the temporary file gone, the old file kept
-    r = _receive(dst, data[:100], md5)
-    assert r.returncode == 3 and b"got 100 bytes" in r.stderr
+    r = _receive(dst, data[:100], md5, size=len(data))
+    assert r.returncode == 3 and r.stderr.decode().strip() == f"md5 {hashlib.md5(data[:100] + bytes(len(data) - 100)).hexdigest()}"
     assert _receive(dst, data.replace(b"p", b"q", 1), md5).returncode == 3
+    assert _receive(dst, data + b"more", md5, size=len(data)).returncode == 3  # grown meanwhile
     assert dst.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
     # nothing arrived at all (the connection went before the header): an error, nothing made
     from ravel.access.copy import RECEIVE
@@ -246,6 +248,33 @@ def test_receive_into_a_directory_like_cp(tmp_path):
     assert _receive("rel.bin", data, md5, cwd=tmp_path / "d").returncode == 0  # relative: from the login's cwd
     assert (tmp_path / "d" / "rel.bin").read_bytes() == data
     assert not [p for p in tmp_path.rglob(".*.part")]
+
+
+def test_receive_without_fallocate_and_on_a_full_disk(tmp_path):
+    """A guest without fallocate (busybox builds, minimal images) writes the file as it comes;
+    one whose disk cannot hold the file says so before anything is sent."""
+    import hashlib
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("cat", "md5sum", "mv", "chmod", "rm", "wc", "printf"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    data = os.urandom(5000)
+    md5 = hashlib.md5(data).hexdigest()
+    from ravel.access.copy import RECEIVE
+
+    r = subprocess.run(["/bin/sh", "-c", RECEIVE, "sh", str(tmp_path / "f.bin"), "x", "t1"],
+                       input=f"{md5} {len(data)} 644\n".encode() + data, capture_output=True, timeout=30,
+                       env={"PATH": str(bin_dir)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "f.bin").read_bytes() == data
+    # more than the file system holds: refused at once, nothing left
+    head = f"{md5} {1 << 62} 644\n".encode()
+    r = subprocess.run(["sh", "-c", RECEIVE, "sh", str(tmp_path / "huge.bin"), "x", "t2"], input=head,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 4 and (b"No space" in r.stderr or b"too large" in r.stderr), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "f.bin"]
 
 
 def test_send_gives_the_file_then_its_sum_or_says_what_it_is(tmp_path):
