@@ -193,12 +193,16 @@ def _digest(path: Path, given_up: threading.Event | None = None) -> Digest:
 
 # In the guest, one session does a file's whole upload: DST ($1) an existing directory takes the
 # file as NAME ($2) inside it; the first line on stdin is what is sent (MD5, size, mode), the rest
-# the file. It goes to a temporary name (TAG, $3) that takes the real name only if its MD5 (which
-# covers its length) is what was sent, else it is removed: also when the bytes stop short because
-# ravel was interrupted (it closes stdin early) or its connection went. The file's room is taken
-# first (fallocate, where the guest has it and its file system can): a full disk is said before
-# the bytes are sent, and writing into blocks already allocated cost the Debian test guest 0.5 s
-# less per 100 MiB than growing a new file. Every program started costs a guest under TCG
+# the file. It goes to a temporary name (TAG, $3) that takes the real name only if as many bytes
+# arrived as were sent and its MD5 is what was sent, else it is removed: also when the bytes stop
+# short because ravel was interrupted (it closes stdin early) or its connection went. The file's
+# room is taken first (fallocate, where the guest has it and its file system can): a full disk is
+# said before the bytes are sent, and writing into blocks already allocated cost the Debian test
+# guest ~0.3-0.5 s less per 100 MiB than growing a new file. The file then has its full length
+# before the bytes are in (a short copy of a file ending in zeros would still match its MD5), so
+# the bytes that arrived are counted: cat writes through the script's own descriptor 3, whose
+# offset /proc/$$/fdinfo/3 tells (without /proc there is no fallocate, and the file's length is
+# what arrived). Every program started costs a guest under TCG
 # ~0.1 s, so the script starts few: fallocate, cat, md5sum and mv (chmod only for a mode that the
 # file cannot be created with: one with x or special bits; the others come from the umask).
 RECEIVE = r"""
@@ -213,13 +217,19 @@ trap '[ ! -e "$tmp" ] || rm -f -- "$tmp"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 read -r md5 size mode || exit 5
 if [ $((0$mode & 07111)) -eq 0 ]; then umask "$(printf %o $((0777 & ~0$mode)))"; mode=; else umask 077; fi
-if [ "$size" -gt 0 ] && ! err=$(fallocate -l "$size" -- "$tmp" 2>&1); then
+fdinfo=/proc/$$/fdinfo/3
+[ -r /proc/$$/fdinfo/0 ] || fdinfo=
+if [ -n "$fdinfo" ] && [ "$size" -gt 0 ] && ! err=$(fallocate -l "$size" -- "$tmp" 2>&1); then
   case $err in *"No space"*|*"too large"*) echo "$err" >&2; exit 4 ;; esac
 fi
-cat 1<> "$tmp" || exit 4
+exec 3<> "$tmp" || exit 4
+cat >&3 || exit 4
+n=$size
+if [ -n "$fdinfo" ]; then while read -r k v; do [ "$k" != pos: ] || n=$v; done < "$fdinfo"; fi
+exec 3>&-
 got=$(md5sum < "$tmp") || exit 4
-if [ "${got%% *}" != "$md5" ]; then
-  echo "md5 ${got%% *}" >&2; exit 3
+if [ "$n" != "$size" ] || [ "${got%% *}" != "$md5" ]; then
+  echo "got $n bytes, md5 ${got%% *}" >&2; exit 3
 fi
 if [ -n "$mode" ]; then chmod "$mode" -- "$tmp" || exit 4; fi
 mv -f -- "$tmp" "$dst" || exit 4
