@@ -327,3 +327,46 @@ def test_send_gives_the_file_then_its_sum_or_says_what_it_is(tmp_path):
     assert r.returncode == DIRECTORY and r.stdout == b""
     r = subprocess.run(["sh", "-c", SEND, "sh", str(tmp_path / "none")], capture_output=True, timeout=30)
     assert r.returncode == 21 and b"no such file" in r.stderr
+
+
+def test_the_hand_over_helper_gives_ssh_the_socket_ravel_made(tmp_path):
+    """mux.HAND_OVER, ssh's ProxyCommand when ravel made the connection: it fetches the socket
+    from ravel's unix socket and passes it on its stdout (ProxyUseFdpass), as ssh expects."""
+    import sys
+
+    from ravel.access.mux import HAND_OVER
+
+    made, far = socket.socketpair()  # stands for the connection ravel made to the guest
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "conn"))
+    listener.listen(1)
+    ssh_end, helper_out = socket.socketpair()  # ssh's end and the helper's stdout
+
+    def give() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            socket.send_fds(peer, [b"x"], [made.fileno()])
+
+    t = threading.Thread(target=give)
+    t.start()
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", HAND_OVER, str(tmp_path / "conn")], stdout=helper_out,
+                       timeout=30)
+    t.join(5)
+    assert p.returncode == 0
+    _, fds, _, _ = socket.recv_fds(ssh_end, 1, 1)
+    assert len(fds) == 1
+    with socket.socket(fileno=fds[0]) as got:
+        got.sendall(b"ping")
+        assert far.recv(4) == b"ping"  # the very connection ravel made
+    # ravel had nothing to give (its connection failed): the helper fails, ssh says so
+    listener2 = socket.socket(socket.AF_UNIX)
+    listener2.bind(str(tmp_path / "conn2"))
+    listener2.listen(1)
+    t = threading.Thread(target=lambda: listener2.accept()[0].close())
+    t.start()
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", HAND_OVER, str(tmp_path / "conn2")], stdout=helper_out,
+                       timeout=30)
+    t.join(5)
+    assert p.returncode == 1
+    for s in (made, far, listener, listener2, ssh_end, helper_out):
+        s.close()
