@@ -179,13 +179,16 @@ class Digest:
 
 def _digest(path: Path, given_up: threading.Event | None = None) -> Digest:
     h, size = hashlib.md5(usedforsecurity=False), 0
-    with path.open("rb") as fh:
-        while block := fh.read(BLOCK):
-            check()
-            if given_up is not None and given_up.is_set():
-                raise KeyboardInterrupt
-            h.update(block)
-            size += len(block)
+    try:
+        with path.open("rb") as fh:
+            while block := fh.read(BLOCK):
+                check()
+                if given_up is not None and given_up.is_set():
+                    raise KeyboardInterrupt
+                h.update(block)
+                size += len(block)
+    except OSError as exc:  # unreadable here: said as the copy's error, not a traceback
+        raise CopyError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     return Digest(h.hexdigest(), size)
 
 

@@ -1,6 +1,7 @@
 """`ravel ssh APP VM [-- COMMAND...]`: the system's OpenSSH client (a real pty, window size,
 Ctrl-C to the guest, -L/-R forwards, escape keys: all of it OpenSSH's) with ravel's options:
-the login key, the guest's pinned host key and `ravel proxy` through the VM's host.
+the login key, the guest's pinned host key and the connection through the VM's host (made here
+and handed to ssh where the host is a namespace, handover.py; else `ravel proxy`).
 
 ssh runs as a child: its stdin and stdout are this process's, untouched; its stderr passes
 through a pipe, byte for byte, so that a refused host key can be told apart from a command's
@@ -23,6 +24,7 @@ from ..errors import EnvironmentProblem, HostKeyMismatch, RavelError
 from ..paths import paths
 from ..run.sessions import Context
 from .guest import Guest, guest, guests, require_ssh
+from .handover import HandOver
 from .openssh import ssh_argv, write_known_hosts
 
 REFUSED = b"Host key verification failed."
@@ -75,9 +77,14 @@ def ssh(ctx: Context, app: str, vm: str, command: Sequence[str], extra: Sequence
     require_ssh(g)
     key_file, _ = keys.user_key(keys.directory(ctx.paths.state))
     known = write_known_hosts(ctx.paths, app, guests(ctx, app))
-    argv = ssh_argv(g, known, key_file, command, extra)
-    ctx.close()  # nothing of ravel's stays open while the session lasts
-    return run_client(argv, g)
+    hand_over = HandOver(ctx, g) if g.via == "netns" else None  # the connection, made here
+    try:
+        argv = ssh_argv(g, known, key_file, command, extra, hand_over.proxy_command if hand_over else None)
+        ctx.close()  # nothing of ravel's stays open while the session lasts
+        return run_client(argv, g)
+    finally:
+        if hand_over is not None:
+            hand_over.close()
 
 
 def run_client(argv: Sequence[str], g: Guest) -> int:

@@ -13,12 +13,9 @@ the guest's pinned host key with strict checking, `ravel proxy` through the VM's
 from __future__ import annotations
 
 import ctypes
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,8 +25,8 @@ from typing import IO, Any, Sequence
 from .. import keys
 from ..errors import EnvironmentProblem, TransportError
 from ..run.sessions import Context
-from .channel import tcp
 from .guest import Guest, guests
+from .handover import HandOver
 from .login import refused
 from .openssh import options, remote_command, write_known_hosts
 
@@ -40,71 +37,13 @@ TAIL = 16 << 10
 
 def login_argv(ctx: Context, g: Guest, proxy: str | None = None) -> list[str]:
     """`ssh` with ravel's options for the guest, never asking anything (BatchMode); `proxy`,
-    a ProxyCommand that hands ssh a connection (ProxyUseFdpass), instead of `ravel proxy`."""
+    a ProxyCommand that hands ssh a connection (handover.py), instead of `ravel proxy`."""
     key_file, _ = keys.user_key(keys.directory(ctx.paths.state))
     known = write_known_hosts(ctx.paths, g.app, guests(ctx, g.app))
     argv = ["ssh", "-F", "/dev/null"]
-    for k, v in [*options(g, known, key_file), ("BatchMode", "yes"), ("LogLevel", "ERROR")]:
-        if k == "ProxyCommand" and proxy is not None:
-            v = proxy
+    for k, v in [*options(g, known, key_file, proxy=proxy), ("BatchMode", "yes"), ("LogLevel", "ERROR")]:
         argv += ["-o", f"{k}={v}"]
     return argv
-
-
-# ssh's ProxyCommand when ravel has made the connection itself: it takes the socket from ravel
-# over a unix socket in a private directory and hands it to ssh (ProxyUseFdpass). Python with
-# -I -S starts in ~15 ms; `ravel proxy` (loading ravel and its state) takes ~130 ms.
-HAND_OVER = ("import socket,sys\n"
-             "u=socket.socket(socket.AF_UNIX)\nu.connect(sys.argv[1])\n"
-             "_,f,_,_=socket.recv_fds(u,1,1)\n"
-             "f or sys.exit(1)\n"
-             "socket.send_fds(socket.socket(fileno=1),[b'x'],f)\n")
-
-
-class HandOver:
-    """A connection to the guest's SSH port that ravel makes itself, where the VM's host is a
-    namespace here (no `ravel proxy` to start: the connection is ready before ssh is), given to
-    the one ssh that runs `proxy_command` (a unix socket in a 0700 directory: no one else's)."""
-
-    def __init__(self, ctx: Context, g: Guest) -> None:
-        self.conn = tcp(ctx, g, 22)
-        self.dir = Path(tempfile.mkdtemp(prefix="ravel-ssh-"))
-        self.listener = socket.socket(socket.AF_UNIX)
-        try:
-            self.listener.bind(str(self.dir / "conn"))
-            self.listener.listen(1)
-        except BaseException:
-            self.close()
-            raise
-        self.listener.settimeout(CONNECT_S)
-        self._thread = threading.Thread(target=self._give, daemon=True)
-        self._thread.start()
-
-    @property
-    def proxy_command(self) -> str:
-        # ssh runs it as `exec LINE` in the user's shell and expands %-tokens (the script has none)
-        return " ".join(shlex.quote(w) for w in (sys.executable, "-I", "-S", "-c", HAND_OVER, str(self.dir / "conn")))
-
-    def _give(self) -> None:
-        try:
-            peer, _ = self.listener.accept()
-            with peer:
-                socket.send_fds(peer, [b"x"], [self.conn.fileno()])
-        except OSError:
-            pass  # closed, or ssh never asked (it ended first): the session says why
-        finally:
-            self.conn.close()  # ssh holds it now
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # an accept still waiting ends (close alone does not)
-        except OSError:
-            pass
-        self.listener.close()
-        if hasattr(self, "_thread"):
-            self._thread.join(5)
-        self.conn.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def no_connection(g: Guest, tail: bytes, rc: int | None) -> TransportError:
@@ -186,9 +125,13 @@ class GuestShell:
         self.g = g
         self.dir = Path(tempfile.mkdtemp(prefix="ravel-ssh-"))  # 0700: the control socket is a login
         self.control = self.dir / "control"
-        self.base = [*login_argv(ctx, g), "-o", f"ControlPath={self.control}"]
         self.master: subprocess.Popen[bytes] | None = None
+        self.hand_over: HandOver | None = None
         try:
+            # the master's connection, like a Session's (the other commands go through the master)
+            self.hand_over = HandOver(ctx, g) if g.via == "netns" else None
+            proxy = self.hand_over.proxy_command if self.hand_over is not None else None
+            self.base = [*login_argv(ctx, g, proxy), "-o", f"ControlPath={self.control}"]
             self._connect()
         except BaseException:
             self.close()
@@ -217,6 +160,8 @@ class GuestShell:
         return subprocess.run(self.argv(command), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
 
     def close(self) -> None:
+        if self.hand_over is not None:
+            self.hand_over.close()
         if self.master is not None and self.master.poll() is None:
             subprocess.run([*self.base, "-O", "exit", "--", self.g.alias], capture_output=True, timeout=10,
                            stdin=subprocess.DEVNULL)

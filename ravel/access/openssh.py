@@ -54,7 +54,10 @@ def proxy_command(g: Guest, env: Mapping[str, str] | None = None) -> str:
     return line + " --fdpass" if g.via == "netns" else line
 
 
-def options(g: Guest, known_hosts: Path, key_file: Path, env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+def options(g: Guest, known_hosts: Path, key_file: Path, env: Mapping[str, str] | None = None,
+            proxy: str | None = None) -> list[tuple[str, str]]:
+    """`proxy`: a ProxyCommand handing ssh a connection ravel made (handover.py) instead of
+    `ravel proxy`."""
     assert g.user and g.host_key and g.address, "checked by guest.require_ssh"
     opts = [
         ("HostName", g.address),  # for the reader: the connection is made by the ProxyCommand
@@ -70,7 +73,7 @@ def options(g: Guest, known_hosts: Path, key_file: Path, env: Mapping[str, str] 
         ("CheckHostIP", "no"),
         ("PasswordAuthentication", "no"),
         ("KbdInteractiveAuthentication", "no"),
-        ("ProxyCommand", proxy_command(g, env)),
+        ("ProxyCommand", proxy or proxy_command(g, env)),
     ]
     if g.via == "netns":
         opts.append(("ProxyUseFdpass", "yes"))
@@ -104,8 +107,9 @@ def remote_command(args: Sequence[str]) -> list[str]:
     return [" ".join(shlex.quote(a) for a in args)]
 
 
-def ssh_argv(g: Guest, known_hosts: Path, key_file: Path, command: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+def ssh_argv(g: Guest, known_hosts: Path, key_file: Path, command: Sequence[str], extra: Sequence[str] = (),
+             proxy: str | None = None) -> list[str]:
     argv = ["ssh", "-F", "/dev/null"]
-    for k, v in options(g, known_hosts, key_file):
+    for k, v in options(g, known_hosts, key_file, proxy=proxy):
         argv += ["-o", f"{k}={v}"]
     return [*argv, "-o", "LogLevel=ERROR", *extra, "--", g.alias, *remote_command(command)]

@@ -330,11 +330,11 @@ def test_send_gives_the_file_then_its_sum_or_says_what_it_is(tmp_path):
 
 
 def test_the_hand_over_helper_gives_ssh_the_socket_ravel_made(tmp_path):
-    """mux.HAND_OVER, ssh's ProxyCommand when ravel made the connection: it fetches the socket
+    """handover.HAND_OVER, ssh's ProxyCommand when ravel made the connection: it fetches the socket
     from ravel's unix socket and passes it on its stdout (ProxyUseFdpass), as ssh expects."""
     import sys
 
-    from ravel.access.mux import HAND_OVER
+    from ravel.access.handover import HAND_OVER
 
     made, far = socket.socketpair()  # stands for the connection ravel made to the guest
     listener = socket.socket(socket.AF_UNIX)
@@ -370,3 +370,10 @@ def test_the_hand_over_helper_gives_ssh_the_socket_ravel_made(tmp_path):
     assert p.returncode == 1
     for s in (made, far, listener, listener2, ssh_end, helper_out):
         s.close()
+
+
+def test_a_file_that_cannot_be_read_here_is_a_copy_error(tmp_path):
+    from ravel.access.copy import CopyError, _digest
+
+    with pytest.raises(CopyError, match="cannot read it"):
+        _digest(tmp_path)  # a directory: open() fails as it would for a file without read permission
