@@ -205,9 +205,9 @@ def _digest(path: Path, given_up: threading.Event | None = None) -> Digest:
 # before the bytes are in (a short copy of a file ending in zeros would still match its MD5), so
 # the bytes that arrived are counted: cat writes through the script's own descriptor 3, whose
 # offset /proc/$$/fdinfo/3 tells (without /proc there is no fallocate, and the file's length is
-# what arrived). Every program started costs a guest under TCG
-# ~0.1 s, so the script starts few: fallocate, cat, md5sum and mv (chmod only for a mode that the
-# file cannot be created with: one with x or special bits; the others come from the umask).
+# what arrived). Every program started costs a guest under TCG ~0.1 s, so the script starts few:
+# fallocate, cat, md5sum and mv (chmod only for a mode that the file cannot be created with: one
+# with x or special bits; the others come from the umask).
 RECEIVE = r"""
 dst=$1
 if [ -d "$dst" ]; then dst=${dst%/}/$2

@@ -28,6 +28,11 @@ HAND_OVER = ("import socket,sys\n"
              "socket.send_fds(socket.socket(fileno=1),[b'x'],f)\n")
 
 
+def proxy_of(hand_over: HandOver | None) -> str | None:
+    """The ProxyCommand for ssh's options: the hand-over's, or None for `ravel proxy`."""
+    return hand_over.proxy_command if hand_over is not None else None
+
+
 class HandOver:
     """A connection to the guest's SSH port that ravel makes itself, where the VM's host is a
     namespace here (no `ravel proxy` to start: the connection is ready before ssh is), given to
@@ -63,6 +68,11 @@ class HandOver:
             self.conn.close()  # ssh holds it now
             self.listener.close()
             shutil.rmtree(self.dir, ignore_errors=True)  # nothing left here, even if ravel is killed later
+
+    @classmethod
+    def for_guest(cls, ctx: Context, g: Guest) -> HandOver | None:
+        """A hand-over where the VM's host is a namespace here; None: `ravel proxy` reaches it."""
+        return cls(ctx, g) if g.via == "netns" else None
 
     def close(self) -> None:
         try:

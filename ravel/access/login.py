@@ -24,7 +24,7 @@ from ..errors import EnvironmentProblem, HostKeyMismatch, RavelError
 from ..paths import paths
 from ..run.sessions import Context
 from .guest import Guest, guest, guests, require_ssh
-from .handover import HandOver
+from .handover import HandOver, proxy_of
 from .openssh import ssh_argv, write_known_hosts
 
 REFUSED = b"Host key verification failed."
@@ -77,9 +77,9 @@ def ssh(ctx: Context, app: str, vm: str, command: Sequence[str], extra: Sequence
     require_ssh(g)
     key_file, _ = keys.user_key(keys.directory(ctx.paths.state))
     known = write_known_hosts(ctx.paths, app, guests(ctx, app))
-    hand_over = HandOver(ctx, g) if g.via == "netns" else None  # the connection, made here
+    hand_over = HandOver.for_guest(ctx, g)  # the connection, made here
     try:
-        argv = ssh_argv(g, known, key_file, command, extra, hand_over.proxy_command if hand_over else None)
+        argv = ssh_argv(g, known, key_file, command, extra, proxy_of(hand_over))
         ctx.close()  # nothing of ravel's stays open while the session lasts
         return run_client(argv, g)
     finally:

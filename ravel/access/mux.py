@@ -7,7 +7,8 @@ ControlMaster in a private directory, each command a client multiplexed over it)
 OpenSSH's chacha20-poly1305 costs it far less than the AES-CTR + HMAC-SHA2 (or AES-GCM) that
 paramiko offers: 100 MiB into a Debian guest took 7.5-8 s over paramiko against 5-5.5 s over
 OpenSSH, measured on this machine. The options are `ravel ssh`'s (openssh.py): the login key,
-the guest's pinned host key with strict checking, `ravel proxy` through the VM's host.
+the guest's pinned host key with strict checking, the connection through the VM's host (handed
+over by ravel for a namespace host, handover.py; else `ravel proxy`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .. import keys
 from ..errors import EnvironmentProblem, TransportError
 from ..run.sessions import Context
 from .guest import Guest, guests
-from .handover import HandOver
+from .handover import HandOver, proxy_of
 from .login import refused
 from .openssh import options, remote_command, write_known_hosts
 
@@ -73,10 +74,9 @@ class Session:
     def __init__(self, ctx: Context, g: Guest, command: Sequence[str], stdin: int | IO[Any] | None = subprocess.PIPE,
                  stdout: int | IO[Any] | None = subprocess.PIPE) -> None:
         self.g = g
-        self.hand_over = HandOver(ctx, g) if g.via == "netns" else None
-        proxy = self.hand_over.proxy_command if self.hand_over is not None else None
+        self.hand_over = HandOver.for_guest(ctx, g)
         try:
-            self.proc = _popen([*login_argv(ctx, g, proxy), "-T", "--", g.alias, *remote_command(command)],
+            self.proc = _popen([*login_argv(ctx, g, proxy_of(self.hand_over)), "-T", "--", g.alias, *remote_command(command)],
                                stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
         except BaseException:
             self._let_go()
@@ -129,9 +129,8 @@ class GuestShell:
         self.hand_over: HandOver | None = None
         try:
             # the master's connection, like a Session's (the other commands go through the master)
-            self.hand_over = HandOver(ctx, g) if g.via == "netns" else None
-            proxy = self.hand_over.proxy_command if self.hand_over is not None else None
-            self.base = [*login_argv(ctx, g, proxy), "-o", f"ControlPath={self.control}"]
+            self.hand_over = HandOver.for_guest(ctx, g)
+            self.base = [*login_argv(ctx, g, proxy_of(self.hand_over)), "-o", f"ControlPath={self.control}"]
             self._connect()
         except BaseException:
             self.close()

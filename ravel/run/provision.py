@@ -26,7 +26,7 @@ from .lifetime import push_expiry
 from ..events import Event
 
 from .sessions import Context
-from .hostrequest import HostRequest, recorded_transport  # noqa: F401  (publish reads it here)
+from .hostrequest import HostRequest
 
 # Cloud APIs are mostly waiting: every host of a lab is asked for at once (AWS and GCP throttle
 # politely, and boto3/google-api-core retry a throttled call with backoff).

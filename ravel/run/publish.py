@@ -37,7 +37,8 @@ from .blueprints import read_blueprint
 from .observe import VmStatus, await_ready, status
 from .preflight import check_files
 from .lifetime import LifetimeRequest
-from .provision import ProvisionOptions, provision, recorded_transport
+from .hostrequest import recorded_transport
+from .provision import ProvisionOptions, provision
 from .sessions import Context
 from .seeds import Seed, ensure_seeds, forget_seed
 from .ship import ship
